@@ -1,0 +1,47 @@
+"""`hubedge`: run the daemon, or the whole hub on simulated hardware."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hubedge", description="hub-edge: the charging hub's edge controller.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    r = sub.add_parser("run", help="run the daemon (systemd runs this)")
+    r.add_argument("--config", required=True, metavar="FILE", help="the hub's TOML configuration, e.g. /etc/hubedge/hub.toml")
+    d = sub.add_parser("demo", help="the whole hub on simulated hardware, with a scripted day and a live view")
+    d.add_argument("--broker", metavar="URL", help="also sync to this MQTT broker, e.g. mqtt://127.0.0.1:1883")
+    d.add_argument("--duration", type=float, metavar="SECONDS", help="end by itself after this many seconds, with a summary")
+    d.add_argument("--speed", type=float, default=60.0, metavar="FACTOR", help="simulated seconds per real second (default 60)")
+    d.add_argument("--state-dir", metavar="DIR", help="keep the demo hub's state here (default: a new temporary directory)")
+    d.add_argument("--socket", metavar="PATH", help="control socket for hubctl (default: inside the state directory)")
+    d.add_argument("--no-view", action="store_true", help="no live view; print events as lines (for logs and CI)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        from edge.config import ConfigError, load_config
+        from edge.journal import setup_logging
+
+        try:
+            cfg = load_config(args.config)
+        except ConfigError as exc:
+            print(f"hubedge: {exc}", file=sys.stderr)
+            return 6
+        setup_logging(cfg.logging.level)
+        from edge.daemon import run
+
+        return run(cfg)
+    if args.command == "demo":
+        from edge.demo import run_demo
+
+        return run_demo(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

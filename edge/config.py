@@ -1,0 +1,386 @@
+"""The hub's configuration: one TOML file loaded into typed, validated objects.
+
+A bad file is refused at load with every problem listed, each with its key
+path and what was expected. Unknown keys are errors: a typo in a key must not
+silently fall back to a default on a site that runs for years.
+"""
+
+from __future__ import annotations
+
+import grp
+import ipaddress
+import tomllib
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
+
+Id = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+HostPort = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:\[\]-]+:\d{1,5}$")]
+
+
+class ConfigError(Exception):
+    """The configuration file cannot be used; ``problems`` lists every reason."""
+
+    def __init__(self, path: str | Path, problems: list[str]):
+        self.path = str(path)
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(
+            f"configuration {self.path} has {len(problems)} problem(s):\n{lines}\n"
+            "Fix these keys and run `hubctl config validate FILE` again."
+        )
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HubSection(Section):
+    id: Id
+    name: str = ""
+    country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] = "EUR"
+    timezone: str = "UTC"
+    vat_rate: Decimal = Field(ge=0, lt=1, description="e.g. 0.19 for 19 %")
+    preauth_amount: Decimal = Field(default=Decimal("199.00"), gt=0)
+    # R-P1: the configured amount is excluding VAT by default; the amount asked
+    # of the card is then preauth_amount * (1 + vat_rate).
+    preauth_amount_includes_vat: bool = False
+    receipt_base_url: str = "https://receipts.example.invalid/r/"
+    price_per_kwh: Decimal = Field(default=Decimal("0.399"), gt=0, description="default ad-hoc tariff excl. VAT (R-P8)")
+    plate_secret_file: str | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r}: use an IANA name such as Europe/Amsterdam")
+        return v
+
+
+class CloudSection(Section):
+    broker: str = ""  # empty: no cloud link (everything still works, R-M1)
+    client_id: str = ""
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    keepalive_s: int = Field(default=30, ge=5, le=600)
+
+    @field_validator("broker")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v and not (v.startswith("mqtt://") or v.startswith("mqtts://")):
+            raise ValueError("broker must start with mqtt:// or mqtts://, e.g. mqtts://broker.example:8883")
+        return v
+
+
+class StorageSection(Section):
+    state_dir: str = "/var/lib/hubedge"
+    outbox_quota_mb: float = Field(default=256, gt=0)
+    outbox_near_ratio: float = Field(default=0.8, gt=0, lt=1)
+
+
+class ControlSection(Section):
+    socket: str = "/run/hubedge/control.sock"
+    group: str = "hubtech"
+
+
+class ChargingSection(Section):
+    poll_interval_s: float = Field(default=1.0, gt=0, le=60)
+    fault_after_polls: int = Field(default=3, ge=1, le=100)
+    modbus_timeout_s: float = Field(default=1.0, gt=0, le=30)
+    unlock_retries: int = Field(default=3, ge=0, le=20)
+    unlock_retry_s: float = Field(default=2.0, ge=0, le=60)
+    idle_in_bay_after_s: float = Field(default=900, gt=0)
+    start_timeout_s: float = Field(default=30, gt=0, description="start command to energy flowing")
+
+
+class AuthSection(Section):
+    connection_timeout_s: float = Field(default=60, gt=0, description="tap before plug: how long it holds (R-C3)")
+    debounce_s: float = Field(default=2.0, ge=0, le=30)
+    cloud_timeout_s: float = Field(default=3.0, gt=0, le=30)
+    unknown_offline: Literal["refuse", "accept"] = "refuse"
+    master_cards: list[str] = []
+    stop_on_blocked: bool = False
+
+
+class BookingSection(Section):
+    horizon_days: int = Field(default=183, ge=1, le=400)
+    assign_lead_min: float = Field(default=60, ge=0)
+    early_grace_min: float = Field(default=30, ge=0)
+    no_show_after_min: float = Field(default=30, ge=0)
+    hold_horizon_min: float = Field(default=90, ge=0)
+    overstay_after_min: float = Field(default=30, ge=0)
+
+
+class GateSettings(Section):
+    confidence_threshold: float = Field(default=0.85, ge=0, le=1)
+    plate_retention_hours: float = Field(default=24, ge=0)
+
+
+class ConnectorRef(Section):
+    id: Id
+    index: int = Field(ge=1, le=64, description="connector number on the charger")
+    free_vend: bool = False  # charge without a card; for the demo and test sites only
+
+
+class ChargerSection(Section):
+    id: Id
+    address: HostPort
+    unit: int = Field(default=1, ge=0, le=247)
+    register_map: str
+    connectors: list[ConnectorRef] = Field(min_length=1)
+
+
+class BaySection(Section):
+    id: Id
+    connector: Id
+    connector_type: Literal["CCS", "MCS"]
+    side: Literal["left", "right"]
+    bookable: bool = True
+    length_m: float = Field(default=25.0, gt=0, le=60)
+
+
+class TerminalSection(Section):
+    id: Id
+    port: str = Field(min_length=1, description="pyserial URL or device, or tcp://host:port")
+    connectors: list[Id] = Field(min_length=1)
+    password: str = "000000"
+
+
+class ReaderSection(Section):
+    id: Id
+    path: str = Field(min_length=1)
+    connector: Id
+
+
+class BarrierRef(Section):
+    address: HostPort
+    unit: int = Field(default=1, ge=0, le=247)
+
+
+class CameraRef(Section):
+    listen: HostPort
+    vendor: Literal["hikvision", "axis"]
+    secret: str | None = None
+    allow: list[str] = []
+
+    @field_validator("allow")
+    @classmethod
+    def _nets(cls, v: list[str]) -> list[str]:
+        for n in v:
+            try:
+                ipaddress.ip_network(n, strict=False)
+            except ValueError:
+                raise ValueError(f"{n!r} is not an IP address or network such as 192.0.2.0/24")
+        return v
+
+
+class GateSection(Section):
+    id: Id
+    role: Literal["entry", "exit"]
+    barrier: BarrierRef
+    camera: CameraRef | None = None
+
+
+class LoggingSection(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class HubConfig(Section):
+    hub: HubSection
+    cloud: CloudSection = CloudSection()
+    storage: StorageSection = StorageSection()
+    control: ControlSection = ControlSection()
+    charging: ChargingSection = ChargingSection()
+    auth: AuthSection = AuthSection()
+    bookings: BookingSection = BookingSection()
+    gate: GateSettings = GateSettings()
+    logging: LoggingSection = LoggingSection()
+    chargers: list[ChargerSection] = []
+    bays: list[BaySection] = []
+    terminals: list[TerminalSection] = []
+    readers: list[ReaderSection] = []
+    gates: list[GateSection] = []
+
+    # Where the file was read from: relative paths in it are relative to it.
+    source: str = Field(default="", exclude=True)
+
+    def connector_ids(self) -> list[str]:
+        return [c.id for ch in self.chargers for c in ch.connectors]
+
+    def bay_for_connector(self, connector_id: str) -> BaySection | None:
+        return next((b for b in self.bays if b.connector == connector_id), None)
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path)
+        if not p.is_absolute() and self.source:
+            p = Path(self.source).parent / p
+        return p
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _describe(err: dict) -> str:
+    kind = err.get("type", "")
+    msg = err.get("msg", "")
+    if kind == "extra_forbidden":
+        return "unknown key (check its spelling against config/README.md)"
+    if kind == "missing":
+        return "required key is missing"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if kind == "string_pattern_mismatch":
+        pattern = err.get("ctx", {}).get("pattern", "")
+        if "\\d{1,5}$" in pattern:
+            return "expected host:port, e.g. 127.0.0.1:502"
+        if "[A-Z]{2}" in pattern:
+            return "expected an ISO 3166 country code such as NL"
+        if "[A-Z]{3}" in pattern:
+            return "expected an ISO 4217 currency code such as EUR"
+        return "expected an id of letters, digits, '.', '_' or '-' (at most 64)"
+    got = err.get("input")
+    if isinstance(got, (str, int, float, bool)) and kind not in ("missing",):
+        return f"{msg} (got {got!r})"
+    return msg
+
+
+def _cross_check(cfg: HubConfig) -> list[str]:
+    problems: list[str] = []
+
+    def dupes(items, what: str, key: str):
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            if item.id in seen:
+                problems.append(f"{key}[{i}].id: duplicate {what} id {item.id!r}; every {what} needs its own id")
+            seen.add(item.id)
+
+    dupes(cfg.chargers, "charger", "chargers")
+    dupes(cfg.bays, "bay", "bays")
+    dupes(cfg.terminals, "terminal", "terminals")
+    dupes(cfg.readers, "reader", "readers")
+    dupes(cfg.gates, "gate", "gates")
+
+    connectors: dict[str, str] = {}
+    for ci, ch in enumerate(cfg.chargers):
+        indexes: set[int] = set()
+        for ki, c in enumerate(ch.connectors):
+            if c.id in connectors:
+                problems.append(
+                    f"chargers[{ci}].connectors[{ki}].id: connector {c.id!r} is already on charger {connectors[c.id]!r}"
+                )
+            connectors[c.id] = ch.id
+            if c.index in indexes:
+                problems.append(f"chargers[{ci}].connectors[{ki}].index: index {c.index} used twice on this charger")
+            indexes.add(c.index)
+        path = cfg.resolve(ch.register_map)
+        if not path.is_file():
+            problems.append(f"chargers[{ci}].register_map: file {ch.register_map!r} not found (relative paths are relative to the config file)")
+        else:
+            try:
+                from drivers.register_map import RegisterMapError, load_register_map
+            except ImportError:  # pragma: no cover - the driver ships with the hub
+                pass
+            else:
+                try:
+                    rmap = load_register_map(path)
+                except RegisterMapError as exc:
+                    for p in exc.problems:
+                        problems.append(f"chargers[{ci}].register_map ({ch.register_map}): {p}")
+                else:
+                    limit = getattr(rmap, "max_connectors", None)
+                    for ki, c in enumerate(ch.connectors):
+                        if limit and c.index > limit:
+                            problems.append(
+                                f"chargers[{ci}].connectors[{ki}].index: {c.index} is beyond the {limit} connectors of model {rmap.model!r}"
+                            )
+
+    bay_of: dict[str, str] = {}
+    for bi, bay in enumerate(cfg.bays):
+        if bay.connector not in connectors:
+            problems.append(f"bays[{bi}].connector: no connector {bay.connector!r} in [[chargers]]")
+        elif bay.connector in bay_of:
+            problems.append(f"bays[{bi}].connector: connector {bay.connector!r} already belongs to bay {bay_of[bay.connector]!r}")
+        bay_of[bay.connector] = bay.id
+    for ti, t in enumerate(cfg.terminals):
+        for k, c in enumerate(t.connectors):
+            if c not in connectors:
+                problems.append(f"terminals[{ti}].connectors[{k}]: no connector {c!r} in [[chargers]]")
+    for ri, r in enumerate(cfg.readers):
+        if r.connector not in connectors:
+            problems.append(f"readers[{ri}].connector: no connector {r.connector!r} in [[chargers]]")
+        if not (r.path.startswith(("usb", "tty:", "udp:"))):
+            problems.append(f"readers[{ri}].path: {r.path!r} is not an nfcpy path; expected usb, usb:VID:PID, tty:AMA0:pn532 or udp:HOST:PORT")
+    listens: dict[str, str] = {}
+    for gi, g in enumerate(cfg.gates):
+        if g.camera:
+            if g.camera.listen in listens:
+                problems.append(f"gates[{gi}].camera.listen: {g.camera.listen} is also used by gate {listens[g.camera.listen]!r}")
+            listens[g.camera.listen] = g.id
+    if cfg.cloud.broker.startswith("mqtts://"):
+        for key in ("ca_file", "cert_file", "key_file"):
+            if not getattr(cfg.cloud, key):
+                problems.append(f"cloud.{key}: required with an mqtts:// broker (the hub authenticates with a client certificate, R-M5)")
+    for key in ("ca_file", "cert_file", "key_file"):
+        v = getattr(cfg.cloud, key)
+        if v and not cfg.resolve(v).is_file():
+            problems.append(f"cloud.{key}: file {v!r} not found")
+    if cfg.hub.plate_secret_file and not cfg.resolve(cfg.hub.plate_secret_file).is_file():
+        problems.append(f"hub.plate_secret_file: file {cfg.hub.plate_secret_file!r} not found")
+    return problems
+
+
+def parse_config(data: dict, source: str | Path = "") -> HubConfig:
+    """Validate a parsed TOML document. Raises ConfigError with every problem."""
+    try:
+        cfg = HubConfig.model_validate({**data, "source": str(source)})
+    except ValidationError as exc:
+        problems = [f"{_loc(e['loc'])}: {_describe(e)}" for e in exc.errors()]
+        raise ConfigError(source or "<config>", problems) from None
+    problems = _cross_check(cfg)
+    if problems:
+        raise ConfigError(source or "<config>", problems)
+    return cfg
+
+
+def load_config(path: str | Path) -> HubConfig:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(path, [f"cannot read the file: {exc.strerror}; check the path and its permissions"]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(path, ["the file is not UTF-8 text"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
+    return parse_config(data, path.resolve())
+
+
+def group_exists(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+        return True
+    except KeyError:
+        return False

@@ -1,0 +1,190 @@
+"""The control socket between `hubctl` and the daemon (R-T1).
+
+Protocol (version 1, documented in docs/control-protocol.md): the client
+opens the Unix socket, writes one JSON object on one line
+``{"v": 1, "cmd": NAME, "args": {...}}``, and reads lines back: zero or more
+``{"v": 1, "progress": {...}}`` for long operations, then one final
+``{"v": 1, "ok": true, "data": ...}`` or
+``{"v": 1, "ok": false, "code": CODE, "message": TEXT}``.
+
+Who may talk: the socket file is mode 0660, owned by the daemon's user and
+the technicians' group; the daemon also checks the peer's credentials
+(SO_PEERCRED), so a user outside the group gets a clear refusal even if the
+file mode were loosened. The Unix user becomes the `who` of every audit event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import grp
+import json
+import logging
+import os
+import pwd
+import socket
+import struct
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+log = logging.getLogger("hubedge.control")
+
+PROTOCOL_VERSION = 1
+MAX_REQUEST = 64 * 1024
+
+Handler = Callable[[dict, "Caller", Callable[[dict], Awaitable[None]]], Awaitable[Any]]
+
+
+class ControlError(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Caller:
+    def __init__(self, uid: int, gid: int, pid: int):
+        self.uid, self.gid, self.pid = uid, gid, pid
+        try:
+            self.user = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            self.user = f"uid{uid}"
+
+
+def peer_credentials(sock: socket.socket) -> Caller:
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return Caller(uid, gid, pid)
+
+
+def caller_allowed(caller: Caller, group: str) -> bool:
+    if caller.uid in (0, os.getuid()):
+        return True
+    try:
+        g = grp.getgrnam(group)
+    except KeyError:
+        return False
+    if caller.gid == g.gr_gid:
+        return True
+    try:
+        return g.gr_gid in os.getgrouplist(caller.user, caller.gid)
+    except (KeyError, OSError):
+        return caller.user in g.gr_mem
+
+
+class ControlServer:
+    def __init__(self, path: str | Path, group: str, handlers: dict[str, Handler]):
+        self.path = Path(path)
+        self.group = group
+        self.handlers = handlers
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() or self.path.is_symlink():
+            self.path.unlink()
+        old = os.umask(0o117)
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path), limit=MAX_REQUEST + 2)
+        finally:
+            os.umask(old)
+        try:
+            gid = grp.getgrnam(self.group).gr_gid
+            os.chown(self.path, -1, gid)
+        except KeyError:
+            log.warning("control.group_missing group=%s effect=owner_only", self.group)
+        except PermissionError:
+            log.warning("control.chown_refused group=%s effect=owner_only", self.group)
+        os.chmod(self.path, 0o660)
+        log.info("control.listening path=%s", self.path)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def send(obj: dict) -> None:
+            writer.write((json.dumps(obj, separators=(",", ":"), default=str) + "\n").encode())
+            await writer.drain()
+
+        try:
+            caller = peer_credentials(writer.get_extra_info("socket"))
+            if not caller_allowed(caller, self.group):
+                log.warning("control.refused user=%s", caller.user)
+                await send(_error("forbidden", f"user {caller.user} is not in the {self.group} group: ask an administrator to add you (usermod -aG {self.group} {caller.user})"))
+                return
+            try:
+                line = await asyncio.wait_for(reader.readline(), 10)
+            except (asyncio.LimitOverrunError, ValueError):
+                await send(_error("bad_request", f"request longer than {MAX_REQUEST} bytes"))
+                return
+            except asyncio.TimeoutError:
+                return
+            response = await self.dispatch(line, caller, lambda p: send({"v": PROTOCOL_VERSION, "progress": p}))
+            await send(response)
+        except (ConnectionError, BrokenPipeError):
+            pass
+        except Exception:
+            log.exception("control.failed")
+        finally:
+            try:
+                writer.close()
+                await writer.wait_closed()
+            except Exception:
+                pass
+
+    async def dispatch(self, line: bytes, caller: Caller, progress) -> dict:
+        """Parse and run one request; never raises (a bad request changes nothing)."""
+        try:
+            req = json.loads(line)
+        except (ValueError, UnicodeDecodeError):
+            return _error("bad_request", "request is not one line of JSON; use hubctl")
+        if not isinstance(req, dict):
+            return _error("bad_request", "request must be a JSON object")
+        if req.get("v") != PROTOCOL_VERSION:
+            return _error("version", f"protocol version {req.get('v')!r} not spoken here (daemon speaks {PROTOCOL_VERSION}): use the hubctl of the same release")
+        cmd, args = req.get("cmd"), req.get("args", {})
+        if not isinstance(cmd, str) or not isinstance(args, dict):
+            return _error("bad_request", "request needs a string 'cmd' and an object 'args'")
+        handler = self.handlers.get(cmd)
+        if handler is None:
+            return _error("unknown_command", f"the daemon has no command {cmd!r}: hubctl and hubedge may be of different releases")
+        try:
+            data = await handler(args, caller, progress)
+        except ControlError as exc:
+            return _error(exc.code, exc.message)
+        except Exception as exc:
+            code = getattr(exc, "code", None)
+            if isinstance(code, str) and exc.__class__.__name__ in ("Refused", "NotFound", "Rejected"):
+                return _error(code, str(exc))
+            log.exception("control.command_failed cmd=%s", cmd)
+            return _error("internal", f"{cmd} failed inside the daemon ({type(exc).__name__}); see the journal: journalctl -u hubedge")
+        return {"v": PROTOCOL_VERSION, "ok": True, "data": data}
+
+
+def _error(code: str, message: str) -> dict:
+    return {"v": PROTOCOL_VERSION, "ok": False, "code": code, "message": message}
+
+
+async def request(path: str | Path, cmd: str, args: dict | None = None, *, timeout: float = 30, on_progress=None) -> dict:
+    """Client side: send one request, return the final response object."""
+    reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path), limit=16 * 1024 * 1024), timeout)
+    try:
+        writer.write((json.dumps({"v": PROTOCOL_VERSION, "cmd": cmd, "args": args or {}}) + "\n").encode())
+        await writer.drain()
+        while True:
+            line = await asyncio.wait_for(reader.readline(), timeout)
+            if not line:
+                raise ConnectionError("the daemon closed the connection without an answer")
+            msg = json.loads(line)
+            if "progress" in msg:
+                if on_progress:
+                    on_progress(msg["progress"])
+                continue
+            return msg
+    finally:
+        writer.close()

@@ -1,0 +1,163 @@
+"""`hubedge run`: the daemon. One asyncio loop; systemd notify; graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+from edge import systemd
+from edge.clock import parse_rfc3339
+from edge.config import HubConfig
+from edge.control import Caller, ControlError, ControlServer
+from edge.hub import Hub, NotFound, Refused
+
+log = logging.getLogger("hubedge.daemon")
+
+
+def _arg(args: dict, key: str, required: bool = True) -> str | None:
+    v = args.get(key)
+    if v is None or v == "":
+        if required:
+            raise ControlError("bad_request", f"missing argument {key!r}")
+        return None
+    if not isinstance(v, str):
+        raise ControlError("bad_request", f"argument {key!r} must be a string")
+    return v
+
+
+def _time(args: dict, key: str):
+    v = _arg(args, key, required=False)
+    if v is None:
+        return None
+    try:
+        return parse_rfc3339(v)
+    except ValueError:
+        raise ControlError("bad_request", f"{key} {v!r} is not an RFC 3339 time such as 2026-11-24T08:00:00Z")
+
+
+def control_handlers(hub: Hub) -> dict:
+    """The commands of the control protocol, each a thin call into the hub."""
+
+    async def status(args: dict, caller: Caller, progress) -> dict:
+        return hub.status()
+
+    async def devices(args: dict, caller: Caller, progress) -> list:
+        return [d.as_dict() for d in hub.devices.values()]
+
+    async def sessions(args: dict, caller: Caller, progress) -> list:
+        limit = args.get("limit", 100)
+        if not isinstance(limit, int) or not 1 <= limit <= 10000:
+            raise ControlError("bad_request", "limit must be a whole number from 1 to 10000")
+        status_ = _arg(args, "status", required=False)
+        if status_ and status_ not in ("starting", "active", "stopped", "failed"):
+            raise ControlError("bad_request", f"status {status_!r} unknown: use starting, active, stopped or failed")
+        found = hub.sessions.query(
+            session=_arg(args, "session", False),
+            token=_arg(args, "token", False),
+            connector=_arg(args, "connector", False),
+            location=_arg(args, "location", False),
+            status=status_,
+            since=_time(args, "since"),
+            until=_time(args, "until"),
+            limit=limit,
+        )
+        out = []
+        for s in found:
+            d = s.as_dict()
+            d.pop("token", None)  # the masked form is enough for people
+            out.append(d)
+        return out
+
+    async def connector(args: dict, caller: Caller, progress) -> dict:
+        action = _arg(args, "action")
+        cid = _arg(args, "id")
+        reason = _arg(args, "reason", required=False) or ""
+        if action == "unavailable":
+            if not reason:
+                raise ControlError("reason_required", "say why with --reason (it goes into the audit log), e.g. --reason 'cable damaged'")
+            result = hub.set_availability(cid, False, f"technician: {reason}")
+        elif action == "available":
+            result = hub.set_availability(cid, True, reason or "technician")
+        elif action == "unlock":
+            ok = await hub.unlock(cid)
+            result = f"connector {cid} unlocked" if ok else f"connector {cid} stayed locked: check the connector's latch and the charger's own display"
+            if not ok:
+                hub.audit(caller.user, "connector.unlock", cid, reason, "failed")
+                raise ControlError("device_failed", result)
+        else:
+            raise ControlError("bad_request", f"unknown connector action {action!r}: use available, unavailable or unlock")
+        hub.audit(caller.user, f"connector.{action}", cid, reason, result)
+        return {"connector": cid, "message": result, "state": hub.connectors[cid].state}
+
+    async def session_stop(args: dict, caller: Caller, progress) -> dict:
+        sid = _arg(args, "id")
+        reason = _arg(args, "reason", required=False) or ""
+        if not reason:
+            raise ControlError("reason_required", "say why with --reason (it goes into the audit log), e.g. --reason 'driver asked by phone'")
+        s = await hub.stop_session(sid, reason="technician")
+        hub.audit(caller.user, "session.stop", sid, reason, "stopping")
+        return {"session": s.id, "message": f"stop sent to connector {s.connector}; the session ends when the charger confirms"}
+
+    async def outbox(args: dict, caller: Caller, progress) -> dict:
+        return hub.outbox_view()
+
+    return {
+        "status": status,
+        "devices": devices,
+        "sessions": sessions,
+        "connector": connector,
+        "session_stop": session_stop,
+        "outbox": outbox,
+    }
+
+
+async def serve(cfg: HubConfig, *, ready_timeout: float = 10.0) -> int:
+    hub = Hub(cfg)
+    handlers = control_handlers(hub)
+    for extend in getattr(hub, "control_extensions", []):
+        handlers.update(extend(hub))
+    control = ControlServer(cfg.resolve(cfg.control.socket), cfg.control.group, handlers)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    t0 = time.monotonic()
+    await control.start()
+    await hub.start()
+    polled = await hub.wait_ready(ready_timeout)
+    systemd.notify(f"READY=1\nSTATUS=hub {cfg.hub.id}: {len(hub.connectors)} connectors")
+    log.info(
+        "daemon.ready hub=%s connectors=%d chargers_polled=%s ready_s=%.3f",
+        cfg.hub.id, len(hub.connectors), polled, time.monotonic() - t0,
+    )
+    watchdog = None
+    interval = systemd.watchdog_interval()
+    if interval:
+        watchdog = loop.create_task(_watchdog(interval))
+    await stop.wait()
+    log.info("daemon.stopping")
+    systemd.notify("STOPPING=1")
+    if watchdog:
+        watchdog.cancel()
+    await control.stop()
+    await hub.stop()
+    log.info("daemon.stopped")
+    return 0
+
+
+async def _watchdog(interval: float) -> None:
+    # Pinged from the main loop itself: if the loop is stuck, the pings stop
+    # and systemd restarts the daemon.
+    while True:
+        systemd.notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
+
+
+def run(cfg: HubConfig) -> int:
+    try:
+        return asyncio.run(serve(cfg))
+    except (Refused, NotFound) as exc:
+        log.error("daemon.refused reason=%s", exc)
+        return 1

@@ -1,0 +1,346 @@
+"""`hubedge demo`: the whole hub on simulated hardware, on this machine.
+
+It starts every simulator on loopback, writes a configuration pointing the
+daemon at them, runs the real daemon (`hubedge run`) as a child process, and
+plays a scripted day against the simulators: trucks arriving, charging,
+leaving; a charger going silent and coming back; a technician taking a
+connector out of service. A live view shows the hub as `hubctl status` does;
+at the end a summary says what happened. No hardware and no cloud needed;
+with `--broker` the daemon syncs to that broker exactly as in the field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Awaitable, Callable
+
+from edge.control import request
+from edge.hubctl import Style, render_status
+
+ROOT = Path(__file__).resolve().parent.parent
+MAPS = ROOT / "config" / "register-maps"
+
+
+@dataclass
+class Step:
+    at_s: float  # simulated seconds from the start of the day
+    what: str
+    run: Callable[[], Awaitable[None] | None]
+
+
+@dataclass
+class DemoHub:
+    state_dir: Path
+    socket: Path
+    speed: float
+    chargers: dict = field(default_factory=dict)  # id -> ChargerSimulator
+    daemon: subprocess.Popen | None = None
+    log_path: Path | None = None
+    script_log: list[str] = field(default_factory=list)
+
+    async def ask(self, cmd: str, args: dict | None = None) -> dict:
+        resp = await request(self.socket, cmd, args or {}, timeout=10)
+        if not resp.get("ok"):
+            raise RuntimeError(resp.get("message"))
+        return resp["data"]
+
+
+def _config(hub: DemoHub, ports: dict[str, int], broker: str | None) -> str:
+    cloud = f'broker = "{broker}"\nclient_id = "hubedge-DEMO-01"' if broker else 'broker = ""'
+    return f"""# Written by `hubedge demo`: the demo hub on simulated hardware.
+[hub]
+id = "DEMO-01"
+name = "Demo hub"
+country = "NL"
+currency = "EUR"
+timezone = "Europe/Amsterdam"
+vat_rate = "0.21"
+receipt_base_url = "https://receipts.example.com/r/"
+
+[cloud]
+{cloud}
+
+[storage]
+state_dir = "{hub.state_dir / 'state'}"
+outbox_quota_mb = 64
+
+[control]
+socket = "{hub.socket}"
+group = "hubtech"
+
+[charging]
+poll_interval_s = 1.0
+fault_after_polls = 3
+idle_in_bay_after_s = {max(5.0, 900 / hub.speed):.1f}
+unlock_retry_s = 1.0
+
+[[chargers]]
+id = "CH1"
+address = "127.0.0.1:{ports['CH1']}"
+register_map = "{MAPS / 'hubcharge-mcs1200.toml'}"
+connectors = [
+  {{ id = "C1", index = 1, free_vend = true }},
+  {{ id = "C2", index = 2, free_vend = true }},
+  {{ id = "C3", index = 3, free_vend = true }},
+  {{ id = "C4", index = 4, free_vend = true }},
+]
+
+[[chargers]]
+id = "CH2"
+address = "127.0.0.1:{ports['CH2']}"
+register_map = "{MAPS / 'voltflow-ccs400.toml'}"
+connectors = [
+  {{ id = "C5", index = 1, free_vend = true }},
+  {{ id = "C6", index = 2, free_vend = true }},
+]
+
+[[bays]]
+id = "B1"
+connector = "C1"
+connector_type = "MCS"
+side = "left"
+
+[[bays]]
+id = "B2"
+connector = "C2"
+connector_type = "MCS"
+side = "right"
+
+[[bays]]
+id = "B3"
+connector = "C3"
+connector_type = "MCS"
+side = "left"
+
+[[bays]]
+id = "B4"
+connector = "C4"
+connector_type = "MCS"
+side = "right"
+
+[[bays]]
+id = "B5"
+connector = "C5"
+connector_type = "CCS"
+side = "left"
+length_m = 20
+
+[[bays]]
+id = "B6"
+connector = "C6"
+connector_type = "CCS"
+side = "right"
+length_m = 20
+"""
+
+
+def _script(hub: DemoHub) -> list[Step]:
+    ch1, ch2 = hub.chargers["CH1"], hub.chargers["CH2"]
+
+    async def unplug_when_unlocked(sim, i: int) -> None:
+        for _ in range(50):
+            try:
+                sim.unplug(i)
+                return
+            except Exception:
+                await asyncio.sleep(0.2)
+
+    async def technician(action: str, cid: str, reason: str) -> None:
+        await hub.ask("connector", {"action": action, "id": cid, "reason": reason})
+
+    hour = 3600.0
+    return [
+        Step(0.05 * hour, "truck plugs in at bay B1 (MCS), charges for free on this demo hub", lambda: ch1.plug(0, soc=18, battery_kwh=620)),
+        Step(0.2 * hour, "truck plugs in at bay B5 (CCS)", lambda: ch2.plug(0, soc=35, battery_kwh=480, max_power_w=300_000)),
+        Step(0.4 * hour, "truck plugs in at bay B2 (MCS)", lambda: ch1.plug(1, soc=55, battery_kwh=540)),
+        Step(0.6 * hour, "B2's truck pauses (the battery is cooling)", lambda: ch1.pause_ev(1)),
+        Step(0.8 * hour, "B2's truck resumes", lambda: ch1.resume_ev(1)),
+        Step(1.0 * hour, "charger CH2 goes silent (network cable pulled)", lambda: ch2.silence("no_answer")),
+        Step(1.8 * hour, "charger CH2 answers again: its connectors recover by themselves", lambda: ch2.speak()),
+        Step(1.3 * hour, "technician takes connector C4 out of service", lambda: technician("unavailable", "C4", "cable inspection")),
+        Step(1.7 * hour, "B1's truck is full: the session ends and the connector unlocks", lambda: ch1.full(0)),
+        Step(1.9 * hour, "B1's truck leaves", lambda: unplug_when_unlocked(ch1, 0)),
+        Step(2.1 * hour, "technician returns connector C4 to service", lambda: technician("available", "C4", "inspection done")),
+        Step(2.3 * hour, "B5's truck ends its break and stops charging", lambda: ch2.full(0)),
+        Step(2.5 * hour, "B5's truck leaves", lambda: unplug_when_unlocked(ch2, 0)),
+        Step(2.7 * hour, "truck plugs in at bay B3 (MCS)", lambda: ch1.plug(2, soc=12, battery_kwh=700)),
+        Step(3.2 * hour, "B2's truck is full and leaves", lambda: ch1.full(1)),
+        Step(3.4 * hour, "B2 unplugged", lambda: unplug_when_unlocked(ch1, 1)),
+        Step(4.5 * hour, "B3's truck is full", lambda: ch1.full(2)),
+        Step(4.7 * hour, "B3's truck leaves", lambda: unplug_when_unlocked(ch1, 2)),
+    ]
+
+
+async def _start_simulators(hub: DemoHub) -> dict[str, int]:
+    from drivers.register_map import load_register_map
+    from simulators.charger import ChargerSimulator
+
+    ch1 = ChargerSimulator(load_register_map(MAPS / "hubcharge-mcs1200.toml"), 4, time_scale=hub.speed)
+    ch2 = ChargerSimulator(load_register_map(MAPS / "voltflow-ccs400.toml"), 2, time_scale=hub.speed)
+    ports = {"CH1": await ch1.start(), "CH2": await ch2.start()}
+    hub.chargers = {"CH1": ch1, "CH2": ch2}
+    return ports
+
+
+async def _wait_for_daemon(hub: DemoHub, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if hub.daemon and hub.daemon.poll() is not None:
+            raise RuntimeError(f"the demo daemon exited with status {hub.daemon.returncode}; its log is {hub.log_path}")
+        try:
+            status = await hub.ask("status")
+            if status.get("ready"):
+                return
+        except (OSError, RuntimeError, asyncio.TimeoutError):
+            pass
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"the demo daemon did not become ready within {timeout:.0f} s; its log is {hub.log_path}")
+
+
+def _events_since(log_path: Path, offset: int) -> tuple[list[str], int]:
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(offset)
+            chunk = f.read()
+    except FileNotFoundError:
+        return [], offset
+    lines = chunk.decode(errors="replace").splitlines()
+    return [line for line in lines if " event type=" in line or line.split(" ", 2)[1:2] in (["warning"], ["error"])], offset + len(chunk)
+
+
+async def _run(args) -> int:
+    speed = max(1.0, float(args.speed))
+    own_dir = args.state_dir is None
+    state_dir = Path(args.state_dir or tempfile.mkdtemp(prefix="hubedge-demo-")).resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    socket = Path(args.socket).resolve() if args.socket else state_dir / "control.sock"
+    hub = DemoHub(state_dir=state_dir, socket=socket, speed=speed)
+    tty = sys.stdout.isatty() and not args.no_view
+    style = Style(tty and os.environ.get("NO_COLOR") is None)
+
+    ports = await _start_simulators(hub)
+    cfg_path = state_dir / "hub.toml"
+    cfg_path.write_text(_config(hub, ports, args.broker))
+    hub.log_path = state_dir / "hubedge.log"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(hub.log_path, "ab") as logf:
+        hub.daemon = subprocess.Popen(
+            [sys.executable, "-m", "edge.cli", "run", "--config", str(cfg_path)],
+            stdout=logf, stderr=logf, env=env, cwd=str(ROOT),
+        )
+    print(f"hub-edge demo: state in {state_dir}; try `hubctl --socket {socket} status` in another terminal", flush=True)
+    try:
+        await _wait_for_daemon(hub)
+        steps = _script(hub)
+        t0 = time.monotonic()
+        offset = 0
+        recent: list[str] = []
+        duration = args.duration
+        next_step = 0
+        while True:
+            elapsed = time.monotonic() - t0
+            sim_s = elapsed * speed
+            while next_step < len(steps) and steps[next_step].at_s <= sim_s:
+                step = steps[next_step]
+                next_step += 1
+                line = f"[{_clock(step.at_s)}] {step.what}"
+                hub.script_log.append(line)
+                recent.append(line)
+                try:
+                    res = step.run()
+                    if asyncio.iscoroutine(res):
+                        await res
+                except Exception as exc:
+                    recent.append(f"[{_clock(sim_s)}] (script step failed: {exc})")
+            events, offset = _events_since(hub.log_path, offset)
+            for e in events:
+                recent.append("    " + e.split(" ", 1)[-1] if not tty else "    " + e)
+            if hub.daemon.poll() is not None:
+                print(f"hub-edge demo: the daemon stopped unexpectedly (status {hub.daemon.returncode}); see {hub.log_path}", file=sys.stderr)
+                return 1
+            if tty:
+                try:
+                    status = await hub.ask("status")
+                    screen = render_status(status, style)
+                except Exception as exc:
+                    screen = f"(daemon not answering: {exc})"
+                sys.stdout.write("\033[H\033[2J" + f"hub-edge demo — simulated {_clock(sim_s)} (x{speed:g})\n\n" + screen + "\n\nlatest:\n" + "\n".join(recent[-12:]) + "\n")
+                sys.stdout.flush()
+            else:
+                for line in recent:
+                    print(line, flush=True)
+                recent.clear()
+            if duration is not None and elapsed >= duration:
+                break
+            if next_step >= len(steps) and duration is None and sim_s > steps[-1].at_s + 600:
+                break
+            await asyncio.sleep(1.0 if tty else 0.5)
+        summary = await _summary(hub)
+        print(summary, flush=True)
+        return 0
+    finally:
+        if hub.daemon and hub.daemon.poll() is None:
+            hub.daemon.send_signal(signal.SIGTERM)
+            try:
+                hub.daemon.wait(15)
+            except subprocess.TimeoutExpired:
+                hub.daemon.kill()
+        for sim in hub.chargers.values():
+            try:
+                await sim.stop()
+            except Exception:
+                pass
+        if own_dir and os.environ.get("HUBEDGE_DEMO_KEEP") is None:
+            shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def _clock(sim_s: float) -> str:
+    sim_s = int(sim_s)
+    return f"{sim_s // 3600:02d}:{(sim_s % 3600) // 60:02d}:{sim_s % 60:02d}"
+
+
+async def _summary(hub: DemoHub) -> str:
+    status = await hub.ask("status")
+    sessions = await hub.ask("sessions", {"limit": 10000})
+    outbox = await hub.ask("outbox")
+    done = [s for s in sessions if s["status"] == "stopped"]
+    energy = sum(s.get("energy_wh") or 0 for s in sessions) / 1000
+    by_method: dict[str, int] = {}
+    for s in sessions:
+        by_method[s["method"]] = by_method.get(s["method"], 0) + 1
+    faults = [d for d in status["devices"] if d["state"] == "fault"]
+    lines = [
+        "",
+        "=== hub-edge demo summary ===",
+        f"sessions: {len(sessions)} ({len(done)} ended, {sum(1 for s in sessions if s['status'] in ('starting', 'active'))} still charging) by method: {json.dumps(by_method)}",
+        f"energy delivered: {energy:.1f} kWh",
+        f"connectors now: " + ", ".join(f"{c['connector']}={c['status']}" for c in status["connectors"]),
+        f"devices in fault now: {len(faults)}",
+        f"events recorded: {outbox.get('total_put', '?')}; waiting for the cloud: {outbox.get('depth', 0)}",
+        "script:",
+        *("  " + line for line in hub.script_log),
+    ]
+    return "\n".join(lines)
+
+
+def run_demo(args) -> int:
+    from edge.journal import setup_logging
+
+    setup_logging("warning")
+    try:
+        return asyncio.run(_run(args))
+    except KeyboardInterrupt:
+        return 130
+    except RuntimeError as exc:
+        print(f"hub-edge demo: {exc}", file=sys.stderr)
+        return 1

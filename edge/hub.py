@@ -1,0 +1,831 @@
+"""The hub core: one asyncio event loop owns every piece of state.
+
+Data flows one way: drivers report readings and events; the core feeds them
+to the state machines and the decision logic; what they decide goes back to
+drivers as commands, to the ledgers as records and to the outbox as events.
+The uplink drains the outbox beside the hardware loops and never blocks them.
+
+Each charger is polled by its own task, so a silent charger only ever delays
+itself (R-C6). Every change that matters is written before it is acted on, so
+a restart picks up where the hub stopped (R-C9).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from drivers.device import DeviceHealth
+from edge.clock import Clock, parse_rfc3339, rfc3339
+from edge.config import HubConfig
+from edge.sessions import Session, SessionLedger
+from state_machines.connector import ACTIVE, Connector, apply_hardware, build_machine
+
+log = logging.getLogger("hubedge.hub")
+
+VERSION = "0.1.0"
+
+CONNECTOR_SCHEMA = """
+CREATE TABLE IF NOT EXISTS connector_state (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    session_id TEXT,
+    reserved_for TEXT,
+    admin_unavailable TEXT,
+    fault_kind TEXT,
+    fault_reason TEXT,
+    since TEXT NOT NULL
+);
+"""
+
+
+class Refused(Exception):
+    """An action the hub will not carry out; the message says why and what to do."""
+
+    code = "refused"
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        if code:
+            self.code = code
+
+
+class NotFound(Refused):
+    code = "not_found"
+
+
+@dataclass
+class ConnectorPlace:
+    charger_id: str
+    index: int
+    bay: str | None
+    free_vend: bool
+
+
+class Hub:
+    def __init__(self, cfg: HubConfig, *, clock: Clock | None = None):
+        from edge.outbox import Outbox
+        from edge.store import Store
+
+        self.cfg = cfg
+        self.hub_id = cfg.hub.id
+        self.clock = clock or Clock()
+        self.state_dir = cfg.resolve(cfg.storage.state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store(self.state_dir, clock=self.clock)
+        self.outbox = Outbox(
+            self.store,
+            self.hub_id,
+            clock=self.clock,
+            quota_bytes=int(cfg.storage.outbox_quota_mb * 1024 * 1024),
+            near_ratio=cfg.storage.outbox_near_ratio,
+        )
+        self.sessions = SessionLedger(self.store.db, self.hub_id)
+        self.store.db.executescript(CONNECTOR_SCHEMA)
+
+        self.connectors: dict[str, Connector] = {}
+        self.places: dict[str, ConnectorPlace] = {}
+        self.readings: dict[str, Any] = {}
+        self.chargers: dict[str, Any] = {}
+        self.devices: dict[str, DeviceHealth] = {}
+        self.uplink = None
+        self.downlink = None
+        self.link_up = False
+        self.started_mono = time.monotonic()
+        self.ready = asyncio.Event()
+        self._polled: set[str] = set()
+        self._tasks: list[asyncio.Task] = []
+        self._unlocking: set[str] = set()
+        self._stop_reasons: dict[str, str] = {}  # session id -> why it is being stopped
+        self._idle_reported: set[str] = set()
+        self._pending_unavailable: dict[str, str] = {}
+        self._starts_resumed: set[str] = set()
+        self._faults_reported: set[str] = set()
+        self.session_started_hooks: list[Callable[[Session], Awaitable[None] | None]] = []
+        self.session_ended_hooks: list[Callable[[Session], Awaitable[None] | None]] = []
+        self.stopping = False
+        self.events_put = 0
+        self._build_connectors()
+        for alarm in self.store.alarms:
+            self.emit("device.alarm", {"alarm": "store_recovered", "message": alarm})
+
+    # ------------------------------------------------------------------ setup
+    def _build_connectors(self) -> None:
+        from drivers.charger_modbus import ChargerDriver
+        from drivers.register_map import load_register_map
+
+        persisted = {
+            row[0]: row
+            for row in self.store.db.execute(
+                "SELECT id, state, session_id, reserved_for, admin_unavailable, fault_kind, fault_reason, since FROM connector_state"
+            )
+        }
+        open_sessions = {s.connector: s for s in self.sessions.open_sessions()}
+        for ch in self.cfg.chargers:
+            host, port = ch.address.rsplit(":", 1)
+            rmap = load_register_map(self.cfg.resolve(ch.register_map))
+            driver = ChargerDriver(
+                ch.id,
+                host,
+                int(port),
+                ch.unit,
+                rmap,
+                {c.id: c.index - 1 for c in ch.connectors},  # config counts from 1, the driver from 0
+                timeout=self.cfg.charging.modbus_timeout_s,
+                fault_after=self.cfg.charging.fault_after_polls,
+            )
+            self.chargers[ch.id] = driver
+            self.devices[ch.id] = driver.health
+            for ref in ch.connectors:
+                bay = self.cfg.bay_for_connector(ref.id)
+                self.places[ref.id] = ConnectorPlace(ch.id, ref.index, bay.id if bay else None, ref.free_vend)
+                row = persisted.get(ref.id)
+                c = Connector(ref.id)
+                if row:
+                    _, state, _sid, reserved, admin, fkind, freason, since = row
+                    c.reserved_for = reserved
+                    c.admin_unavailable = admin
+                    c.fault_reason = freason
+                    c.since = parse_rfc3339(since)
+                    c.fault_kind = fkind
+                else:
+                    state = "Available"
+                    c.fault_kind = None
+                    c.since = self.clock.now()
+                s = open_sessions.get(ref.id)
+                c.session_id = s.id if s else None
+                build_machine(c, state)
+                self.connectors[ref.id] = c
+
+    def _persist(self, c: Connector) -> None:
+        with self.store.db:
+            self.store.db.execute(
+                "INSERT OR REPLACE INTO connector_state VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    c.id,
+                    c.state,
+                    c.session_id,
+                    c.reserved_for,
+                    c.admin_unavailable,
+                    c.fault_kind,
+                    c.fault_reason,
+                    rfc3339(c.since or self.clock.now()),
+                ),
+            )
+
+    # ----------------------------------------------------------------- events
+    def emit(self, type_: str, data: dict) -> None:
+        """Record an event durably in the outbox (the uplink sends it)."""
+        env = self.outbox.put(type_, data, offline=not self.link_up)
+        self.events_put += 1
+        brief = " ".join(f"{k}={data[k]}" for k in ("connector", "status", "session", "device", "reason", "action") if data.get(k) is not None)
+        log.info("event type=%s seq=%s %s", type_, env.seq, brief)
+        alarm = self.outbox.take_quota_alarm()
+        if alarm:
+            self.outbox.put("device.alarm", alarm, offline=not self.link_up)
+            self.events_put += 1
+
+    def _publish_state(self, c: Connector) -> None:
+        if self.uplink is not None:
+            self.uplink.publish_state(c.id, self.connector_view(c))
+
+    def connector_view(self, c: Connector) -> dict:
+        r = self.readings.get(c.id)
+        place = self.places[c.id]
+        return {
+            "v": 1,
+            "connector": c.id,
+            "bay": place.bay,
+            "status": c.state,
+            "since": rfc3339(c.since) if c.since else None,
+            "session": c.session_id,
+            "reserved_for": c.reserved_for,
+            "unavailable_reason": c.admin_unavailable,
+            "fault": c.fault_reason if c.state == "Faulted" else None,
+            "power_w": getattr(r, "power_w", None),
+            "energy_wh": getattr(r, "energy_wh", None),
+            "soc": getattr(r, "soc", None),
+            "ts": rfc3339(self.clock.now()),
+        }
+
+    def _changed(self, c: Connector, previous: str, reason: str | None = None) -> None:
+        c.since = self.clock.now()
+        self._persist(c)
+        data = {"connector": c.id, "status": c.state, "previous": previous}
+        if reason:
+            data["reason"] = reason
+        if c.session_id:
+            data["session"] = c.session_id
+        self.emit("connector.status", data)
+        self._publish_state(c)
+        if c.state != "Finishing":
+            self._idle_reported.discard(c.id)
+
+    # ------------------------------------------------------------------ polls
+    async def _poll_loop(self, charger_id: str) -> None:
+        driver = self.chargers[charger_id]
+        interval = self.cfg.charging.poll_interval_s
+        while not self.stopping:
+            t0 = time.monotonic()
+            try:
+                readings = await driver.poll()
+            except Exception as exc:  # ChargerUnavailable, or a driver bug: never kill the loop
+                self._poll_failed(charger_id, str(exc) or type(exc).__name__)
+            else:
+                self._poll_ok(charger_id, readings)
+            self._polled.add(charger_id)
+            if len(self._polled) == len(self.chargers):
+                self.ready.set()
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - t0)))
+
+    def _poll_failed(self, charger_id: str, reason: str) -> None:
+        driver = self.chargers[charger_id]
+        if driver.health.state != "fault":
+            return  # not yet N failed polls
+        for cid, place in self.places.items():
+            if place.charger_id != charger_id:
+                continue
+            c = self.connectors[cid]
+            if c.state != "Faulted":
+                prev = c.state
+                c.fault_kind = "comm"
+                c.fault_reason = f"charger {charger_id} not answering: {reason}"
+                c.trigger("fault")
+                self._changed(c, prev, "charger_unreachable")
+        if charger_id not in self._faults_reported:
+            self._faults_reported.add(charger_id)
+            self.emit(
+                "device.fault",
+                {"device": charger_id, "class": "charger", "reason": f"no answer to {self.cfg.charging.fault_after_polls} polls: {reason}; check its power and network"},
+            )
+
+    def _poll_ok(self, charger_id: str, readings: dict) -> None:
+        if charger_id in self._faults_reported:
+            self._faults_reported.discard(charger_id)
+            down = (self.clock.now() - self.devices[charger_id].since).total_seconds()
+            self.emit("device.recovered", {"device": charger_id, "class": "charger", "down_for_s": max(0, round(down))})
+        for cid, reading in readings.items():
+            if cid not in self.connectors:
+                continue
+            self.readings[cid] = reading
+            self._apply_reading(self.connectors[cid], reading)
+        if charger_id not in self._starts_resumed:
+            self._starts_resumed.add(charger_id)
+            self._resume_starts(charger_id)
+
+    def _apply_reading(self, c: Connector, reading) -> None:
+        hw = getattr(reading.status, "value", reading.status)
+        if c.state == "Faulted":
+            kind = c.fault_kind
+            if kind == "unlock" and hw != "unplugged":
+                return  # stays faulted until unlocked or the cable is out (R-C5)
+        prev = c.state
+        step = apply_hardware(c, hw)
+        if step.trigger is None:
+            return
+        reason = None
+        if step.trigger == "fault":
+            c.fault_kind = "hardware"
+            c.fault_reason = f"charger reports a fault on connector {c.id} (status code {getattr(reading, 'raw_status', '?')})"
+            reason = "charger_fault"
+        elif step.trigger == "recover":
+            c.fault_kind = None
+            c.fault_reason = None
+            reason = "recovered"
+        self._changed(c, prev, reason)
+        self._after_step(c, prev, reading)
+
+    def _after_step(self, c: Connector, prev: str, reading) -> None:
+        place = self.places[c.id]
+        s = self.sessions.get(c.session_id) if c.session_id else None
+        if s and s.status == "starting" and c.state in ACTIVE:
+            s.status = "active"
+            if s.meter_start_wh is None:
+                s.meter_start_wh = reading.energy_wh
+            self.sessions.update(s, self.clock.now())
+            self.emit("session.started", self._session_event(s))
+            self._run_hooks(self.session_started_hooks, s)
+        if s and c.state not in ("Preparing", "Faulted", *ACTIVE):
+            # Finishing (charge ended) or Available/Reserved (unplugged).
+            default = "ev_disconnected" if c.state in ("Available", "Reserved") else "ev_finished"
+            self._end_session(c, s, self._stop_reasons.pop(s.id, default), reading)
+        if s and s.status == "starting" and c.state in ("Available", "Reserved"):
+            pass  # handled by _end_session above (failed start)
+        if c.state == "Finishing" and prev != "Finishing":
+            self._spawn(self._unlock(c, retries=self.cfg.charging.unlock_retries))
+        if c.state == "Preparing" and prev != "Preparing" and not c.session_id and place.free_vend:
+            self._spawn(self._start_free_vend(c.id))
+        if c.state in ("Available", "Finishing") and c.id in self._pending_unavailable and not c.session_id:
+            reason = self._pending_unavailable.pop(c.id)
+            self._set_unavailable(c, reason)
+
+    async def _start_free_vend(self, connector_id: str) -> None:
+        try:
+            await self.start_session(connector_id, method="free_vend")
+        except Refused as exc:
+            log.warning("session.not_started connector=%s reason=%s", connector_id, exc)
+
+    def _resume_starts(self, charger_id: str) -> None:
+        """After a restart: a session written as 'starting' whose charger is
+        not charging yet gets its start sent again (the first may never have
+        left); one already charging simply goes on (R-C9)."""
+        for cid, place in self.places.items():
+            if place.charger_id != charger_id:
+                continue
+            c = self.connectors[cid]
+            s = self.sessions.get(c.session_id) if c.session_id else None
+            if s and s.status == "starting" and c.state == "Preparing" and c.hw == "plugged":
+                age = (self.clock.now() - s.started_at).total_seconds()
+                if age < self.cfg.charging.start_timeout_s:
+                    log.info("session.start_resent session=%s connector=%s", s.id, cid)
+                    self._spawn(self._send(place.charger_id, "start", cid))
+
+    # -------------------------------------------------------------- sessions
+    def _session_event(self, s: Session) -> dict:
+        d = {
+            "session": s.id,
+            "connector": s.connector,
+            "bay": s.bay,
+            "method": s.method,
+            "token": s.token_masked,
+            "meter_start_wh": s.meter_start_wh if s.meter_start_wh is not None else 0,
+            "started_at": rfc3339(s.started_at),
+        }
+        if s.booking_id:
+            d["booking"] = s.booking_id
+        if s.payment_id:
+            d["payment"] = s.payment_id
+        return d
+
+    async def start_session(
+        self,
+        connector_id: str,
+        *,
+        method: str,
+        token: str | None = None,
+        token_masked: str | None = None,
+        booking_id: str | None = None,
+        payment_id: str | None = None,
+        tariff=None,
+        extra: dict | None = None,
+    ) -> Session:
+        c = self.connectors.get(connector_id)
+        if c is None:
+            raise NotFound(f"no connector {connector_id!r} at this hub; `hubctl status` lists them")
+        if c.state != "Preparing":
+            raise Refused(f"connector {connector_id} is {c.state}, not Preparing: plug the truck in first (R-C2)")
+        if c.session_id:
+            raise Refused(f"connector {connector_id} already has session {c.session_id}")
+        ok, why = self.outbox.accepting_sessions()
+        if not ok:
+            raise Refused(why, code="outbox_full")
+        place = self.places[connector_id]
+        reading = self.readings.get(connector_id)
+        now = self.clock.now()
+        s = Session(
+            id=self.sessions.new_id(),
+            hub=self.hub_id,
+            connector=connector_id,
+            bay=place.bay,
+            method=method,
+            status="starting",
+            started_at=now,
+            token=token,
+            token_masked=token_masked,
+            booking_id=booking_id,
+            payment_id=payment_id,
+            meter_start_wh=getattr(reading, "energy_wh", None),
+            signed_start=getattr(reading, "signed_meter_value", None),
+            currency=self.cfg.hub.currency,
+            extra=extra or {},
+        )
+        if tariff is not None:
+            s.tariff_id = tariff.id
+            s.price_per_kwh = tariff.price_per_kwh
+            s.vat_rate = tariff.vat_rate
+            s.currency = tariff.currency
+        # Write-ahead: the ledger knows about the start before the charger does.
+        self.sessions.insert(s, now)
+        c.session_id = s.id
+        self._persist(c)
+        log.info("session.starting session=%s connector=%s method=%s", s.id, connector_id, method)
+        try:
+            await self.chargers[place.charger_id].start(connector_id)
+        except Exception as exc:
+            self._fail_start(c, s, f"charger did not accept the start: {exc}")
+            raise Refused(f"charger {place.charger_id} did not accept the start ({exc}); try again or call a technician") from None
+        return s
+
+    def _fail_start(self, c: Connector, s: Session, reason: str) -> None:
+        s.status = "failed"
+        s.stop_reason = reason
+        s.stopped_at = self.clock.now()
+        s.energy_wh = 0
+        self.sessions.update(s, self.clock.now())
+        if c.session_id == s.id:
+            c.session_id = None
+            self._persist(c)
+        self.emit("session.stopped", self._stopped_event(s))
+        self._run_hooks(self.session_ended_hooks, s)
+
+    def _stopped_event(self, s: Session) -> dict:
+        d = {
+            "session": s.id,
+            "connector": s.connector,
+            "bay": s.bay,
+            "reason": s.stop_reason or "unknown",
+            "status": s.status,
+            "meter_stop_wh": s.meter_stop_wh if s.meter_stop_wh is not None else (s.meter_start_wh or 0),
+            "energy_wh": s.energy_wh or 0,
+            "stopped_at": rfc3339(s.stopped_at or self.clock.now()),
+        }
+        if s.cost_gross is not None:
+            d["cost"] = {"amount": str(s.cost_gross), "currency": s.currency}
+        if s.signed_stop:
+            d["signed_meter_value"] = s.signed_stop
+        return d
+
+    def _end_session(self, c: Connector, s: Session, reason: str, reading) -> None:
+        now = self.clock.now()
+        if s.status == "starting":
+            self._fail_start(c, s, "truck unplugged before charging started" if reason == "ev_disconnected" else reason)
+            c.last_session_id = None
+            return
+        s.status = "stopped"
+        s.stop_reason = reason
+        s.stopped_at = now
+        s.meter_stop_wh = reading.energy_wh
+        s.signed_stop = getattr(reading, "signed_meter_value", None)
+        start = s.meter_start_wh if s.meter_start_wh is not None else reading.energy_wh
+        s.energy_wh = max(0, reading.energy_wh - start)
+        self.sessions.update(s, now)
+        c.last_session_id = s.id
+        c.session_id = None
+        self._persist(c)
+        self.emit("session.stopped", self._stopped_event(s))
+        log.info("session.stopped session=%s connector=%s reason=%s energy_wh=%d", s.id, c.id, reason, s.energy_wh)
+        self._run_hooks(self.session_ended_hooks, s)
+
+    async def stop_session(self, session_id: str, reason: str = "remote") -> Session:
+        s = self.sessions.get(session_id)
+        if s is None:
+            raise NotFound(f"no session {session_id!r}; `hubctl sessions` lists them")
+        if not s.is_open:
+            raise Refused(f"session {session_id} has already ended ({s.status}, {s.stop_reason})", code="not_open")
+        c = self.connectors[s.connector]
+        self._stop_reasons[s.id] = reason
+        place = self.places[s.connector]
+        if s.status == "starting" and c.state == "Preparing":
+            self._fail_start(c, s, f"stopped before charging began ({reason})")
+            self._spawn(self._send(place.charger_id, "stop", s.connector))
+            return s
+        try:
+            await self.chargers[place.charger_id].stop(s.connector)
+        except Exception as exc:
+            raise Refused(
+                f"charger {place.charger_id} did not take the stop command ({exc}); the hub keeps the session open — try again, or unplug locally",
+                code="device_unavailable",
+            ) from None
+        log.info("session.stopping session=%s reason=%s", s.id, reason)
+        return s
+
+    def _run_hooks(self, hooks, s: Session) -> None:
+        for hook in hooks:
+            try:
+                res = hook(s)
+                if asyncio.iscoroutine(res):
+                    self._spawn(res)
+            except Exception:
+                log.exception("hook.failed session=%s", s.id)
+
+    # --------------------------------------------------------------- unlock
+    async def _unlock(self, c: Connector, *, retries: int) -> bool:
+        """R-C5: unlock after a stop; retried, then reported as a fault."""
+        if c.id in self._unlocking:
+            return False
+        self._unlocking.add(c.id)
+        place = self.places[c.id]
+        try:
+            for attempt in range(retries + 1):
+                try:
+                    ok = await self.chargers[place.charger_id].unlock(c.id)
+                except Exception as exc:
+                    log.warning("connector.unlock_error connector=%s attempt=%d error=%s", c.id, attempt + 1, exc)
+                    ok = False
+                if ok:
+                    if c.state == "Faulted" and c.fault_kind == "unlock":
+                        prev = c.state
+                        c.fault_kind = None
+                        c.fault_reason = None
+                        c.trigger("recover")
+                        self._changed(c, prev, "unlocked")
+                    log.info("connector.unlocked connector=%s attempt=%d", c.id, attempt + 1)
+                    return True
+                if attempt < retries:
+                    await asyncio.sleep(self.cfg.charging.unlock_retry_s)
+            self.emit(
+                "connector.unlock_failed",
+                {"connector": c.id, "attempts": retries + 1, "message": "the connector stayed locked: a technician can run `hubctl connector unlock " + c.id + "`"},
+            )
+            if c.state != "Faulted":
+                prev = c.state
+                c.fault_kind = "unlock"
+                c.fault_reason = f"unlock failed after {retries + 1} attempts"
+                c.trigger("fault")
+                self._changed(c, prev, "unlock_failed")
+            return False
+        finally:
+            self._unlocking.discard(c.id)
+
+    async def unlock(self, connector_id: str) -> bool:
+        c = self._connector(connector_id)
+        if c.session_id:
+            raise Refused(f"connector {connector_id} has session {c.session_id} running: stop it first with `hubctl session stop {c.session_id}`")
+        return await self._unlock(c, retries=0)
+
+    # --------------------------------------------------------- availability
+    def _connector(self, connector_id: str) -> Connector:
+        c = self.connectors.get(connector_id)
+        if c is None:
+            raise NotFound(f"no connector {connector_id!r} at this hub; `hubctl status` lists them")
+        return c
+
+    def _set_unavailable(self, c: Connector, reason: str) -> None:
+        prev = c.state
+        c.admin_unavailable = reason
+        if c.state != "Unavailable":
+            if c.state == "Faulted":
+                self._persist(c)  # stays Faulted; recovery goes to Unavailable
+                return
+            c.trigger("take_out_of_service")
+            self._changed(c, prev, reason)
+        else:
+            self._persist(c)
+
+    def set_availability(self, connector_id: str, available: bool, reason: str) -> str:
+        """R-C7. Returns what happened, for the person who asked."""
+        c = self._connector(connector_id)
+        if not available:
+            if c.session_id:
+                self._pending_unavailable[c.id] = reason
+                return f"connector {c.id} has a session running; it becomes Unavailable when the session ends"
+            self._set_unavailable(c, reason)
+            return f"connector {c.id} is now {c.state}"
+        self._pending_unavailable.pop(c.id, None)
+        if c.state == "Unavailable":
+            prev = c.state
+            c.admin_unavailable = None
+            c.trigger("return_to_service")
+            self._changed(c, prev, "available")
+            if c.state == "Preparing" and self.places[c.id].free_vend:
+                self._spawn(self._start_free_vend(c.id))
+        else:
+            c.admin_unavailable = None
+            self._persist(c)
+        return f"connector {c.id} is now {c.state}"
+
+    # ----------------------------------------------------------------- ticks
+    async def _tick_loop(self) -> None:
+        while not self.stopping:
+            try:
+                self.tick(self.clock.now())
+            except Exception:
+                log.exception("tick.failed")
+            await asyncio.sleep(1.0)
+
+    def tick(self, now: datetime) -> None:
+        charging = self.cfg.charging
+        for c in self.connectors.values():
+            # Start that never produced energy: end it, so no hold or token stays tied up.
+            if c.session_id and c.state == "Preparing":
+                s = self.sessions.get(c.session_id)
+                if s and s.status == "starting" and (now - s.started_at).total_seconds() > charging.start_timeout_s:
+                    self._fail_start(c, s, f"the truck did not start charging within {charging.start_timeout_s:.0f} s")
+                    self._spawn(self._send(self.places[c.id].charger_id, "stop", c.id))
+            # R-C8: idle in bay.
+            if c.state == "Finishing" and c.since and c.id not in self._idle_reported:
+                idle = (now - c.since).total_seconds()
+                if idle >= charging.idle_in_bay_after_s:
+                    self._idle_reported.add(c.id)
+                    self.emit(
+                        "connector.idle_in_bay",
+                        {"connector": c.id, "bay": self.places[c.id].bay, "idle_s": int(idle), "session": c.last_session_id},
+                    )
+        self._apply_maintenance(now)
+
+    def _apply_maintenance(self, now: datetime) -> None:
+        try:
+            from edge.downlink import maintenance_in_force
+        except ImportError:
+            return
+        windows = self.maintenance_windows()
+        for c in self.connectors.values():
+            w = maintenance_in_force(windows, c.id, now)
+            tag = f"maintenance:{w['id']}" if w else None
+            if w and c.admin_unavailable != tag and not (c.admin_unavailable or "").startswith("maintenance:"):
+                if c.session_id:
+                    self._pending_unavailable[c.id] = tag
+                else:
+                    self._set_unavailable(c, tag)
+            elif not w and (c.admin_unavailable or "").startswith("maintenance:"):
+                self.set_availability(c.id, True, "maintenance window ended")
+
+    def maintenance_windows(self) -> list[dict]:
+        try:
+            return list(self.store.documents("maintenance").all())
+        except Exception:
+            return []
+
+    # ------------------------------------------------------------- commands
+    async def _send(self, charger_id: str, command: str, connector_id: str) -> None:
+        try:
+            await getattr(self.chargers[charger_id], command)(connector_id)
+        except Exception as exc:
+            log.warning("charger.command_failed charger=%s command=%s connector=%s error=%s", charger_id, command, connector_id, exc)
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.append(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        try:
+            self._tasks.remove(task)
+        except ValueError:
+            pass
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task.failed error=%r", task.exception())
+
+    # ---------------------------------------------------------------- cloud
+    def _start_cloud(self) -> None:
+        try:
+            from edge.downlink import Downlink
+        except ImportError:  # TEMP until downlink lands
+            Downlink = None
+        loop = asyncio.get_running_loop()
+        if Downlink is not None:
+            self.downlink = Downlink(self.hub_id, self.store, clock=self.clock, reply=self._reply)
+            self._register_commands()
+        if not self.cfg.cloud.broker:
+            log.info("cloud.disabled reason=no_broker_configured")
+            return
+        from edge.uplink import Uplink
+
+        tls = None
+        if self.cfg.cloud.broker.startswith("mqtts://"):
+            tls = {
+                "ca": str(self.cfg.resolve(self.cfg.cloud.ca_file)),
+                "cert": str(self.cfg.resolve(self.cfg.cloud.cert_file)),
+                "key": str(self.cfg.resolve(self.cfg.cloud.key_file)),
+            }
+        self.uplink = Uplink(
+            self.hub_id,
+            self.cfg.cloud.broker,
+            client_id=self.cfg.cloud.client_id or f"hubedge-{self.hub_id}",
+            outbox=self.outbox,
+            clock=self.clock,
+            tls=tls,
+            version=VERSION,
+            on_message=self._on_cloud_message,
+            on_link=self._on_link,
+            loop=loop,
+            keepalive=self.cfg.cloud.keepalive_s,
+        )
+        self.uplink.start()
+
+    def _reply(self, payload: dict) -> None:
+        if self.uplink is not None:
+            self.uplink.publish_reply(payload)
+
+    def _on_cloud_message(self, topic: str, payload: bytes) -> None:
+        if self.downlink is not None:
+            self._spawn(self.downlink.handle(topic, payload))
+
+    def _on_link(self, up: bool) -> None:
+        self.link_up = up
+        log.info("cloud.link up=%s", up)
+        if up:
+            for c in self.connectors.values():
+                self._publish_state(c)
+
+    def _register_commands(self) -> None:
+        from edge.downlink import Rejected
+
+        async def unlock_connector(msg: dict) -> dict:
+            cid = (msg.get("args") or {}).get("connector")
+            try:
+                ok = await self.unlock(str(cid))
+            except Refused as exc:
+                raise Rejected(exc.code, str(exc))
+            if not ok:
+                raise Rejected("unlock_failed", f"connector {cid} stayed locked; send a technician")
+            self.audit("cloud", "connector.unlock", str(cid), "", "done")
+            return {"connector": cid}
+
+        async def set_availability(msg: dict) -> dict:
+            args = msg.get("args") or {}
+            cid = str(args.get("connector"))
+            available = args.get("available")
+            if not isinstance(available, bool):
+                raise Rejected("schema", "args.available must be true or false")
+            try:
+                result = self.set_availability(cid, available, str(args.get("reason") or "cloud command"))
+            except Refused as exc:
+                raise Rejected(exc.code, str(exc))
+            self.audit("cloud", "connector.available" if available else "connector.unavailable", cid, str(args.get("reason") or ""), result)
+            return {"connector": cid, "message": result}
+
+        async def stop_session(msg: dict) -> dict:
+            sid = str((msg.get("args") or {}).get("session"))
+            try:
+                await self.stop_session(sid, reason="remote")
+            except Refused as exc:
+                raise Rejected(exc.code, str(exc))
+            self.audit("cloud", "session.stop", sid, "", "stopping")
+            return {"session": sid}
+
+        self.downlink.register("cmd:unlock_connector", unlock_connector)
+        self.downlink.register("cmd:set_availability", set_availability)
+        self.downlink.register("cmd:stop_session", stop_session)
+
+    # ----------------------------------------------------------------- audit
+    def audit(self, user: str, action: str, target: str, reason: str, result: str) -> None:
+        """R-T1: every action is an audit.action event synced to the cloud."""
+        self.emit("audit.action", {"user": user, "action": action, "target": target, "reason": reason, "result": result})
+
+    # ------------------------------------------------------------------ views
+    def status(self) -> dict:
+        now = self.clock.now()
+        connectors = []
+        for cid, c in self.connectors.items():
+            v = self.connector_view(c)
+            s = self.sessions.get(c.session_id) if c.session_id else None
+            if s:
+                r = self.readings.get(cid)
+                v["session_energy_wh"] = max(0, getattr(r, "energy_wh", 0) - (s.meter_start_wh or 0)) if r else None
+                v["session_method"] = s.method
+            connectors.append(v)
+        return {
+            "hub": self.hub_id,
+            "version": VERSION,
+            "ts": rfc3339(now),
+            "uptime_s": round(time.monotonic() - self.started_mono),
+            "ready": self.ready.is_set(),
+            "connectors": connectors,
+            "devices": [d.as_dict() for d in self.devices.values()],
+            "cloud": self.cloud_view(),
+            "outbox": self.outbox_view(),
+        }
+
+    def cloud_view(self) -> dict:
+        if self.uplink is None:
+            return {"configured": False, "connected": False}
+        return {"configured": True, "broker": self.cfg.cloud.broker, **self.uplink.link_state()}
+
+    def outbox_view(self) -> dict:
+        from edge.outbox import outbox_summary
+
+        out = outbox_summary(self.outbox, link=self.cloud_view(), now=self.clock.now())
+        out["total_put"] = self.events_put
+        return out
+
+    # ------------------------------------------------------------------- run
+    async def start(self) -> None:
+        self._start_cloud()
+        for charger_id in self.chargers:
+            self._spawn(self._poll_loop(charger_id))
+        self._spawn(self._tick_loop())
+
+    async def wait_ready(self, timeout: float) -> bool:
+        if not self.chargers:
+            self.ready.set()
+        try:
+            await asyncio.wait_for(self.ready.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def stop(self) -> None:
+        self.stopping = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for driver in self.chargers.values():
+            try:
+                await driver.close()
+            except Exception:
+                pass
+        if self.uplink is not None:
+            try:
+                await self.uplink.stop()
+            except Exception:
+                log.exception("uplink.stop_failed")
+        self.store.close()

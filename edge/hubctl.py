@@ -1,0 +1,346 @@
+"""hubctl: the field technician's tool (R-T1..R-T3).
+
+Talks to the running daemon over its control socket (see edge/control.py and
+docs/control-protocol.md). `hubctl config validate FILE` needs no daemon.
+
+Exit status: 0 done; 1 failed inside the daemon; 2 bad arguments;
+3 refused (the hub will not do it now, the message says why);
+4 not found; 5 daemon unreachable; 6 configuration invalid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import sys
+from datetime import datetime, timedelta, timezone
+
+from edge.clock import rfc3339
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED, EXIT_NOT_FOUND, EXIT_UNREACHABLE, EXIT_CONFIG = 0, 1, 2, 3, 4, 5, 6
+CODE_EXIT = {
+    "not_found": EXIT_NOT_FOUND,
+    "bad_request": EXIT_USAGE,
+    "reason_required": EXIT_USAGE,
+    "internal": EXIT_FAILED,
+    "version": EXIT_FAILED,
+    "unknown_command": EXIT_FAILED,
+}
+DEFAULT_SOCKET = "/run/hubedge/control.sock"
+
+
+class Style:
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def _c(self, code: str, text: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if self.enabled else text
+
+    def state(self, s: str) -> str:
+        colour = {
+            "Available": "32", "Charging": "36", "Preparing": "33", "SuspendedEV": "36",
+            "SuspendedEVSE": "36", "Finishing": "33", "Reserved": "35", "Unavailable": "90",
+            "Faulted": "31;1", "fault": "31;1", "ok": "32", "unknown": "90",
+        }.get(s)
+        return self._c(colour, s) if colour else s
+
+    def bold(self, text: str) -> str:
+        return self._c("1", text)
+
+
+def parse_when(text: str, now: datetime | None = None) -> datetime:
+    """Accept RFC 3339 / ISO dates ('2026-11-24', '2026-11-24T08:00Z') and
+    relative times ('2h', '30m', '3d', '1w' ago)."""
+    now = now or datetime.now(timezone.utc)
+    m = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", text)
+    if m:
+        n, unit = int(m.group(1)), m.group(2)
+        secs = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit] * n
+        return now - timedelta(seconds=secs)
+    try:
+        ts = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time: use 2026-11-24, 2026-11-24T08:00Z or a relative time like 2h, 3d")
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=timezone.utc)
+    return ts.astimezone(timezone.utc)
+
+
+def table(rows: list[list[str]], header: list[str], style: Style) -> str:
+    if not rows:
+        return "(none)"
+    plain = [[_strip(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in plain)) for i, h in enumerate(header)]
+    out = [style.bold("  ".join(h.ljust(widths[i]) for i, h in enumerate(header)).rstrip())]
+    for r, p in zip(rows, plain):
+        out.append("  ".join(c + " " * (widths[i] - len(p[i])) for i, c in enumerate(r)).rstrip())
+    return "\n".join(out)
+
+
+def _strip(s: str) -> str:
+    return re.sub(r"\033\[[0-9;]*m", "", str(s))
+
+
+def _age(ts: str | None, now: datetime) -> str:
+    if not ts:
+        return "-"
+    try:
+        secs = (now - datetime.fromisoformat(ts.replace("Z", "+00:00"))).total_seconds()
+    except ValueError:
+        return ts
+    return _duration(secs)
+
+
+def _duration(secs: float | None) -> str:
+    if secs is None:
+        return "-"
+    secs = int(secs)
+    if secs < 90:
+        return f"{secs}s"
+    if secs < 5400:
+        return f"{secs // 60}m"
+    if secs < 172800:
+        return f"{secs // 3600}h{(secs % 3600) // 60:02d}m"
+    return f"{secs // 86400}d"
+
+
+# ------------------------------------------------------------------ renderers
+def render_status(d: dict, style: Style) -> str:
+    now = datetime.now(timezone.utc)
+    lines = [style.bold(f"hub {d['hub']}") + f"  version {d['version']}  up {_duration(d.get('uptime_s'))}  {d['ts']}"]
+    rows = []
+    for c in d["connectors"]:
+        detail = c.get("fault") or c.get("unavailable_reason") or ""
+        if c.get("session"):
+            kwh = (c.get("session_energy_wh") or 0) / 1000
+            detail = f"session {c['session'][:8]} {kwh:.1f} kWh" + (f" ({c.get('session_method')})" if c.get("session_method") else "")
+        if c.get("reserved_for") and not detail:
+            detail = f"reserved for booking {c['reserved_for']}"
+        power = f"{(c.get('power_w') or 0) / 1000:.0f} kW" if c.get("power_w") else "-"
+        rows.append([c["connector"], c.get("bay") or "-", style.state(c["status"]), _age(c.get("since"), now), power, detail])
+    lines.append(table(rows, ["CONNECTOR", "BAY", "STATE", "FOR", "POWER", "DETAIL"], style))
+    for section in ("bays", "bookings", "gates", "terminals", "readers"):
+        if d.get(section):
+            lines.append("")
+            lines.append(render_section(section, d[section], style))
+    faults = [x for x in d.get("devices", []) if x["state"] == "fault"]
+    lines.append("")
+    if faults:
+        lines.append(style.bold("devices in fault"))
+        lines.append(table([[f["device"], f["class"], _age(f["since"], now), f.get("last_error") or ""] for f in faults], ["DEVICE", "CLASS", "SINCE", "ERROR"], style))
+    else:
+        lines.append(f"devices: {len(d.get('devices', []))} all answering")
+    cloud = d.get("cloud", {})
+    ob = d.get("outbox", {})
+    if not cloud.get("configured"):
+        link = "cloud: not configured (events kept in the outbox)"
+    else:
+        link = f"cloud: {'connected' if cloud.get('connected') else style.state('fault') + ' disconnected'} {cloud.get('broker', '')}"
+    lines.append(f"{link}; outbox {ob.get('depth', 0)} waiting, oldest {_duration(ob.get('oldest_age_s'))}, quota {(ob.get('quota') or {}).get('state', '?')}")
+    return "\n".join(lines)
+
+
+def render_section(name: str, items: list, style: Style) -> str:
+    if not items:
+        return f"{name}: (none)"
+    keys = [k for k in items[0].keys() if not isinstance(items[0][k], (dict, list))]
+    rows = [[style.state(str(i.get(k, ""))) if k in ("state", "status") else str(i.get(k, "") if i.get(k) is not None else "-") for k in keys] for i in items]
+    return style.bold(name) + "\n" + table(rows, [k.upper() for k in keys], style)
+
+
+def render_devices(items: list, style: Style) -> str:
+    now = datetime.now(timezone.utc)
+    return table(
+        [[d["device"], d["class"], style.state(d["state"]), _age(d["since"], now), d.get("last_error") or ""] for d in items],
+        ["DEVICE", "CLASS", "STATE", "SINCE", "LAST ERROR"],
+        style,
+    )
+
+
+def render_sessions(items: list, style: Style, *, qr: bool = False) -> str:
+    rows = []
+    for s in items:
+        cost = f"{s['cost_gross']} {s['currency']}" if s.get("cost_gross") else "-"
+        kwh = f"{(s.get('energy_wh') or 0) / 1000:.2f}" if s.get("energy_wh") is not None else "-"
+        rows.append([s["id"][:8], s["connector"], s["method"], s.get("token_masked") or "-", style.state(s["status"]), s["started_at"][:19].replace("T", " "), kwh, cost, s.get("stop_reason") or ""])
+    out = table(rows, ["SESSION", "CONNECTOR", "METHOD", "TOKEN", "STATUS", "STARTED (UTC)", "KWH", "COST", "STOP REASON"], style)
+    if qr:
+        for s in items:
+            if s.get("receipt_url"):
+                out += f"\n\nreceipt for session {s['id']}: {s['receipt_url']}\n" + _qr_text(s["receipt_url"])
+    return out
+
+
+def _qr_text(url: str) -> str:
+    import io
+
+    import segno
+
+    buf = io.StringIO()
+    segno.make(url, error="m").terminal(out=buf, compact=True)
+    return buf.getvalue()
+
+
+def render_outbox(d: dict, style: Style) -> str:
+    lines = [
+        f"outbox: {d.get('depth', 0)} waiting, oldest {_duration(d.get('oldest_age_s'))}, last acknowledged {d.get('last_ack_at') or 'never'}",
+        "quota: {:.1f} MB of {:.1f} MB ({}){}".format(
+            (d.get("quota") or {}).get("bytes_used", 0) / 1e6,
+            (d.get("quota") or {}).get("quota_bytes", 0) / 1e6,
+            (d.get("quota") or {}).get("state", "?"),
+            "" if d.get("accepting_sessions", True) else ": new sessions refused until the outbox drains",
+        ),
+    ]
+    link = d.get("link") or {}
+    lines.append(f"link: {'connected' if link.get('connected') else 'disconnected'}" + (f" since {link['since']}" if link.get("since") else "") + (f", last error: {link['last_error']}" if link.get("last_error") else ""))
+    per = d.get("streams") or {}
+    if per:
+        lines.append(table([[k, str(v)] for k, v in sorted(per.items())], ["STREAM", "WAITING"], style))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the command
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hubctl",
+        description="Look at and act on the hub-edge daemon running on this gateway.",
+        epilog="Exit status: 0 done, 1 failed in the daemon, 2 bad arguments, 3 refused, 4 not found, 5 daemon unreachable, 6 configuration invalid.",
+    )
+    p.add_argument("--socket", default=os.environ.get("HUBEDGE_SOCKET", DEFAULT_SOCKET), help=f"control socket of the daemon (default {DEFAULT_SOCKET}, or $HUBEDGE_SOCKET)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON (stable; see docs/hubctl.md)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("status", help="the hub at a glance: connectors, devices, cloud link, outbox")
+    sub.add_parser("devices", help="every device with its health and since when")
+
+    s = sub.add_parser("sessions", help="charging sessions, newest first, with the portal's filters (R-S2)")
+    s.add_argument("--session", metavar="ID")
+    s.add_argument("--token", metavar="ID")
+    s.add_argument("--connector", metavar="ID")
+    s.add_argument("--location", metavar="ID", help="hub id")
+    s.add_argument("--status", choices=["starting", "active", "stopped", "failed"])
+    s.add_argument("--since", type=parse_when, metavar="T", help="date, time or relative (2h, 3d)")
+    s.add_argument("--until", type=parse_when, metavar="T")
+    s.add_argument("--limit", type=int, default=50)
+    s.add_argument("--qr", action="store_true", help="show each receipt link as a QR code")
+
+    c = sub.add_parser("connector", help="take a connector out of service, back, or unlock it")
+    c.add_argument("action", choices=["available", "unavailable", "unlock"])
+    c.add_argument("id", metavar="ID")
+    c.add_argument("--reason", default="", help="why (required for unavailable; kept in the audit log)")
+
+    se = sub.add_parser("session", help="act on a session")
+    se.add_argument("action", choices=["stop"])
+    se.add_argument("id", metavar="ID")
+    se.add_argument("--reason", default="", help="why (required; kept in the audit log)")
+
+    sub.add_parser("outbox", help="what waits for the cloud: depth per stream, oldest age, link, quota")
+
+    cfg = sub.add_parser("config", help="configuration tools (no daemon needed)")
+    cfg.add_argument("action", choices=["validate"])
+    cfg.add_argument("file", metavar="FILE")
+    return p
+
+
+def _request(socket_path: str, cmd: str, args: dict) -> dict:
+    from edge.control import request
+
+    return asyncio.run(request(socket_path, cmd, {k: v for k, v in args.items() if v is not None}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    style = Style(sys.stdout.isatty() and not args.json and os.environ.get("NO_COLOR") is None)
+
+    if args.command == "config":
+        return _validate(args.file, args.json)
+
+    cmd, req = args.command, {}
+    if cmd == "sessions":
+        req = {
+            "session": args.session, "token": args.token, "connector": args.connector, "location": args.location,
+            "status": args.status, "since": rfc3339(args.since) if args.since else None,
+            "until": rfc3339(args.until) if args.until else None, "limit": args.limit,
+        }
+    elif cmd == "connector":
+        req = {"action": args.action, "id": args.id, "reason": args.reason}
+    elif cmd == "session":
+        cmd, req = "session_stop", {"id": args.id, "reason": args.reason}
+
+    try:
+        resp = _request(args.socket, cmd, req)
+    except (FileNotFoundError, ConnectionRefusedError):
+        print(f"hubctl: no hub-edge daemon at {args.socket}: start it with `systemctl start hubedge` (or `hubedge demo`), or point --socket at its control socket", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except PermissionError:
+        print(f"hubctl: not allowed to open {args.socket}: your user must be in the technicians' group (see `ls -l {args.socket}`)", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except (ConnectionError, TimeoutError, asyncio.TimeoutError, OSError) as exc:
+        print(f"hubctl: the daemon at {args.socket} did not answer ({exc}): check `systemctl status hubedge`", file=sys.stderr)
+        return EXIT_UNREACHABLE
+
+    if not resp.get("ok"):
+        code = resp.get("code", "internal")
+        if args.json:
+            print(json.dumps({"ok": False, "code": code, "message": resp.get("message")}))
+        else:
+            print(f"hubctl: {resp.get('message')}", file=sys.stderr)
+        if code == "forbidden":
+            return EXIT_UNREACHABLE
+        return CODE_EXIT.get(code, EXIT_REFUSED)
+
+    data = resp.get("data")
+    if args.json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+        return EXIT_OK
+    if cmd == "status":
+        print(render_status(data, style))
+    elif cmd == "devices":
+        print(render_devices(data, style))
+    elif cmd == "sessions":
+        print(render_sessions(data, style, qr=args.qr))
+    elif cmd == "outbox":
+        print(render_outbox(data, style))
+    else:
+        print(data.get("message") if isinstance(data, dict) and "message" in data else json.dumps(data))
+    return EXIT_OK
+
+
+def _validate(path: str, as_json: bool) -> int:
+    from edge.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        if as_json:
+            print(json.dumps({"ok": False, "file": exc.path, "problems": exc.problems}, indent=2))
+        else:
+            print(str(exc), file=sys.stderr)
+        return EXIT_CONFIG
+    summary = {
+        "ok": True,
+        "file": path,
+        "hub": cfg.hub.id,
+        "chargers": len(cfg.chargers),
+        "connectors": len(cfg.connector_ids()),
+        "bays": len(cfg.bays),
+        "terminals": len(cfg.terminals),
+        "readers": len(cfg.readers),
+        "gates": len(cfg.gates),
+    }
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(
+            f"{path}: valid — hub {cfg.hub.id}, {summary['chargers']} chargers, {summary['connectors']} connectors, "
+            f"{summary['bays']} bays, {summary['terminals']} terminals, {summary['readers']} readers, {summary['gates']} gates"
+        )
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

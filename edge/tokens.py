@@ -1,0 +1,324 @@
+"""The hub's local token list and its authorisation cache (R-A1, R-A2, R-A3).
+
+The cloud syncs the operator's own charge cards and roaming (eMSP) tokens as a
+versioned list, in full or by difference. It may hold a million tokens on a
+Raspberry Pi, so the list lives in its own SQLite file (one table keyed by uid,
+WITHOUT ROWID so the key is the row) rather than in Python objects: a dict of
+a million small objects costs several hundred MB; the file costs a bounded page
+cache. Every apply is one transaction, so a refused or failed apply changes
+nothing, and WAL with synchronous=FULL survives a power cut on an SD card.
+
+The authorisation cache keeps the cloud's answers for roaming cards
+(OCPP-style: valid and invalid ids, with an expiry) in the same file, so it
+survives a reboot. The local list wins over the cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+import threading
+from operator import itemgetter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from edge.clock import parse_rfc3339
+
+log = logging.getLogger("hubedge.tokens")
+
+STATUSES = ("Active", "Blocked", "Expired")
+TOKEN_TYPES = ("own", "emsp")
+# Answers the cloud gives for a roaming check (interfaces.md auth/response).
+CLOUD_STATUSES = ("Accepted", "Blocked", "Expired", "Invalid", "Unknown")
+
+_STATUS_SET = frozenset(STATUSES)
+_TYPE_SET = frozenset(TOKEN_TYPES)
+_UID = re.compile(r"^[0-9A-Za-z._\-]{1,36}$")
+_MAX_LABEL = 200
+_CACHE_LIMIT = 20_000  # roaming answers kept; the oldest go first
+
+
+def normalise_uid(uid: str) -> str:
+    """Token ids compare case-insensitively (readers give hex in either case)."""
+    return uid.strip().upper()
+
+
+def mask(uid: str) -> str:
+    """What a log line may show of a token id."""
+    return "*" + uid[-4:]
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    uid: str
+    status: str  # Active | Blocked | Expired
+    type: str  # own | emsp
+    group: str | None = None
+    reference: str | None = None  # plate or person, as the cloud labels the card
+    expires: datetime | None = None
+
+    def status_at(self, now: datetime) -> str:
+        """The status in force at ``now``: a passed expiry makes it Expired."""
+        if self.status == "Active" and self.expires is not None and now >= self.expires:
+            return "Expired"
+        return self.status
+
+
+@dataclass(frozen=True)
+class CachedAuthorisation:
+    uid: str
+    status: str  # one of CLOUD_STATUSES
+    expires: datetime  # when the cached answer stops counting
+    group: str | None = None
+    reference: str | None = None
+
+
+@dataclass
+class ApplyResult:
+    ok: bool
+    version: int  # the version held after the apply (unchanged when refused)
+    kind: str | None = None
+    upserted: int = 0
+    removed: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def message(self) -> str:
+        if self.ok:
+            return f"token list {self.kind} applied: now at version {self.version}"
+        return "token list refused, nothing changed: " + "; ".join(self.reasons)
+
+
+def _epoch(ts: datetime | None) -> int | None:
+    return None if ts is None else int(ts.timestamp())
+
+
+def _from_epoch(value: int | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, timezone.utc)
+
+
+def validate_tokens_message(message: dict, held_version: int) -> tuple[list[tuple], list[str], list[str]]:
+    """Check a ``sync/tokens`` message against the version held.
+
+    Returns (rows to upsert, uids to remove, reasons). Any reason refuses the
+    whole message. The version rule (R-A3):
+
+    - ``full``: replaces the list; its version must not be older than the one
+      held (an equal version is a resend and applies again).
+    - ``delta``: applies on top of exactly the version held. It says so with
+      ``base_version``; without one, its ``version`` must be the held one plus 1.
+      A delta whose base does not match is refused: the cloud must send a full
+      list (or the deltas in between).
+    """
+    reasons: list[str] = []
+    if not isinstance(message, dict):
+        return [], [], ["message: expected a JSON object"]
+    version = message.get("version")
+    kind = message.get("kind")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        reasons.append(f"version: expected a whole number of at least 1, got {version!r}")
+    if kind not in ("full", "delta"):
+        reasons.append(f"kind: expected full or delta, got {kind!r}")
+    upsert = message.get("upsert", [])
+    remove = message.get("remove", [])
+    if not isinstance(upsert, list):
+        reasons.append("upsert: expected a list")
+        upsert = []
+    if not isinstance(remove, list):
+        reasons.append("remove: expected a list")
+        remove = []
+    if reasons:
+        return [], [], reasons
+
+    if kind == "full":
+        if remove:
+            reasons.append("remove: a full list replaces everything, so it carries no remove list")
+        if version < held_version:
+            reasons.append(f"version: full list v{version} is older than v{held_version} held; send the current list")
+    else:
+        base = message.get("base_version")
+        if base is not None and (not isinstance(base, int) or isinstance(base, bool)):
+            reasons.append(f"base_version: expected a whole number, got {base!r}")
+        elif base is None and version != held_version + 1:
+            reasons.append(
+                f"version: delta v{version} does not follow v{held_version} held and names no base_version; "
+                "send a full list (resync)"
+            )
+        elif base is not None and base != held_version:
+            reasons.append(
+                f"base_version: delta applies on top of v{base} but the hub holds v{held_version}; "
+                "send a full list (resync)"
+            )
+        elif version <= held_version:
+            reasons.append(f"version: delta v{version} is not newer than v{held_version} held")
+
+    rows: list[tuple] = []
+    seen: set[str] = set()
+    # This loop runs a million times for a full list: keep its body lean.
+    statuses, types, uid_ok, add, append = _STATUS_SET, _TYPE_SET, _UID.fullmatch, seen.add, rows.append
+    for i, item in enumerate(upsert):
+        if item.__class__ is not dict:
+            reasons.append(f"upsert[{i}]: expected an object")
+            continue
+        get = item.get
+        uid, status, ttype, group, reference, expires = (
+            get("uid"), get("status"), get("type"), get("group"), get("reference"), get("expires"))
+        if uid.__class__ is not str or not uid_ok(uid):
+            uid = uid.strip() if isinstance(uid, str) else uid
+            if not isinstance(uid, str) or not uid_ok(uid):
+                reasons.append(f"upsert[{i}].uid: expected 1 to 36 letters, digits or ._-")
+                continue
+        uid = uid.upper()
+        if uid in seen:
+            reasons.append(f"upsert[{i}].uid: token {mask(uid)} appears twice in this message")
+        add(uid)
+        if status not in statuses:
+            reasons.append(f"upsert[{i}].status: expected one of {', '.join(STATUSES)}, got {status!r}")
+        if ttype not in types:
+            reasons.append(f"upsert[{i}].type: expected own or emsp, got {ttype!r}")
+        if group is not None and (group.__class__ is not str or len(group) > _MAX_LABEL):
+            reasons.append(f"upsert[{i}].group: expected text of at most {_MAX_LABEL} characters")
+        if reference is not None and (reference.__class__ is not str or len(reference) > _MAX_LABEL):
+            reasons.append(f"upsert[{i}].reference: expected text of at most {_MAX_LABEL} characters")
+        if expires is not None:
+            try:
+                expires = _epoch(parse_rfc3339(expires))
+            except (TypeError, ValueError, AttributeError):
+                reasons.append(f"upsert[{i}].expires: expected an RFC 3339 time with a zone, got {expires!r}")
+        append((uid, status, ttype, group, reference, expires))
+
+    removes: list[str] = []
+    for i, uid in enumerate(remove):
+        if not isinstance(uid, str) or not _UID.match(uid.strip()):
+            reasons.append(f"remove[{i}]: expected a token uid")
+            continue
+        uid = normalise_uid(uid)
+        if uid in seen:
+            reasons.append(f"remove[{i}]: token {mask(uid)} is both upserted and removed")
+        removes.append(uid)
+    if len(reasons) > 20:  # keep the reply readable; the count says how bad it is
+        reasons = reasons[:20] + [f"... and {len(reasons) - 20} more problems"]
+    return rows, removes, reasons
+
+
+class TokenStore:
+    """The local token list and authorisation cache in one SQLite file."""
+
+    def __init__(self, path: str, *, cache_kib: int = 4096):
+        self.path = path
+        self._lock = threading.Lock()  # apply may run in a worker thread
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
+        self._db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS token (
+                uid TEXT PRIMARY KEY, status TEXT NOT NULL, type TEXT NOT NULL,
+                grp TEXT, reference TEXT, expires INTEGER
+            ) WITHOUT ROWID;
+            CREATE TABLE IF NOT EXISTS token_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+            CREATE TABLE IF NOT EXISTS auth_cache (
+                uid TEXT PRIMARY KEY, status TEXT NOT NULL, expires INTEGER NOT NULL,
+                grp TEXT, reference TEXT, stored INTEGER NOT NULL
+            ) WITHOUT ROWID;
+            """
+        )
+        row = self._db.execute("SELECT value FROM token_meta WHERE key='version'").fetchone()
+        self._version = row[0] if row else 0
+        self._count = self._db.execute("SELECT count(*) FROM token").fetchone()[0]
+
+    @property
+    def version(self) -> int:
+        """The list version held; 0 before the first full list (R-A3)."""
+        return self._version
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- the local list ----------------------------------------------------------------
+    def lookup(self, uid: str) -> TokenInfo | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT uid, status, type, grp, reference, expires FROM token WHERE uid=?", (normalise_uid(uid),)
+            ).fetchone()
+        if row is None:
+            return None
+        return TokenInfo(row[0], row[1], row[2], row[3], row[4], _from_epoch(row[5]))
+
+    def apply(self, message: dict) -> ApplyResult:
+        """Apply a ``sync/tokens`` message whole, or refuse it and change nothing."""
+        rows, removes, reasons = validate_tokens_message(message, self._version)
+        kind = message.get("kind") if isinstance(message, dict) else None
+        if reasons:
+            log.warning("tokens.refused version=%r held=%d problems=%d", message.get("version") if isinstance(message, dict) else None, self._version, len(reasons))
+            return ApplyResult(False, self._version, kind, reasons=reasons)
+        version = message["version"]
+        with self._lock:
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                if kind == "full":
+                    db.execute("DELETE FROM token")
+                    # Sorted inserts fill the B-tree in order: several times faster.
+                    rows.sort(key=itemgetter(0))
+                    db.executemany("INSERT INTO token VALUES (?,?,?,?,?,?)", rows)
+                else:
+                    db.executemany("INSERT OR REPLACE INTO token VALUES (?,?,?,?,?,?)", rows)
+                    db.executemany("DELETE FROM token WHERE uid=?", ((u,) for u in removes))
+                db.execute("INSERT OR REPLACE INTO token_meta VALUES ('version', ?)", (version,))
+                count = db.execute("SELECT count(*) FROM token").fetchone()[0]
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                db.execute("ROLLBACK")
+                log.error("tokens.apply_failed version=%d error=%s", version, exc)
+                return ApplyResult(
+                    False, self._version, kind,
+                    reasons=[f"storage error ({exc}); nothing changed, check free space on the state directory and resend"],
+                )
+        self._version, self._count = version, count
+        log.info("tokens.applied kind=%s version=%d upserted=%d removed=%d count=%d", kind, version, len(rows), len(removes), count)
+        return ApplyResult(True, version, kind, upserted=len(rows), removed=len(removes))
+
+    # -- the authorisation cache (roaming answers) -------------------------------------
+    def cached(self, uid: str, now: datetime) -> CachedAuthorisation | None:
+        """The cloud's last answer for ``uid`` while it has not expired."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT uid, status, expires, grp, reference FROM auth_cache WHERE uid=?", (normalise_uid(uid),)
+            ).fetchone()
+        if row is None or row[2] <= now.timestamp():
+            return None
+        return CachedAuthorisation(row[0], row[1], _from_epoch(row[2]), row[3], row[4])
+
+    def remember(self, answer: CachedAuthorisation, now: datetime) -> None:
+        """Keep a cloud answer; expired ones and the oldest beyond the limit go."""
+        if answer.status not in CLOUD_STATUSES:
+            raise ValueError(f"cache status {answer.status!r} unknown: expected one of {CLOUD_STATUSES}")
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(
+                    "INSERT OR REPLACE INTO auth_cache VALUES (?,?,?,?,?,?)",
+                    (normalise_uid(answer.uid), answer.status, _epoch(answer.expires), answer.group, answer.reference, _epoch(now)),
+                )
+                db.execute("DELETE FROM auth_cache WHERE expires <= ?", (_epoch(now),))
+                db.execute(
+                    "DELETE FROM auth_cache WHERE uid IN (SELECT uid FROM auth_cache ORDER BY stored DESC LIMIT -1 OFFSET ?)",
+                    (_CACHE_LIMIT,),
+                )
+                db.execute("COMMIT")
+            except sqlite3.Error:
+                db.execute("ROLLBACK")
+                raise
+
+    def forget_cached(self, uid: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM auth_cache WHERE uid=?", (normalise_uid(uid),))

@@ -1,0 +1,118 @@
+"""Barrier driver vs the barrier simulator over Modbus TCP on 127.0.0.1.
+
+Every test here also checks, at fixture teardown, that the simulator saw no
+close command (R-G5)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from drivers.barrier import BarrierPosition, BarrierUnavailable, VehiclePresent
+from drivers.device import DeviceFault, DeviceRecovered
+
+pytestmark = pytest.mark.hil
+
+
+def positions(rig) -> list[str]:
+    return [e.position for e in rig.of(BarrierPosition)]
+
+
+async def test_pulse_opens_and_the_barrier_closes_by_itself(barrier_rig):
+    """R-G5: software pulses OPEN; closing is the barrier's own."""
+    rig = barrier_rig
+    await rig.wait_for(lambda: positions(rig) == ["closed"])
+    await rig.driver.pulse_open()
+    assert await rig.driver.open_confirmation is True
+    await rig.wait_for(lambda: positions(rig)[-1:] == ["closed"] and "open" in positions(rig))
+    seen = positions(rig)
+    assert seen[:3] == ["closed", "moving", "open"]
+    coils = [(c.coil, c.value) for c in rig.sim.commands]
+    assert coils == [("open", True), ("open", False)]
+    assert rig.of(DeviceFault) == []
+
+
+async def test_presence_changes_are_emitted(barrier_rig):
+    rig = barrier_rig
+    await rig.wait_for(lambda: rig.of(VehiclePresent))
+    rig.sim.vehicle_arrives()
+    await rig.wait_for(lambda: rig.of(VehiclePresent)[-1].present is True)
+    rig.sim.vehicle_leaves()
+    await rig.wait_for(lambda: rig.of(VehiclePresent)[-1].present is False)
+    assert [e.present for e in rig.of(VehiclePresent)] == [False, True, False]
+    assert all(e.gate_id == "gate-in" for e in rig.events)
+
+
+async def test_barrier_stays_open_while_the_vehicle_is_on_the_loop(barrier_rig):
+    rig = barrier_rig
+    rig.sim.vehicle_arrives()
+    await rig.driver.pulse_open()
+    assert await rig.driver.open_confirmation
+    await asyncio.sleep(1.0)  # well past travel + dwell
+    assert rig.sim.position == "open"
+    rig.sim.vehicle_leaves()
+    await rig.wait_for(lambda: rig.sim.position == "closed")
+
+
+async def test_hold_open_keeps_it_open_after_the_loop_clears_and_release_lets_it_close(barrier_rig):
+    rig = barrier_rig
+    await rig.driver.hold_open()
+    assert await rig.driver.open_confirmation
+    rig.sim.vehicle_arrives()
+    await asyncio.sleep(0.1)
+    rig.sim.vehicle_leaves()
+    await asyncio.sleep(1.0)  # more than twice the dwell
+    assert rig.sim.position == "open"
+    await rig.driver.release()
+    await rig.wait_for(lambda: positions(rig)[-1:] == ["closed"])
+    assert ("hold_open", False) in [(c.coil, c.value) for c in rig.sim.commands]
+
+
+async def test_stuck_barrier_is_a_fault_of_that_gate_and_recovers_when_it_opens(barrier_rig):
+    rig = barrier_rig
+    rig.sim.stuck()
+    await rig.driver.pulse_open()
+    assert await rig.driver.open_confirmation is False
+    faults = rig.of(DeviceFault)
+    assert len(faults) == 1
+    assert (faults[0].device_id, faults[0].device_class) == ("gate-in", "barrier")
+    assert "open position" in faults[0].reason and "check" in faults[0].reason
+    assert rig.driver.health.state == "fault"
+    rig.sim.stuck(False)
+    await rig.driver.pulse_open()
+    assert await rig.driver.open_confirmation is True
+    assert len(rig.of(DeviceRecovered)) == 1
+    assert rig.driver.health.state == "ok"
+
+
+async def test_silent_io_module_is_a_fault_and_never_stalls_the_caller(barrier_rig):
+    rig = barrier_rig
+    await rig.wait_for(lambda: positions(rig) == ["closed"])
+    rig.sim.silence()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(BarrierUnavailable) as info:
+        await rig.driver.pulse_open()
+    assert loop.time() - started < 2.0  # bounded by the request timeout
+    assert "check" in info.value.reason
+    await rig.wait_for(lambda: rig.of(DeviceFault))
+    await rig.wait_for(lambda: positions(rig)[-1] == "unknown")
+    # While it stays silent, further commands fail fast instead of queueing.
+    started = loop.time()
+    with pytest.raises(BarrierUnavailable):
+        await rig.driver.hold_open()
+    assert loop.time() - started < 1.0
+    rig.sim.silence(False)
+    await rig.wait_for(lambda: rig.of(DeviceRecovered), timeout=5.0)
+    assert positions(rig)[-1] == "closed"
+    assert len(rig.of(DeviceFault)) == 1  # one fault per outage, not one per poll
+
+
+async def test_unreachable_module_reports_a_fault_and_run_keeps_going(barrier_rig):
+    rig = barrier_rig
+    await rig.sim.stop()
+    await rig.wait_for(lambda: rig.of(DeviceFault), timeout=5.0)
+    assert "barrier I/O module" in rig.of(DeviceFault)[0].reason
+    with pytest.raises(BarrierUnavailable):
+        await asyncio.wait_for(rig.driver.read(), 2.0)

@@ -1,0 +1,140 @@
+"""The booking lifecycle as a `transitions` machine, and its diagram.
+
+confirmed -> assigned (a bay is held, R-B2/R-B3) -> arrived (plate read at
+the entry, or a plug on the bay) -> charging -> fulfilled. A booking may be
+cancelled by the cloud until charging starts, and becomes a no-show when the
+truck has not come by the no-show timeout (R-B3). Moving a booking to
+another bay (R-B4) is the ``reassign_bay`` transition, not a state: the
+booking stays assigned (or arrived) and only its bay changes.
+
+Trigger names are verbs that no model method uses: transitions 0.9 silently
+skips binding a trigger that shadows a method (reference.md).
+
+`BookingBook` does not build a machine per booking (10,000 machines cost
+memory and time on a Pi); it asks `next_status`, whose table is read from
+the one machine built here, so the diagram, the tests and the book all
+follow the same definition.
+
+Regenerate the diagram with ``python -m state_machines.booking``.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+from transitions import Machine
+from transitions.extensions import GraphMachine
+
+CONFIRMED = "confirmed"
+ASSIGNED = "assigned"
+ARRIVED = "arrived"
+CHARGING = "charging"
+FULFILLED = "fulfilled"
+CANCELLED = "cancelled"
+NO_SHOW = "no_show"
+
+STATES: list[str] = [CONFIRMED, ASSIGNED, ARRIVED, CHARGING, FULFILLED, CANCELLED, NO_SHOW]
+FINAL_STATES: frozenset[str] = frozenset({FULFILLED, CANCELLED, NO_SHOW})
+# States in which the booking holds its bay (R-B3).
+HOLDING_STATES: frozenset[str] = frozenset({ASSIGNED, ARRIVED, CHARGING})
+
+TRANSITIONS: list[dict] = [
+    {"trigger": "assign_bay", "source": CONFIRMED, "dest": ASSIGNED},
+    {"trigger": "reassign_bay", "source": ASSIGNED, "dest": ASSIGNED},
+    # The cloud moved the slot or changed the truck so the held bay no
+    # longer fits: the hold ends and the booking waits for a new bay.
+    {"trigger": "release_bay", "source": ASSIGNED, "dest": CONFIRMED},
+    {"trigger": "reassign_bay", "source": ARRIVED, "dest": ARRIVED},
+    {"trigger": "register_arrival", "source": [CONFIRMED, ASSIGNED], "dest": ARRIVED},
+    # A truck may plug in without the camera having read it (no ANPR, or the
+    # gate was held open by a technician): plugging is arrival too.
+    {"trigger": "begin_charging", "source": [CONFIRMED, ASSIGNED, ARRIVED], "dest": CHARGING},
+    {"trigger": "complete_booking", "source": [ARRIVED, CHARGING], "dest": FULFILLED},
+    {"trigger": "cancel_booking", "source": [CONFIRMED, ASSIGNED, ARRIVED], "dest": CANCELLED},
+    {"trigger": "declare_no_show", "source": [CONFIRMED, ASSIGNED], "dest": NO_SHOW},
+]
+
+TRIGGERS: tuple[str, ...] = tuple(dict.fromkeys(t["trigger"] for t in TRANSITIONS))
+
+
+class BookingLifecycle:
+    """Model for one booking's machine (used by tests and the diagram)."""
+
+    def __init__(self, booking_id: str = ""):
+        self.booking_id = booking_id
+
+
+def booking_machine(model: BookingLifecycle, initial: str = CONFIRMED) -> Machine:
+    return Machine(
+        model=model,
+        states=STATES,
+        transitions=TRANSITIONS,
+        initial=initial,
+        auto_transitions=False,
+        ignore_invalid_triggers=False,
+    )
+
+
+def _table() -> dict[tuple[str, str], str]:
+    probe = booking_machine(BookingLifecycle("table"))
+    table: dict[tuple[str, str], str] = {}
+    for trigger, event in probe.events.items():
+        for source, transitions in event.transitions.items():
+            for t in transitions:
+                table[(trigger, source)] = t.dest
+    return table
+
+
+_NEXT = _table()
+
+
+def next_status(status: str, trigger: str) -> str | None:
+    """Where `trigger` takes a booking in `status`, or None when it may not."""
+    return _NEXT.get((trigger, status))
+
+
+def render_diagram() -> str:
+    """The Markdown page with the mermaid diagram, built from the machine."""
+    model = BookingLifecycle("diagram")
+    GraphMachine(
+        model=model,
+        states=STATES,
+        transitions=TRANSITIONS,
+        initial=CONFIRMED,
+        auto_transitions=False,
+        graph_engine="mermaid",
+        title="Booking lifecycle",
+    )
+    chart = model.get_graph().draw(None).rstrip() + "\n"
+    # transitions 0.9.3 writes the title as bare front matter and capitalises
+    # the `class` statement; mermaid wants `title:` and lower case, else
+    # renderers reject the chart.
+    chart = chart.replace("---\nBooking lifecycle\n---", "---\ntitle: Booking lifecycle\n---", 1)
+    chart = re.sub(r"^(\s*)Class ", r"\1class ", chart, flags=re.MULTILINE)
+    return (
+        "# Booking lifecycle\n\n"
+        "Generated from `state_machines/booking.py` by "
+        "`python -m state_machines.booking`; do not edit by hand "
+        "(a test checks that this page matches the code).\n\n"
+        "`reassign_bay` (R-B4) keeps the state and changes only the bay. "
+        "Bays are held in assigned, arrived and charging (R-B3).\n\n"
+        "```mermaid\n" + chart + "```\n"
+    )
+
+
+DIAGRAM_PATH = Path("docs") / "state-machines" / "booking.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    target = Path(args[0]) if args else DIAGRAM_PATH
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(render_diagram(), encoding="utf-8")
+    print(f"wrote {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
