@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email.parser import BytesParser
 from email.policy import compat32
-from typing import Callable, Iterable, Literal
+from typing import Iterable, Literal
 
-from drivers.device import DeviceHealth, utcnow
+from drivers.device import DeviceHealth, Emit, utcnow
 
 log = logging.getLogger("hubedge.anpr")
 
@@ -602,7 +602,7 @@ class AnprListener:
         host: str,
         port: int,
         vendor: Vendor,
-        emit: Callable[[object], None],
+        emit: Emit,
         *,
         secret: str | None = None,
         allow: Iterable[str | ipaddress.IPv4Network | ipaddress.IPv6Network] | None = None,

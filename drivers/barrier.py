@@ -32,7 +32,7 @@ from typing import Awaitable, Callable, Literal
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
-from drivers.device import DeviceFault, DeviceHealth, DeviceRecovered, utcnow
+from drivers.device import DeviceFault, DeviceHealth, DeviceRecovered, Emit, utcnow
 
 log = logging.getLogger("hubedge.barrier")
 
@@ -127,7 +127,7 @@ class BarrierDriver:
         port: int,
         unit: int,
         io_map: BarrierIoMap | dict | None,
-        emit: Callable[[object], None],
+        emit: Emit,
         *,
         open_confirm_s: float = 5.0,
         pulse_ms: int = 500,
@@ -153,7 +153,8 @@ class BarrierDriver:
         self._retry_at = 0.0
         self._faults: dict[str, str] = {}  # cause -> reason; empty = healthy
         self._hold_wanted = False
-        self._open_coil_dirty = False  # an OPEN impulse whose reset write failed
+        # coil address -> state to write once the module answers again
+        self._pending: dict[int, bool] = {}
         self._last: BarrierInputs | None = None
         self.open_confirmation: asyncio.Task[bool] | None = None
 
@@ -163,7 +164,7 @@ class BarrierDriver:
         """Give the barrier an OPEN impulse. Returns after the impulse; the
         open position is confirmed in the background (``open_confirmation``),
         and a boom that does not get there in ``open_confirm_s`` is a fault."""
-        await self._write_coil(self.io_map.open_coil, True)
+        await self._write_coil(self.io_map.open_coil, True, rest=False)
         try:
             await asyncio.sleep(self.pulse_s)
         finally:
@@ -172,14 +173,13 @@ class BarrierDriver:
             try:
                 await self._write_coil(self.io_map.open_coil, False)
             except BarrierUnavailable:
-                self._open_coil_dirty = True  # run() retries the reset
                 log.warning("barrier.pulse_reset_pending gate=%s", self.gate_id)
         log.info("barrier.pulse_open gate=%s pulse_ms=%d", self.gate_id, int(self.pulse_s * 1000))
         self._watch_open()
 
     async def hold_open(self) -> None:
         """Keep the barrier open (technician request). Lasts until release()."""
-        await self._write_coil(self.io_map.hold_open_coil, True)
+        await self._write_coil(self.io_map.hold_open_coil, True, rest=self._hold_wanted)
         self._hold_wanted = True
         log.info("barrier.hold_open gate=%s", self.gate_id)
         self._watch_open()
@@ -278,9 +278,10 @@ class BarrierDriver:
             await asyncio.sleep(min(step, max(0.0, deadline - self._now())) or step)
 
     async def _reassert_outputs(self) -> None:
-        if self._open_coil_dirty:
-            await self._write_coil(self.io_map.open_coil, False)
-            self._open_coil_dirty = False
+        """Write coils whose state on the module is in doubt after a failed
+        write (a timed-out request may still land late)."""
+        for address, value in list(self._pending.items()):
+            await self._write_coil(address, value)
 
     # -- health
 
@@ -293,8 +294,7 @@ class BarrierDriver:
             self._emit(DeviceFault(self.gate_id, "barrier", reason))
 
     def _clear_fault(self, cause: str) -> None:
-        if self._faults.pop(cause, None) is None:
-            return
+        self._faults.pop(cause, None)
         if self._faults:
             self.health.last_error = next(iter(self._faults.values()))
             return
@@ -383,8 +383,17 @@ class BarrierDriver:
             self._clear_fault("link")
             return list(getattr(response, "bits", []) or [])
 
-    async def _write_coil(self, address: int, value: bool) -> None:
-        await self._request(
-            f"write coil {address}",
-            lambda client: client.write_coil(address, value, device_id=self.unit),
-        )
+    async def _write_coil(self, address: int, value: bool, *, rest: bool | None = None) -> None:
+        """Write one coil. When the write fails, the coil's state on the
+        module is in doubt (a timed-out request may still land), so its rest
+        state — ``rest``, or ``value`` when not given — is written by
+        ``run()`` once the module answers again."""
+        try:
+            await self._request(
+                f"write coil {address}",
+                lambda client: client.write_coil(address, value, device_id=self.unit),
+            )
+        except BarrierUnavailable:
+            self._pending[address] = value if rest is None else rest
+            raise
+        self._pending.pop(address, None)  # the latest good write is the state

@@ -206,8 +206,9 @@ def reading_from_registers(
         energy_wh=energy_wh,
         power_w=int(round(power)),
         soc=int(round(soc)) if soc is not None else None,
-        voltage_v=float(voltage) if voltage is not None else None,
-        current_a=float(current) if current is not None else None,
+        # float32 carries about 7 digits; more would be noise in the UI.
+        voltage_v=round(float(voltage), 2) if voltage is not None else None,
+        current_a=round(float(current), 2) if current is not None else None,
         locked=None if lock is None else lock == LockState.LOCKED,
         power_limit_w=int(round(limit)) if limit is not None else None,
         signed_meter_value=signed_meter_value,

@@ -7,6 +7,24 @@ DC chargers share no common Modbus layout, so each model gets one TOML file in
 the command registers the hub writes, and the table that turns the vendor's
 status codes into the small set of hardware statuses the hub core understands.
 
+File format (every key is checked; unknown keys are refused as typos)::
+
+    model = "HubCharge MCS1200"          # required
+    rated_power_w = 1200000              # optional
+    word_order = "big"                   # default for 32-bit values: big | little
+    [connectors]  base = 1000, stride = 256, max = 4
+    [registers.NAME]                     # status, energy, power, lock required;
+                                         # soc, voltage, current, ocmf, power_limit optional
+      offset = 4                         # inside the connector block
+      type = "uint32"                    # uint16 | int16 | uint32 | int32 | float32 | string (ocmf)
+      kind = "input"                     # input | holding
+      scale = 1                          # physical = raw * scale (energy in Wh, power in W)
+      word_order = "little"              # optional override
+      length = 200                       # strings: size in registers
+      codes = { 0 = "unplugged", ... }   # status: hardware statuses; lock: locked | unlocked
+    [commands.NAME]                      # start, stop, unlock (with value), power_limit (W, scale)
+      offset = 240, type = "uint16", value = 1
+
 Everything here is pure: parsing, validation, address arithmetic and the
 encoding of values into 16-bit registers and back. The driver and the
 simulator both use it, so they cannot disagree about a layout.

@@ -185,9 +185,8 @@ _FOREVER = timedelta(days=3650)
 
 def _candidates(b: Booking, book: BookingBook, conditions: Mapping[str, BayCondition]) -> list[Bay]:
     return [
-        bay for bay in book.bays.values()
-        if bay.bookable and (bay.connector_type, bay.side) == b.group and bay.fits(b.vehicle_length_m)
-        and conditions.get(bay.id, BayCondition.FREE) not in UNUSABLE
+        bay for bay in book.bookable_bays(b.group)
+        if bay.fits(b.vehicle_length_m) and conditions.get(bay.id, BayCondition.FREE) not in UNUSABLE
     ]
 
 

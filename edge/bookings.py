@@ -387,6 +387,11 @@ class BookingBook:
                     math.inf if b.length_m is None else b.length_m)
         for lengths in self._bay_lengths.values():
             lengths.sort(reverse=True)
+        self._bookable_by_group: dict[tuple[str, str], tuple[Bay, ...]] = {}
+        for b in sorted(self.bays.values(), key=lambda x: x.id):
+            if b.bookable:
+                key = (b.connector_type, b.side)
+                self._bookable_by_group[key] = self._bookable_by_group.get(key, ()) + (b,)
 
     # ---- reading
 
@@ -395,6 +400,10 @@ class BookingBook:
 
     def __contains__(self, booking_id: str) -> bool:
         return booking_id in self._bookings
+
+    def bookable_bays(self, group: tuple[str, str]) -> tuple[Bay, ...]:
+        """Bookable bays of one (connector type, side), by id."""
+        return self._bookable_by_group.get(group, ())
 
     def get(self, booking_id: str) -> Booking | None:
         return self._bookings.get(booking_id)

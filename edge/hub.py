@@ -621,11 +621,9 @@ class Hub:
         self._apply_maintenance(now)
 
     def _apply_maintenance(self, now: datetime) -> None:
-        try:
-            from edge.downlink import maintenance_in_force
-        except ImportError:
-            return
-        windows = self.maintenance_windows()
+        from edge.downlink import maintenance_in_force, maintenance_windows
+
+        windows = maintenance_windows(self.store)
         for c in self.connectors.values():
             w = maintenance_in_force(windows, c.id, now)
             tag = f"maintenance:{w['id']}" if w else None
@@ -636,12 +634,6 @@ class Hub:
                     self._set_unavailable(c, tag)
             elif not w and (c.admin_unavailable or "").startswith("maintenance:"):
                 self.set_availability(c.id, True, "maintenance window ended")
-
-    def maintenance_windows(self) -> list[dict]:
-        try:
-            return list(self.store.documents("maintenance").all())
-        except Exception:
-            return []
 
     # ------------------------------------------------------------- commands
     async def _send(self, charger_id: str, command: str, connector_id: str) -> None:
@@ -666,14 +658,11 @@ class Hub:
 
     # ---------------------------------------------------------------- cloud
     def _start_cloud(self) -> None:
-        try:
-            from edge.downlink import Downlink
-        except ImportError:  # TEMP until downlink lands
-            Downlink = None
+        from edge.downlink import Downlink
+
         loop = asyncio.get_running_loop()
-        if Downlink is not None:
-            self.downlink = Downlink(self.hub_id, self.store, clock=self.clock, reply=self._reply)
-            self._register_commands()
+        self.downlink = Downlink(self.hub_id, self.store, clock=self.clock, reply=self._reply, on_event=self.emit)
+        self._register_commands()
         if not self.cfg.cloud.broker:
             log.info("cloud.disabled reason=no_broker_configured")
             return

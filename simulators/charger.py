@@ -26,7 +26,7 @@ import math
 import random
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from pymodbus.constants import ExcCodes
@@ -52,6 +52,9 @@ STATUS_FALLBACK = {
     HardwareStatus.FINISHED: HardwareStatus.PLUGGED,
 }
 MAX_STEP_S = 5.0  # integration step of simulated time; fine enough for a taper over minutes
+# Registers are re-rendered at most this often (real seconds) unless something
+# changed: a 1 Hz poller reading 40 connectors should not pay 80 renders a second.
+RENDER_EVERY_S = 0.05
 
 
 class SimulatorError(RuntimeError):
@@ -149,6 +152,8 @@ class ChargerSimulator:
         self._last_mono = time.monotonic()
         self._image: dict[str, tuple[int, list[int]]] = {}
         self._ocmf_shown: dict[int, str] = {}
+        self._dirty = True
+        self._rendered_at = 0.0
         self._build_image()
 
     # ---- lifecycle
@@ -173,6 +178,7 @@ class ChargerSimulator:
 
     def plug(self, i: int, soc: float = 20.0, battery_kwh: float = 600.0, max_power_w: float | None = None) -> None:
         c = self._connector(i)
+        self._advance()
         if c.truck is not None:
             raise SimulatorError(f"connector {i} already has a truck plugged in; unplug it first")
         c.truck = Truck(soc=float(soc), battery_wh=battery_kwh * 1000.0, max_power_w=float(max_power_w or self.rated_power_w))
@@ -239,6 +245,7 @@ class ChargerSimulator:
     def garbage_status(self, i: int, code: int | None = 0xBEEF) -> None:
         """Report a status code the map does not know (None to stop)."""
         self._connector(i).garbage_status = code
+        self._dirty = True
 
     def stuck_lock(self, i: int, stuck: bool = True) -> None:
         """Make the connector lock ignore unlock commands."""
@@ -285,6 +292,7 @@ class ChargerSimulator:
         return ceiling * taper(c.truck.soc)
 
     def _advance(self, extra: float = 0.0) -> None:
+        self._dirty = True  # callers change state after advancing time
         now = time.monotonic()
         remaining = (now - self._last_mono) * self.time_scale + extra
         self._last_mono = now
@@ -445,13 +453,20 @@ class ChargerSimulator:
         if set_values is not None:
             self._put(kind, address, list(set_values))
             self._apply_writes(address, len(set_values))
-        self._advance()
-        self._render()
+        self._refresh()
         offset = address - start_address
         registers[offset : offset + count] = image[address - start : address - start + count]
         if set_values is not None:
             set_values[:] = registers[offset : offset + count]
         return None
+
+    def _refresh(self) -> None:
+        now = time.monotonic()
+        if self._dirty or now - self._rendered_at >= RENDER_EVERY_S:
+            self._advance()
+            self._render()
+            self._rendered_at = now
+            self._dirty = False
 
     def _apply_writes(self, address: int, count: int) -> None:
         end = address + count
@@ -536,7 +551,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--time-scale", type=float, default=1.0, help="simulated seconds per real second")
     parser.add_argument("--chargers", type=int, default=1, help="how many chargers, each on its own port")
     parser.add_argument("--traffic", action="store_true", help="scripted trucks arrive, charge and leave")
+    parser.add_argument("--quiet", action="store_true", help="do not log each command received")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     asyncio.run(_main(args))
 
 

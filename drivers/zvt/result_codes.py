@@ -25,7 +25,7 @@ _REASONS: dict[int, str] = {
     0x0D: "amount refused by the bank: use another card",
     0x0E: "card number not valid: " + _TRY_OTHER,
     0x0F: "card issuer unknown: " + _TRY_OTHER,
-    0x13: "please tap or insert the card again",
+    0x13: "card not read completely: tap or insert the card again",
     0x21: "card expired: " + _TRY_OTHER,
     0x29: "card reported lost: contact your bank",
     0x2B: "card reported stolen: contact your bank",

@@ -108,7 +108,7 @@ async def test_silent_charger_faults_after_n_polls_and_recovers(rig, mode):
         started = time.monotonic()
         with pytest.raises(ChargerUnavailable) as err:
             await driver.poll()
-        assert time.monotonic() - started < driver.timeout + 0.4
+        assert time.monotonic() - started < driver.timeout + 0.5
         assert "check" in str(err.value)
         assert driver.health.state == ("fault" if n == 3 else "ok")
         await asyncio.sleep(0.1)
@@ -150,7 +150,8 @@ async def test_silent_charger_does_not_slow_another(rig):
 
     silent_time, healthy_time = await asyncio.gather(timed(silent.poll()), timed(healthy.poll()))
     assert silent_time >= 0.9
-    assert healthy_time < 0.25, f"healthy charger took {healthy_time:.3f} s next to a silent one"
+    # Margin for a loaded CI machine; a shared client or lock would cost the full second.
+    assert healthy_time < 0.5, f"healthy charger took {healthy_time:.3f} s next to a silent one"
 
 
 async def test_exception_codes_and_slow_answers_are_survived(rig):

@@ -1,0 +1,298 @@
+"""A throw-away mosquitto for tests and benchmarks.
+
+Each ``Broker`` runs its own mosquitto on free ports of 127.0.0.1 with its own
+config, persistence file and log in a directory the caller owns - never the
+system broker on 1883. Optional TLS listener with client certificates (see
+``make_pki``) and an ACL file. ``stop`` (graceful, saves persistence),
+``kill`` (SIGKILL, like a power cut) and ``start`` again on the same ports are
+fast, so tests can bounce the broker many times.
+
+Used by hil_tests/sync/conftest.py (the ``broker`` fixture) and bench/uplink.py.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class PKI:
+    """Test certificate files: one CA, a server certificate for 127.0.0.1 /
+    localhost, and client certificates whose CN is the name given."""
+
+    directory: Path
+    ca: Path
+    server_cert: Path
+    server_key: Path
+
+    def client(self, name: str) -> dict[str, str]:
+        """{ca, cert, key} for the client ``name`` (created on first use)."""
+        cert, key = self.directory / f"{name}.crt", self.directory / f"{name}.key"
+        if not cert.exists():
+            _issue(self.directory, name, cert, key, server=False)
+        return {"ca": str(self.ca), "cert": str(cert), "key": str(key)}
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def _issue(directory: Path, cn: str, cert: Path, key: Path, *, server: bool) -> None:
+    csr = directory / f"{cn}.csr"
+    _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={cn}", cwd=directory)
+    ext = directory / f"{cn}.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n" if server
+                   else "extendedKeyUsage=clientAuth\n")
+    _openssl("x509", "-req", "-in", str(csr), "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", str(cert), "-days", "2", "-sha256", "-extfile", str(ext), cwd=directory)
+    csr.unlink()
+    ext.unlink()
+
+
+def make_pki(directory: Path) -> PKI:
+    directory.mkdir(parents=True, exist_ok=True)
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=hub-edge test CA", cwd=directory)
+    pki = PKI(directory, directory / "ca.crt", directory / "server.crt", directory / "server.key")
+    _issue(directory, "server", pki.server_cert, pki.server_key, server=True)
+    return pki
+
+
+class Broker:
+    def __init__(self, directory: Path, *, pki: PKI | None = None, acl: str | None = None,
+                 persistence: bool = True, tls_only: bool = False):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.pki = pki
+        self.acl = acl
+        self.persistence = persistence
+        self.tls_only = tls_only
+        self.port = free_port()
+        self.tls_port = free_port() if pki else None
+        self.proc: subprocess.Popen | None = None
+        self.config = self.directory / "mosquitto.conf"
+        self.log = self.directory / "mosquitto.log"
+        self._write_config()
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    @property
+    def tls_url(self) -> str:
+        if self.tls_port is None:
+            raise RuntimeError("this broker has no TLS listener: create it with pki=make_pki(...)")
+        return f"mqtts://127.0.0.1:{self.tls_port}"
+
+    def _write_config(self) -> None:
+        lines = [
+            "per_listener_settings false",
+            f"persistence {'true' if self.persistence else 'false'}",
+            f"persistence_location {self.directory}/",
+            "autosave_interval 0",
+            # Keep every QoS 1 message queued for an offline subscriber: the
+            # tests' cloud subscriber must see all of them.
+            "max_queued_messages 0",
+            "max_inflight_messages 0",
+            f"log_dest file {self.log}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "allow_anonymous true",
+            # Started as root, mosquitto would switch to its own user and then
+            # could not write its log or persistence in our directory.
+            f"user {getpass.getuser()}",
+        ]
+        if self.acl is not None:
+            acl_file = self.directory / "acl"
+            acl_file.write_text(self.acl)
+            lines.append(f"acl_file {acl_file}")
+        if not self.tls_only:
+            lines += [f"listener {self.port} 127.0.0.1"]
+        if self.pki:
+            lines += [f"listener {self.tls_port} 127.0.0.1", f"cafile {self.pki.ca}",
+                      f"certfile {self.pki.server_cert}", f"keyfile {self.pki.server_key}",
+                      "require_certificate true", "use_identity_as_username true"]
+        self.config.write_text("\n".join(lines) + "\n")
+
+    def start(self, timeout: float = 5.0) -> "Broker":
+        if self.running:
+            return self
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        ports = [p for p in (None if self.tls_only else self.port, self.tls_port) if p]
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                raise RuntimeError(f"mosquitto exited at start (code {self.proc.returncode}): {err.strip()} "
+                                   f"- see {self.log}")
+            if all(_listening(p) for p in ports):
+                return self
+            time.sleep(0.01)
+        self.kill()
+        raise RuntimeError(f"mosquitto did not listen on {ports} within {timeout}s: see {self.log}")
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Graceful stop: mosquitto saves its persistence (sessions, queued
+        and retained messages) first."""
+        if not self.running:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self._close()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._close()
+
+    def _close(self) -> None:
+        if self.proc is not None and self.proc.stderr:
+            self.proc.stderr.close()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def __enter__(self) -> "Broker":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+HUB_ACL = """\
+# Each hub's certificate CN is its hub id (use_identity_as_username) and it
+# may only use its own root.
+pattern readwrite hub/%u/#
+
+# The cloud service may use every hub's root.
+user cloud
+topic readwrite hub/#
+"""
+
+if __name__ == "__main__":  # manual use: python hil_tests/broker.py DIR
+    import sys
+
+    b = Broker(Path(sys.argv[1] if len(sys.argv) > 1 else "broker-run")).start()
+    print(b.url, flush=True)
+    try:
+        signal.pause()
+    finally:
+        b.stop()
+        os._exit(0)
+
+
+class CloudClient:
+    """The cloud's side of the link, for tests: a paho client with a
+    persistent session (so nothing published while it is away is lost) that
+    records every message it receives."""
+
+    def __init__(self, url: str, *, client_id: str = "cloud-test", tls: dict[str, str] | None = None,
+                 topics: tuple[str, ...] = ("hub/#",)):
+        import threading
+        from urllib.parse import urlsplit
+
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self._mqtt = mqtt
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname, parts.port
+        self.topics = topics
+        self.messages: list[tuple[str, bytes, bool]] = []  # (topic, payload, retained)
+        self.granted: list = []
+        self._cond = threading.Condition()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        self.client.reconnect_delay_set(0.05, 0.5)
+        if tls:
+            self.client.tls_set(ca_certs=tls["ca"], certfile=tls["cert"], keyfile=tls["key"])
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+        self.connected = threading.Event()
+
+    def _on_connect(self, client, _u, _f, reason_code, _p):
+        if not reason_code.is_failure:
+            client.subscribe([(t, 1) for t in self.topics])
+            self.connected.set()
+
+    def _on_subscribe(self, _c, _u, _mid, reason_codes, _p):
+        with self._cond:
+            self.granted.extend(reason_codes)
+            self._cond.notify_all()
+
+    def _on_message(self, _c, _u, message):
+        with self._cond:
+            self.messages.append((message.topic, bytes(message.payload), bool(message.retain)))
+            self._cond.notify_all()
+
+    def start(self, timeout: float = 5.0) -> "CloudClient":
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        self.client.connect_async(self.host, self.port, keepalive=10, clean_start=False, properties=props)
+        self.client.loop_start()
+        if not self.connected.wait(timeout):
+            raise TimeoutError(f"cloud test client could not connect to {self.host}:{self.port}")
+        self.wait_for(lambda: len(self.granted) >= len(self.topics), timeout)
+        return self
+
+    def wait_for(self, predicate, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(min(remaining, 0.2))
+        return True
+
+    def received(self, prefix: str = "") -> list[tuple[str, bytes, bool]]:
+        with self._cond:
+            return [m for m in self.messages if m[0].startswith(prefix)]
+
+    def publish(self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False) -> None:
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        info.wait_for_publish(5)
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

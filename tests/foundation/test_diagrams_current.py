@@ -1,0 +1,12 @@
+"""State machine diagrams in docs/ are generated from the code and current."""
+
+from state_machines.diagrams import DOCS, available, document
+
+
+def test_committed_diagrams_match_the_machines():
+    names = available()
+    assert "connector" in names
+    for name in names:
+        path = DOCS / f"{name}.md"
+        assert path.exists(), f"{path} missing: run python -m state_machines.diagrams"
+        assert path.read_text() == document(name), f"{path} is stale: run python -m state_machines.diagrams"

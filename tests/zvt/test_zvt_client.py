@@ -1,0 +1,201 @@
+"""ZvtClient logic against a scripted in-memory link (no sockets): R-P1, R-P3, R-P4, R-P6."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+import pytest
+
+from drivers.device import DeviceFault, DeviceRecovered
+from drivers.zvt import TerminalProtocolError, TerminalRefused, TerminalTimeout, TerminalUnavailable, Timers, ZvtClient
+from drivers.zvt import messages as m
+from drivers.zvt.bmp import RECEIPT_ALL
+from drivers.zvt.link import Link
+from drivers.zvt.tlv import constructed, primitive
+from edge.clock import FakeClock
+
+FAST = Timers(t3_command=0.2, t4_completion=0.3)
+
+
+class ScriptedLink(Link):
+    """Answers each command sent with the next scripted list of terminal messages."""
+
+    def __init__(self, *scripts: list[m.Message | bytes | Exception]):
+        super().__init__(FAST)
+        self.scripts = list(scripts)
+        self.sent: list[m.Message] = []
+
+    async def open(self):
+        self._inbox = asyncio.Queue()
+
+    async def send(self, apdu):
+        msg = m.decode_message(apdu)
+        self.sent.append(msg)
+        if msg.control in (m.ACK, m.ABORT) and self.sent[:-1]:
+            return
+        if self.scripts:
+            for item in self.scripts.pop(0):
+                if isinstance(item, m.Message):
+                    item = m.encode_message(item)
+                self._inbox.put_nowait(item)
+
+    async def close(self):
+        pass
+
+
+APPROVED = [
+    m.ack(),
+    m.intermediate_status(0x0A),
+    m.status_information(
+        [(0x27, 0), (0x04, 23681), (0x49, 978), (0x87, 42), (0x0B, 7), (0x22, "4111111111111111"),
+         (0x8B, "Visa\x00"), (0x29, "12345678"), (0x06, (primitive(0x1F14, bytes.fromhex("ab" * 16)),))]
+    ),
+    m.completion(),
+]
+
+
+async def client_for(*scripts, **kw) -> tuple[ZvtClient, ScriptedLink]:
+    link = ScriptedLink(*scripts)
+    client = ZvtClient(link, password="123456", clock=FakeClock(), **kw)
+    await client.connect()
+    return client, link
+
+
+async def test_approved_pre_authorisation_gives_references_not_card_number():
+    """R-P1, R-P6: receipt, trace, token and masked PAN; never the full number."""
+    texts = []
+
+    async def on_status(text):
+        texts.append(text)
+
+    client, link = await client_for(APPROVED, on_status=on_status)
+    result = await client.preauthorize(Decimal("236.81"))
+    assert result.ok and result.receipt_no == 42 and result.trace_no == 7
+    assert result.amount == Decimal("236.81") and result.currency == "EUR"
+    assert result.masked_pan == "411111******1111" and "4111111111111111" not in repr(result)
+    assert result.card_token == "ab" * 16
+    assert texts == ["insert card"]
+    assert link.sent[0].get(0x04) == 23681 and link.sent[0].get(0x49) == 978
+    assert [s.control for s in link.sent[1:]] == [m.ACK] * 3
+
+
+async def test_decline_maps_reason_and_leaves_no_receipt():
+    client, _ = await client_for([m.ack(), m.status_information([(0x27, 0x33)]), m.abort_from_terminal(0x33)])
+    result = await client.preauthorize(Decimal("10.00"))
+    assert not result.ok and result.result_code == 0x33
+    assert result.reason == "insufficient funds: try another card"
+    assert result.receipt_no is None
+
+
+async def test_unknown_code_gets_generic_reason():
+    client, _ = await client_for([m.ack(), m.abort_from_terminal(0xF7)])
+    result = await client.preauthorize(Decimal("10.00"))
+    assert not result.ok and "F7" in result.reason and "try again" in result.reason
+
+
+async def test_refused_command_84():
+    client, _ = await client_for([m.nak(0x83)])
+    result = await client.reverse_preauth(5)
+    assert not result.ok and result.result_code == 0x83
+
+
+async def test_no_answer_is_terminal_timeout_and_fault_reported():
+    events = []
+    client, link = await client_for([], on_health=events.append)
+    with pytest.raises(TerminalTimeout, match="may have been done"):
+        await client.preauthorize(Decimal("10.00"))
+    assert isinstance(events[0], DeviceFault) and client.health.state == "fault"
+    # the client tried to cancel whatever the terminal might still be doing
+    assert link.sent[-1].control == m.ABORT
+    link.scripts.append(APPROVED)
+    assert (await client.preauthorize(Decimal("1.00"))).ok
+    assert isinstance(events[-1], DeviceRecovered)
+
+
+async def test_silence_after_accept_is_t4_timeout():
+    client, _ = await client_for([m.ack(), m.intermediate_status(0x0A)])
+    with pytest.raises(TerminalTimeout):
+        await client.preauthorize(Decimal("10.00"))
+
+
+async def test_link_loss_mid_transaction_is_unavailable():
+    lost = TerminalUnavailable("terminal: connection lost")
+    client, _ = await client_for([m.ack(), lost])
+    with pytest.raises(TerminalUnavailable, match="may have been done"):
+        await client.preauthorize(Decimal("10.00"))
+
+
+async def test_unreadable_status_information_is_protocol_error():
+    client, _ = await client_for([m.ack(), bytes.fromhex("04 0f 02 04 00")])
+    with pytest.raises(TerminalProtocolError, match="unreadable"):
+        await client.preauthorize(Decimal("10.00"))
+
+
+async def test_book_preauth_sends_released_part():
+    """06 23 carries the hold minus the used amount; booking above the hold is refused (R-P3)."""
+    client, link = await client_for([m.ack(), m.status_information([(0x27, 0), (0x04, 4977)]), m.completion()])
+    result = await client.book_preauth(42, Decimal("49.77"), preauthorized=Decimal("236.81"))
+    assert result.ok and result.amount == Decimal("49.77")
+    sent = link.sent[0]
+    assert sent.control == m.PARTIAL_REVERSAL and sent.get(0x87) == 42 and sent.get(0x04) == 23681 - 4977
+    with pytest.raises(ValueError, match="between zero and the hold"):
+        await client.book_preauth(42, Decimal("236.82"), preauthorized=Decimal("236.81"))
+
+
+async def test_open_preauthorizations_reads_list_and_first_receipt():
+    listing = constructed(0x23, primitive(0x08, bytes.fromhex("0007")), primitive(0x08, bytes.fromhex("0012")))
+    client, link = await client_for(
+        [m.ack(), m.abort_from_terminal(0xB8, [(0x87, 7), (0x06, (listing,))])],
+        [m.ack(), m.abort_from_terminal(0xB8, [(0x87, 9)])],
+        [m.ack(), m.abort_from_terminal(0xB8, [(0x87, RECEIPT_ALL)])],
+        [m.nak(0x83)],
+    )
+    assert [o.receipt_no for o in await client.open_preauthorizations()] == [7, 12]
+    assert [o.receipt_no for o in await client.open_preauthorizations()] == [9]
+    assert await client.open_preauthorizations() == []
+    assert link.sent[0].get(0x87) == RECEIPT_ALL
+    with pytest.raises(TerminalRefused, match="ledger"):
+        await client.open_preauthorizations()
+
+
+async def test_abort_during_running_command_ends_it_with_6c():
+    link = ScriptedLink([m.ack(), m.intermediate_status(0x0A)])
+    client = ZvtClient(link, password=0)
+    client.timers = Timers(t3_command=1, t4_completion=2)
+    await client.connect()
+    task = asyncio.create_task(client.preauthorize(Decimal("5.00")))
+    await asyncio.sleep(0.05)
+    assert client.busy
+    assert await client.abort() is True
+    link._inbox.put_nowait(m.encode_message(m.ack()))
+    link._inbox.put_nowait(m.encode_message(m.abort_from_terminal(0x6C)))
+    result = await task
+    assert not result.ok and result.result_code == 0x6C and "cancelled" in result.reason
+
+
+async def test_status_enquiry_and_registration():
+    client, link = await client_for(
+        [m.ack(), m.enquiry_completion("SW 1", 0x00, (primitive(0x1F44, bytes.fromhex("52523535")),))],
+        [m.ack(), m.completion([(0x19, 0), (0x29, "52523535"), (0x49, 978)])],
+    )
+    status = await client.status_enquiry()
+    assert status.ok and status.text == "ready" and status.terminal_id == "52523535"
+    reg = await client.register()
+    assert reg.ok and reg.terminal_id == "52523535"
+    assert link.sent[-2].fields == (("password", 123456), ("config_byte", 0xDE), ("currency", 978))
+
+
+async def test_commands_need_connect():
+    client = ZvtClient(ScriptedLink(), password=0)
+    with pytest.raises(TerminalUnavailable, match="connect"):
+        await client.status_enquiry()
+
+
+def test_from_url_picks_transport():
+    from drivers.zvt.link import SerialLink, TcpLink
+
+    assert isinstance(ZvtClient.from_url("tcp://127.0.0.1:20007", password=0)._link, TcpLink)
+    assert isinstance(ZvtClient.from_url("/dev/ttyUSB0", password=0)._link, SerialLink)
+    with pytest.raises(ValueError, match="host and port"):
+        ZvtClient.from_url("tcp://nohost", password=0)
