@@ -60,13 +60,13 @@ def _memory_of_store(path: str, uids: list[str], out) -> None:
 
 
 def _memory_of_dict(n: int, out) -> None:
-    uids = _uids(n)
     gc.collect()
     before = rss_mb()
+    uids = _uids(n)
     d = {u: ("Active", "own" if i % 3 else "emsp", f"fleet-{i % 500}", f"truck {i}", None) for i, u in enumerate(uids)}
     del uids
     gc.collect()
-    out.put(rss_mb() - before + 0 * len(d))
+    out.put(rss_mb() - before if d else 0.0)
 
 
 def _in_fresh_process(target, *args) -> float:

@@ -17,10 +17,13 @@ whole slot, prefer
    stretches stay for later and longer bookings;
 4. the bay id, so the same inputs always give the same bay.
 
-Bookings are placed in slot start order. With nested bay lengths this greedy
-order always finds a bay when the capacity rule (R-B5) accepted the
-bookings; when a late booking cannot be placed, the not-yet-started holds of
-its group are planned again (keeping bays where possible) before giving up.
+Bookings are placed in slot start order. When the bays of a connector type
+and side are all the same length this is interval colouring, and the greedy
+order always finds a bay for bookings the capacity rule (R-B5) accepted.
+With mixed bay lengths it is a heuristic: when a booking cannot be placed,
+the not-yet-started holds of its group are planned again (keeping announced
+bays where possible, then longest trucks first) before the booking is
+reported as `NoBayAvailable` for the operator. A bay is never double-booked.
 """
 
 from __future__ import annotations
@@ -202,6 +205,7 @@ def choose_bay(
     start: datetime | None = None,
     prefer: str | None = None,
     exclude: frozenset[str] = frozenset(),
+    by_stretch_end: bool = False,
 ) -> tuple[Bay, str] | None:
     """The bay for booking `b` and why, or None when no bay fits."""
     holds = holds if holds is not None else _Holds.of(book.holding())
@@ -223,13 +227,14 @@ def choose_bay(
             continue
         prev_end, next_start = stretch
         span = ((next_start or end + _FOREVER) - (prev_end or start - _FOREVER))
-        key = (
-            0 if bay.id == prefer else 1,
-            1 if occupied else 0,
-            bay.length_m if bay.length_m is not None else float("inf"),
-            span,
-            bay.id,
-        )
+        length_key = bay.length_m if bay.length_m is not None else float("inf")
+        if by_stretch_end:
+            # Fill the free stretch that closes soonest; used when planning
+            # again with the most constrained trucks already placed.
+            key = (0 if bay.id == prefer else 1, 1 if occupied else 0,
+                   next_start or end + _FOREVER, length_key, span, bay.id)
+        else:
+            key = (0 if bay.id == prefer else 1, 1 if occupied else 0, length_key, span, bay.id)
         if best is None or key < best[0]:
             best = (key, bay, prev_end, next_start, occupied)
     if best is None:
@@ -360,15 +365,27 @@ def _replan(b: Booking, book: BookingBook, conditions: Mapping[str, BayCondition
     if not movable:
         return [NoBayAvailable(b.id, unplaced_reason)]
     current = {m.id: just_assigned.get(m.id, m.bay_id) for m in movable}
-    order = sorted(movable + [b], key=lambda x: (x.slot_start, x.seq))
-    for sticky in (True, False):
+    in_slot_order = sorted(movable + [b], key=lambda x: (x.slot_start, x.seq))
+
+    def shortest_usable(x: Booking) -> float:
+        fits = [bay.length_m if bay.length_m is not None else float("inf")
+                for bay in book.bookable_bays(x.group) if bay.fits(x.vehicle_length_m)]
+        return min(fits, default=float("inf"))
+
+    # Trucks that need the longest bays first, each into the free stretch
+    # closing soonest: this places sets where slot order with mixed bay
+    # lengths paints itself into a corner (a short stay took the only long
+    # bay a later long truck needs).
+    constrained_first = sorted(movable + [b], key=lambda x: (-shortest_usable(x), x.slot_start, x.seq))
+    attempts = ((in_slot_order, True, False), (in_slot_order, False, False), (constrained_first, False, True))
+    for order, sticky, by_stretch_end in attempts:
         trial = _Holds({k: list(v) for k, v in holds.by_bay.items()})
         for m in movable:
             trial.remove(current[m.id], m.id)
         plan: dict[str, tuple[str, str]] = {}
         for x in order:
             choice = choose_bay(x, book, conditions, now, settings, trial,
-                                prefer=current.get(x.id) if sticky else None)
+                                prefer=current.get(x.id) if sticky else None, by_stretch_end=by_stretch_end)
             if choice is None:
                 break
             trial.add(choice[0].id, x)
@@ -376,7 +393,7 @@ def _replan(b: Booking, book: BookingBook, conditions: Mapping[str, BayCondition
         else:
             holds.by_bay = trial.by_bay
             out: list[BookingDecision] = []
-            for x in order:
+            for x in in_slot_order:
                 bay_id, why = plan[x.id]
                 if x.id == b.id:
                     out.append(BayAssigned(x.id, bay_id, why))

@@ -28,7 +28,7 @@ from drivers.zvt import messages as m
 from drivers.zvt.apdu import Apdu, decode_apdu, header_size_and_length
 from drivers.zvt.bmp import RECEIPT_ALL
 from drivers.zvt.framing import ACK_BYTE, NAK_BYTE, Frame, FrameReader, LineByte, encode_frame
-from drivers.zvt.tlv import TlvNode, constructed, primitive
+from drivers.zvt.tlv import constructed, primitive
 from edge.pricing import currency as currency_info
 from edge.pricing import from_minor_units
 
@@ -410,9 +410,7 @@ class ZvtTerminalSimulator:
             await self._exchange_end(channel, m.enquiry_completion("hub-edge ZVT simulator 1.0", 0x00, tlv))
         elif c == m.END_OF_DAY:
             await self._send(channel, m.ack())
-            total = sum(
-                (t.booked or Decimal(0)) for t in self.transactions if t.state == "booked"
-            )
+            total = sum((t.booked or Decimal(0) for t in self.transactions if t.state == "booked"), Decimal(0))
             info = [(0x27, 0), (0x04, _minor(total, self.currency.minor_unit)), (0x0B, self._next_trace())]
             if await self._exchange_end(channel, m.status_information(info)):
                 await self._exchange_end(channel, m.completion())

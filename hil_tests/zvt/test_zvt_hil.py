@@ -11,7 +11,7 @@ from decimal import Decimal
 
 import pytest
 
-from drivers.zvt import TerminalTimeout, TerminalUnavailable, ZvtClient
+from drivers.zvt import TerminalTimeout, TerminalUnavailable, Timers, ZvtClient
 
 pytestmark = pytest.mark.hil
 
@@ -102,11 +102,63 @@ async def test_registration_status_end_of_day(zvt_client, zvt_sim):
 
 async def test_disconnect_mid_transaction_is_a_clear_error(zvt_client, zvt_sim):
     zvt_sim.disconnect_in_transaction = True
-    with pytest.raises((TerminalUnavailable, TerminalTimeout)) as info:
+    with pytest.raises(TerminalUnavailable) as info:
         await zvt_client.preauthorize(Decimal("10.00"))
     assert "open pre-authorisations" in str(info.value)
     assert zvt_sim.open_reservations() == {}
 
 
-async def test_serial_naks_are_retried(zvt_sim):
-    from hil_tests_zvt_timers import FAST  # noqa: F401  (placeholder, replaced below)
+SERIAL = Timers(t1_inter_byte=0.3, t2_ack=0.3, t3_command=1.5, t4_completion=2.0)
+
+
+async def serial_client(sim) -> ZvtClient:
+    client = ZvtClient.from_url(sim.pty_path, password=123456, timers=SERIAL)
+    await client.connect()
+    return client
+
+
+async def test_serial_naks_from_terminal_are_retried(zvt_sim):
+    client = await serial_client(zvt_sim)
+    try:
+        zvt_sim.nak_frames = 2  # the terminal refuses our next two frames
+        result = await client.preauthorize(Decimal("20.00"))
+        assert result.ok and zvt_sim.nak_frames == 0
+        assert zvt_sim.events.count("nak_sent") == 2
+    finally:
+        await client.close()
+
+
+async def test_serial_crc_errors_are_nakked_and_resent(zvt_sim):
+    client = await serial_client(zvt_sim)
+    try:
+        zvt_sim.corrupt_frames = 2  # the terminal's next two frames arrive damaged
+        result = await client.preauthorize(Decimal("20.00"))
+        assert result.ok and result.amount == Decimal("20.00")
+        assert zvt_sim.events.count("crc_corrupted") == 2
+        assert zvt_sim.events.count("nak_received") == 2
+    finally:
+        await client.close()
+
+
+async def test_serial_terminal_that_never_acks_is_unavailable(zvt_sim):
+    client = await serial_client(zvt_sim)
+    try:
+        zvt_sim.nak_frames = 10
+        started = time.monotonic()
+        with pytest.raises(TerminalUnavailable, match="did not acknowledge"):
+            await client.status_enquiry()
+        assert time.monotonic() - started < 3
+    finally:
+        await client.close()
+
+
+async def test_missing_port_and_refused_tcp_are_unavailable():
+    with pytest.raises(TerminalUnavailable, match="cannot open the port"):
+        await ZvtClient.from_url("/dev/zvt-terminal-that-does-not-exist", password=0, timers=SERIAL).connect()
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(TerminalUnavailable, match="cannot connect"):
+        await ZvtClient.from_url(f"tcp://127.0.0.1:{port}", password=0, timers=SERIAL).connect()

@@ -207,3 +207,24 @@ def test_reasons_show_the_site_time_zone_across_the_dst_change():
     # no-show timeout counts real time: 30 minutes after 00:30Z
     noshow = review(book, {}, start + 30 * M, tz)
     assert isinstance(noshow[0], NoShow) and "03:00 CEST" not in noshow[0].reason and "02:00 CET" in noshow[0].reason
+
+
+def test_r_b2_mixed_lengths_short_stays_leave_the_long_bay_for_a_long_truck():
+    """Found by the property test: three short-truck slots start together and
+    slot order alone puts the longest stay on the only long bay, which a long
+    truck needs a quarter of an hour later. Planning again places all four."""
+    bays = [Bay("S1", "CCS", "left", 16.5), Bay("S2", "CCS", "left", 16.5), Bay("L1", "CCS", "left", 18.75)]
+    q = 15 * M
+    book = make_book(bays, booking_item("k0", NOW, 15), booking_item("k1", NOW, 15), booking_item("k2", NOW, 30),
+                     booking_item("k3", NOW + q, 15, length=18.75))
+    decisions = review(book, {}, NOW - H, AssignmentSettings(lead_time=2 * H))
+    placed = assigned(decisions)
+    assert set(placed) == {"k0", "k1", "k2", "k3"} and placed["k3"] == "L1" and placed["k2"] != "L1"
+
+
+def test_r_b2_mixed_lengths_a_later_long_stay_does_not_block_the_long_bay():
+    bays = [Bay("S", "CCS", "left", 16.5), Bay("L", "CCS", "left", 25.25)]
+    book = make_book(bays, booking_item("a", NOW, 10), booking_item("c", NOW + 5 * M, 95),
+                     booking_item("d", NOW + 20 * M, 10, length=24.0))
+    placed = assigned(review(book, {}, NOW - H, AssignmentSettings(lead_time=3 * H)))
+    assert placed == {"a": "L", "c": "S", "d": "L"}

@@ -10,7 +10,7 @@ import pytest
 from drivers.zvt import messages as m
 from drivers.zvt.apdu import decode_apdu
 from drivers.zvt.bmp import RECEIPT_ALL
-from drivers.zvt.client import ZvtClient, _Exchange
+from drivers.zvt.client import ZvtClient
 from drivers.zvt.link import Link, Timers
 from drivers.zvt.result_codes import intermediate_text, reason_for
 
@@ -207,4 +207,3 @@ async def test_client_reads_captured_pre_authorisation_flow():
     assert seen == ["please wait"] and result.texts == ("please wait",)
     # one command, then one 80 00 for each of the three terminal messages
     assert link.sent[0][:2] == b"\x06\x22" and link.sent[1:] == [b"\x80\x00\x00"] * 3
-    assert isinstance(_Exchange("x"), _Exchange)
