@@ -6,7 +6,7 @@ import time
 import pytest
 
 from drivers.device import DeviceFault, DeviceRecovered
-from drivers.nfc_reader import CardTap
+from drivers.nfc_reader import CardReader, CardTap
 from simulators.card import CardSimulator
 
 pytestmark = pytest.mark.hil
@@ -79,14 +79,12 @@ async def test_stop_answering_fault_injection(make_rig):
 
 
 async def test_reader_that_cannot_be_opened_is_its_own_fault(make_rig):
-    import asyncio as _a
-    from drivers.nfc_reader import CardReader
-
-    events: _a.Queue = _a.Queue()
-    reader = CardReader("reader-9", "usb:ffff:fffe", _a.get_running_loop(), events.put_nowait, retry_s=0.2)
+    """A reader missing at start-up is that reader's DeviceFault; the thread still stops promptly."""
+    events: asyncio.Queue = asyncio.Queue()
+    reader = CardReader("reader-9", "usb:ffff:fffe", asyncio.get_running_loop(), events.put_nowait, retry_s=0.2)
     reader.start()
     try:
-        fault = await _a.wait_for(events.get(), 5.0)
+        fault = await asyncio.wait_for(events.get(), 5.0)
         assert isinstance(fault, DeviceFault) and "could not be opened" in fault.reason
     finally:
         started = time.monotonic()
