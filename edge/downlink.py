@@ -40,10 +40,11 @@ Handler = Callable[[dict], "dict | None | Awaitable[dict | None]"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS downlink_handled (
-    id         TEXT PRIMARY KEY,
     kind       TEXT NOT NULL,
+    id         TEXT NOT NULL,
     handled_at REAL NOT NULL,
-    reply      TEXT NOT NULL
+    reply      TEXT NOT NULL,
+    PRIMARY KEY (kind, id)
 );
 CREATE INDEX IF NOT EXISTS downlink_handled_age ON downlink_handled(handled_at);
 """
@@ -156,8 +157,8 @@ class Downlink:
                                           f"edge/schemas/{schema}.json; nothing was applied",
                                           {"errors": [{"path": "/".join(str(p) for p in e.absolute_path),
                                                        "error": e.message} for e in errors[:10]]})
-        handled = self.store.db.execute("SELECT handled_at, reply FROM downlink_handled WHERE id = ?",
-                                        (message_id,)).fetchone()
+        handled = self.store.db.execute("SELECT handled_at, reply FROM downlink_handled WHERE kind = ? AND id = ?",
+                                        (kind, message_id)).fetchone()
         if handled is not None:
             original = json.loads(handled[1])
             when = rfc3339(datetime.fromtimestamp(handled[0], tz=timezone.utc))
@@ -189,10 +190,9 @@ class Downlink:
             if inspect.isawaitable(result):
                 result = await result
         except Rejected as e:
-            answer = self._refusal(message["id"], kind, e.code if e.code else "rejected",
-                                   e.message, e.data)
-            self._remember(message["id"], kind, answer)
-            return answer
+            # Not remembered either: nothing was applied, so a corrected
+            # resend under the same id is judged afresh.
+            return self._refusal(message["id"], kind, e.code or "rejected", e.message, e.data)
         except Exception as e:
             # Not remembered: the handler applied nothing (its contract), so
             # the cloud may send the same id again once the fault is fixed.
@@ -217,8 +217,8 @@ class Downlink:
     def _remember(self, message_id: str, kind: str, answer: dict) -> None:
         now = self.clock.now()
         with self.store.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO downlink_handled(id, kind, handled_at, reply) VALUES (?, ?, ?, ?)",
-                       (message_id, kind, now.timestamp(), json.dumps(answer)))
+            db.execute("INSERT OR REPLACE INTO downlink_handled(kind, id, handled_at, reply) VALUES (?, ?, ?, ?)",
+                       (kind, message_id, now.timestamp(), json.dumps(answer)))
             if self._pruned_at is None or now - self._pruned_at > timedelta(hours=1):
                 db.execute("DELETE FROM downlink_handled WHERE handled_at < ?", ((now - KEEP_HANDLED).timestamp(),))
                 self._pruned_at = now

@@ -19,6 +19,7 @@ the loop, and nothing here touches hardware.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import json
 import logging
@@ -73,6 +74,10 @@ class _Connection:
         self.inflight: dict[int, tuple[int, str]] = {}  # mid -> (outbox pos, entry id)
         self.waiters: dict[int, asyncio.Future] = {}  # mid -> future, for messages someone awaits
         self.cursor = 0  # outbox position of the last entry handed to paho
+        # PUBACKs gathered on paho's thread and handed over in bunches: one
+        # wake-up of the loop per bunch instead of one per message.
+        self.acks: collections.deque = collections.deque()
+        self.acks_scheduled = False
 
 
 class Uplink:
@@ -226,7 +231,10 @@ class Uplink:
             call(self._on_lost, conn, str(reason_code))
 
         def on_publish(_c, _u, mid, reason_code, _props):
-            call(self._on_ack, conn, mid, reason_code)
+            conn.acks.append((mid, reason_code))
+            if not conn.acks_scheduled:
+                conn.acks_scheduled = True
+                call(self._on_acks, conn)
 
         def on_message(_c, _u, message):
             call(self._deliver, message.topic, bytes(message.payload))
@@ -303,7 +311,8 @@ class Uplink:
         while not conn.lost.is_set():
             self._wake.clear()
             room = self.window - len(conn.inflight)
-            rows = self.outbox.rows_after(conn.cursor, room) if room > 0 else []
+            # Refill in halves of the window: fewer, larger reads of the outbox.
+            rows = self.outbox.rows_after(conn.cursor, room) if room * 2 >= self.window or not conn.inflight else []
             for pos, entry_id, stream, body in rows:
                 info = client.publish(topic_for(self.hub_id, stream), body,
                                       qos=0 if stream == TELEMETRY_STREAM else 1)
@@ -312,7 +321,7 @@ class Uplink:
                     break
                 conn.inflight[info.mid] = (pos, entry_id)
                 conn.cursor = pos
-            if rows and len(conn.inflight) < self.window:
+            if len(rows) == room and len(conn.inflight) < self.window:
                 continue  # more may be waiting: fill the window before sleeping
             try:
                 await asyncio.wait_for(self._wake.wait(), 1.0)  # the timeout is only a safety net
@@ -342,6 +351,11 @@ class Uplink:
             self._wake.set()
         if not conn.connack.done():
             conn.connack.set_exception(ConnectionError(f"connection closed before CONNACK: {reason}"))
+
+    def _on_acks(self, conn: _Connection) -> None:
+        conn.acks_scheduled = False  # before popping, so a PUBACK appended meanwhile schedules another round
+        while conn.acks:
+            self._on_ack(conn, *conn.acks.popleft())
 
     def _on_ack(self, conn: _Connection, mid: int, reason_code) -> None:
         waiter = conn.waiters.pop(mid, None)

@@ -149,3 +149,24 @@ async def test_r_d1_systemd_notify_ready_watchdog_and_stopping(tmp_path, sims):
     assert "STOPPING=1" in rest
     assert "daemon.stopped" in d.log.read_text()
     sock.close()
+
+
+async def test_every_event_the_daemon_emits_matches_its_schema(daemon, sims):
+    """Issue 3 item 5: events carry the envelope of interfaces.md and each
+    type's data schema (edge/schemas/events)."""
+    from edge.envelope import validate_event
+
+    ch1 = sims["CH1"]
+    ch1.plug(0, soc=95, battery_kwh=200)
+    await daemon.wait_connector("C1", "Charging")
+    ch1.full(0)
+    await daemon.wait_connector("C1", "Finishing")
+    await sims["CH2"].silence("no_answer")
+    await daemon.wait_connector("C3", "Faulted", timeout=10)
+    await sims["CH2"].speak()
+    await daemon.wait_connector("C3", "Available", timeout=10)
+    events = daemon.events()
+    assert {"connector.status", "session.started", "session.stopped", "device.fault", "device.recovered"} <= {e["type"] for e in events}
+    for e in events:
+        validate_event(e)
+        assert e["hub"] == "HIL-01" and e["v"] == 1
