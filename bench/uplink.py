@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import shutil
 import sys
 import tempfile
 import threading
@@ -22,7 +23,7 @@ from edge.outbox import Outbox
 from edge.store import Store
 from edge.uplink import Uplink
 
-WINDOW = 100
+WINDOW = 100  # messages unacknowledged on the wire, for both
 CMD = "python -m bench uplink"
 DATA = {"session": "S-000123", "connector": "C-04", "bay": "B-04", "reason": "ev", "meter_stop_wh": 1290000,
         "energy_wh": 55433, "stopped_at": "2026-01-01T00:45:00.000Z"}
@@ -71,7 +72,7 @@ async def _drain(state: Path, url: str) -> float:
     connected = asyncio.Event()
     uplink = Uplink("BENCH", url, client_id="bench-hub", outbox=outbox, version="bench",
                     on_message=lambda t, p: None, on_link=lambda up: up and connected.set(),
-                    loop=asyncio.get_running_loop(), window=WINDOW, backoff=(0.05, 0.5))
+                    loop=asyncio.get_running_loop(), max_inflight=WINDOW, backoff=(0.05, 0.5))
     uplink.start()
     await connected.wait()
     t = time.perf_counter()
@@ -81,6 +82,14 @@ async def _drain(state: Path, url: str) -> float:
     await uplink.stop()
     store.close()
     return n / elapsed
+
+
+def _copy_state(src: Path, dst: Path) -> None:
+    store = Store(src)
+    store.backup()  # a consistent copy of the database
+    store.close()
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src / "hub.sqlite3.bak", dst / "hub.sqlite3")
 
 
 def run(quick: bool) -> list[Result]:
@@ -95,13 +104,23 @@ def run(quick: bool) -> list[Result]:
         bodies = [row[3].encode() for row in outbox.rows_after(0, n)]
         store.close()
         broker = broker_mod.Broker(tmp / "broker", persistence=False).start()
+        # Best of two alternating runs each: a shared CI box is noisy, and
+        # both sides get the same chance.
+        raw_rate = drain_rate = 0.0
         try:
-            raw_rate = _raw(broker.port, bodies)
-            drain_rate = asyncio.run(_drain(tmp / "state", broker.url))
+            for attempt in range(2):
+                raw_rate = max(raw_rate, _raw(broker.port, bodies))
+                state = tmp / "state"
+                if attempt:
+                    state = tmp / "state2"
+                    _copy_state(tmp / "state-orig", state)
+                else:
+                    _copy_state(state, tmp / "state-orig")
+                drain_rate = max(drain_rate, asyncio.run(_drain(state, broker.url)))
         finally:
             broker.stop()
     return [Result(f"uplink.drain_{n // 1000}k", drain_rate, "msgs/s",
-                   f"raw paho QoS 1 publish loop (window {WINDOW}), same broker", raw_rate,
+                   f"raw paho QoS 1 publish loop ({WINDOW} in flight), same broker", raw_rate,
                    goal=round(0.8 * raw_rate, 1), lower_is_better=False, command=CMD)]
 
 

@@ -280,9 +280,10 @@ def parse_booking_item(item: Any, now: datetime, rules: BookingRules) -> _Bookin
     side = (_text(item, "side") or "").lower()
     if side not in SIDES:
         raise BookingRefused("malformed_field", "booking side must be left or right (the truck's inlet side): correct it and send it again")
-    customer = _text(item, "customer_id", required=False) or _text(item, "fleet_id", required=False)
-    if customer is None:
-        raise BookingRefused("missing_field", "booking has no customer_id (or fleet_id): send it with the customer's id")
+    # interfaces.md names the field `customer` (optional); customer_id and
+    # fleet_id are accepted too.
+    customer = (_text(item, "customer", required=False) or _text(item, "customer_id", required=False)
+                or _text(item, "fleet_id", required=False) or "")
     raw_plates = item.get("plates")
     if not isinstance(raw_plates, list) or not raw_plates:
         raise BookingRefused(
@@ -303,7 +304,7 @@ def parse_booking_item(item: Any, now: datetime, rules: BookingRules) -> _Bookin
             )
         plates.append(p)
         countries.append(country)
-    token = _text(item, "token_uid", required=False)
+    token = _text(item, "token", required=False) or _text(item, "token_uid", required=False)
     length = item.get("vehicle_length_m")
     if length is not None:
         if isinstance(length, bool) or not isinstance(length, (int, float)) or not math.isfinite(length) \

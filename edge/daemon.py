@@ -103,7 +103,14 @@ def control_handlers(hub: Hub) -> dict:
     async def outbox(args: dict, caller: Caller, progress) -> dict:
         return hub.outbox_view()
 
+    async def resync(args: dict, caller: Caller, progress) -> dict:
+        timeout = args.get("timeout", 60)
+        if not isinstance(timeout, (int, float)) or not 1 <= timeout <= 3600:
+            raise ControlError("bad_request", "timeout must be 1 to 3600 seconds")
+        return await hub.request_resync(caller.user, progress, float(timeout))
+
     return {
+        "resync": resync,
         "status": status,
         "devices": devices,
         "sessions": sessions,

@@ -112,7 +112,9 @@ class Hub:
         self.session_ended_hooks: list[Callable[[Session], Awaitable[None] | None]] = []
         self.stopping = False
         self.events_put = 0
+        self.last_sync: dict[str, datetime] = {}
         self._build_connectors()
+        self._open_sync_stores()
         for alarm in self.store.alarms:
             self.emit("device.alarm", {"alarm": "store_recovered", "message": alarm})
 
@@ -183,6 +185,8 @@ class Hub:
     # ----------------------------------------------------------------- events
     def emit(self, type_: str, data: dict) -> None:
         """Record an event durably in the outbox (the uplink sends it)."""
+        if type_ == "sync.applied" and data.get("kind"):
+            self.last_sync[data["kind"]] = self.clock.now()
         env = self.outbox.put(type_, data, offline=not self.link_up)
         self.events_put += 1
         brief = " ".join(f"{k}={data[k]}" for k in ("connector", "status", "session", "device", "reason", "action") if data.get(k) is not None)
@@ -741,9 +745,99 @@ class Hub:
             self.audit("cloud", "session.stop", sid, "", "stopping")
             return {"session": sid}
 
+        async def resync(msg: dict) -> dict:
+            # The cloud asks for the hub's state again: retained status and
+            # every connector's state are published anew.
+            for c in self.connectors.values():
+                self._publish_state(c)
+            self.audit("cloud", "hub.resync", self.hub_id, "", "states republished")
+            return {"connectors": len(self.connectors)}
+
+        self.downlink.register("cmd:resync", resync)
+        self._register_sync_stores()
         self.downlink.register("cmd:unlock_connector", unlock_connector)
         self.downlink.register("cmd:set_availability", set_availability)
         self.downlink.register("cmd:stop_session", stop_session)
+
+    # ------------------------------------------------------- synced stores
+    def _plate_secret(self) -> bytes:
+        """The site's key for hashing plates (R-G8): from the configured file,
+        or made once and kept in the state directory (mode 0600)."""
+        from edge.store import atomic_write
+
+        if self.cfg.hub.plate_secret_file:
+            return self.cfg.resolve(self.cfg.hub.plate_secret_file).read_bytes().strip()
+        path = self.state_dir / "plate.key"
+        if not path.exists():
+            atomic_write(path, os.urandom(32).hex().encode(), mode=0o600)
+        return path.read_bytes().strip()
+
+    def _open_sync_stores(self) -> None:
+        from datetime import timedelta as _td
+
+        from edge.bookings import Bay, BookingBook, BookingRules
+        from edge.tokens import TokenStore
+
+        self.tokens = TokenStore(self.state_dir / "tokens.sqlite3")
+        bays = [
+            Bay(b.id, b.connector_type, b.side, b.length_m, b.bookable, b.connector)
+            for b in self.cfg.bays
+        ]
+        self.bookings = BookingBook(bays, self._plate_secret(), BookingRules(horizon=_td(days=self.cfg.bookings.horizon_days)))
+        try:
+            self.bookings.load(self.store.documents("bookings").all())
+        except Exception as exc:
+            self.emit("device.alarm", {"alarm": "bookings_unreadable", "message": f"stored bookings could not be loaded ({exc}); ask the cloud to resend with hubctl resync"})
+
+    def _register_sync_stores(self) -> None:
+        """Token lists (R-A3) and bookings (R-B1) arrive here and are kept;
+        the card and gate logic read them from these stores."""
+        from edge.downlink import Rejected
+
+        async def tokens(msg: dict) -> dict:
+            # A full list of a million tokens takes seconds: off the loop.
+            result = await asyncio.to_thread(self.tokens.apply, msg)
+            if not result.ok:
+                raise Rejected("rejected", "; ".join(result.reasons[:5]) + (f" (+{len(result.reasons) - 5} more)" if len(result.reasons) > 5 else ""))
+            return {"version": result.version, "counts": {"upserted": result.upserted, "removed": result.removed}}
+
+        async def bookings(msg: dict) -> dict:
+            outcome = self.bookings.apply_sync(msg, self.clock.now())
+            if not outcome.ok:
+                raise Rejected(outcome.code, outcome.reason)
+            docs = self.bookings.documents()
+            table = self.store.documents("bookings")
+            table.truncate()
+            table.insert_multiple(docs)
+            results = [
+                {"booking": r.booking_id, "op": r.op, "ok": r.accepted, "code": r.code, "reason": r.reason}
+                for r in outcome.results
+            ]
+            for r in outcome.refused:
+                self.emit("booking.rejected", {"booking": r.booking_id, "op": r.op, "code": r.code, "reason": r.reason})
+            accepted = sum(1 for r in outcome.results if r.accepted)
+            return {"results": results, "counts": {"accepted": accepted, "refused": len(results) - accepted}}
+
+        self.downlink.register("tokens", tokens)
+        self.downlink.register("bookings", bookings)
+
+    async def request_resync(self, user: str, progress, timeout: float = 60.0) -> dict:
+        """Ask the cloud for a full resend of every synced kind and follow
+        which have arrived (sync.applied) until all have or the time is up."""
+        from edge.downlink import SYNC_KINDS
+
+        asked_at = self.clock.now()
+        self.emit("sync.resync_requested", {"kinds": list(SYNC_KINDS), "requested_by": user})
+        self.audit(user, "hub.resync", self.hub_id, "", "requested")
+        deadline = time.monotonic() + timeout
+        done: list[str] = []
+        while True:
+            done = [k for k in SYNC_KINDS if self.last_sync.get(k, asked_at) > asked_at]
+            await progress({"received": done, "waiting": [k for k in SYNC_KINDS if k not in done], "link": self.link_up})
+            if len(done) == len(SYNC_KINDS) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(1.0)
+        return {"received": done, "complete": len(done) == len(SYNC_KINDS), "link": self.link_up}
 
     # ----------------------------------------------------------------- audit
     def audit(self, user: str, action: str, target: str, reason: str, result: str) -> None:

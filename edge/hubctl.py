@@ -238,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--reason", default="", help="why (required; kept in the audit log)")
 
     sub.add_parser("outbox", help="what waits for the cloud: depth per stream, oldest age, link, quota")
+    rs = sub.add_parser("resync", help="ask the cloud to resend tokens, bookings, tariffs and maintenance windows; shows progress")
+    rs.add_argument("--timeout", type=int, default=60, help="seconds to follow the resend (default 60)")
 
     cfg = sub.add_parser("config", help="configuration tools (no daemon needed)")
     cfg.add_argument("action", choices=["validate"])
@@ -245,10 +247,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _request(socket_path: str, cmd: str, args: dict) -> dict:
+def _request(socket_path: str, cmd: str, args: dict, on_progress=None) -> dict:
     from edge.control import request
 
-    return asyncio.run(request(socket_path, cmd, {k: v for k, v in args.items() if v is not None}))
+    return asyncio.run(request(socket_path, cmd, {k: v for k, v in args.items() if v is not None},
+                               timeout=max(30, float(args.get("timeout") or 0) + 10), on_progress=on_progress))
+
+
+def _show_progress(p: dict) -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\rreceived: {', '.join(p.get('received') or []) or '-'}; waiting for: {', '.join(p.get('waiting') or []) or '-'}"
+                         f"{'' if p.get('link') else ' (cloud link down)'}\033[K")
+        sys.stderr.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,9 +280,11 @@ def main(argv: list[str] | None = None) -> int:
         req = {"action": args.action, "id": args.id, "reason": args.reason}
     elif cmd == "session":
         cmd, req = "session_stop", {"id": args.id, "reason": args.reason}
+    elif cmd == "resync":
+        req = {"timeout": args.timeout}
 
     try:
-        resp = _request(args.socket, cmd, req)
+        resp = _request(args.socket, cmd, req, on_progress=None if args.json else _show_progress)
     except (FileNotFoundError, ConnectionRefusedError):
         print(f"hubctl: no hub-edge daemon at {args.socket}: start it with `systemctl start hubedge` (or `hubedge demo`), or point --socket at its control socket", file=sys.stderr)
         return EXIT_UNREACHABLE
@@ -305,6 +317,15 @@ def main(argv: list[str] | None = None) -> int:
         print(render_sessions(data, style, qr=args.qr))
     elif cmd == "outbox":
         print(render_outbox(data, style))
+    elif cmd == "resync":
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+        if data["complete"]:
+            print("resync complete: tokens, bookings, tariffs and maintenance windows received again")
+        else:
+            waiting = sorted(set(("tokens", "bookings", "tariffs", "maintenance")) - set(data["received"]))
+            print(f"resync asked; still waiting for: {', '.join(waiting)}" + ("" if data["link"] else " — the cloud link is down, the request waits in the outbox"))
+            return EXIT_REFUSED
     else:
         print(data.get("message") if isinstance(data, dict) and "message" in data else json.dumps(data))
     return EXIT_OK

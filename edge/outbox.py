@@ -81,6 +81,10 @@ class Outbox:
         self.link_up = False
         self.dropped_telemetry = 0
         store.db.executescript(SCHEMA)
+        # Reads go through their own connection: they see committed entries
+        # only (never a put still inside someone's transaction) and do not
+        # wait for a writer's fsync.
+        self._reader = store.reader()
         self._counts: Counter[str] = Counter()
         self._bytes: Counter[str] = Counter()
         for stream, n, size in store.db.execute("SELECT stream, count(*), sum(size) FROM outbox GROUP BY stream"):
@@ -226,29 +230,31 @@ class Outbox:
         event with that id (e.g. those already in flight)."""
         start = 0
         if after is not None:
-            row = self.store.db.execute("SELECT pos FROM outbox WHERE id = ?", (after,)).fetchone()
+            row = self._reader.execute("SELECT pos FROM outbox WHERE id = ?", (after,)).fetchone()
             if row is None:
                 raise KeyError(f"event {after} is no longer in the outbox (delivered): read from the start")
             start = row[0]
-        cur = self.store.db.execute(
+        cur = self._reader.execute(
             "SELECT body FROM outbox WHERE pos > ? AND stream != ? ORDER BY pos LIMIT ?", (start, REPLY_STREAM, limit))
         return [Envelope.from_json(body) for (body,) in cur]
 
     def rows_after(self, pos: int, limit: int) -> list[tuple[int, str, str, str]]:
         """(pos, id, stream, body) of the next entries after position ``pos``,
         replies included: what the uplink sends, as stored."""
-        return self.store.db.execute(
+        return self._reader.execute(
             "SELECT pos, id, stream, body FROM outbox WHERE pos > ? ORDER BY pos LIMIT ?", (pos, limit)).fetchall()
 
     def mark_delivered(self, ids: Iterable[str]) -> int:
-        """Delete acknowledged entries; returns how many were still there."""
+        """Delete acknowledged entries; returns how many were still there.
+        Not fsynced on its own (a lost deletion only means a resend with the
+        same id); the next put makes it durable."""
         ids = list(ids)
         if not ids:
             return 0
         now = self.clock.now()
         removed_n: Counter[str] = Counter()
         removed_b: Counter[str] = Counter()
-        with self.store.transaction() as db:
+        with self.store.transaction(durable=False) as db:
             for i in range(0, len(ids), 500):
                 chunk = ids[i:i + 500]
                 marks = ",".join("?" * len(chunk))
@@ -285,7 +291,7 @@ class Outbox:
 
     def oldest_age(self, now: datetime | None = None) -> float | None:
         """Seconds the oldest undelivered entry has waited, or None if empty."""
-        row = self.store.db.execute("SELECT queued_at FROM outbox ORDER BY pos LIMIT 1").fetchone()
+        row = self._reader.execute("SELECT queued_at FROM outbox ORDER BY pos LIMIT 1").fetchone()
         if row is None:
             return None
         now = now or self.clock.now()

@@ -196,6 +196,7 @@ class Store:
         self._depth = 0
         self._on_commit: list[list] = []  # one list of callbacks per open transaction level
         self._documents: dict[str, TinyDB] = {}
+        self._readers: list[sqlite3.Connection] = []
         self.db = self._open_db()
 
     # -- sqlite
@@ -263,11 +264,40 @@ class Store:
         self.alarms.append(message)
         log.error("store.recovered file=%s problem=%r", DB_NAME, message)
 
+    def reader(self) -> sqlite3.Connection:
+        """A separate read-only connection to the database. It sees committed
+        data only, and in WAL mode it reads while a writer commits, so a
+        reader never waits on another thread's fsync."""
+        db = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False,
+                             timeout=self._busy_timeout_ms / 1000)
+        db.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+        db.execute("PRAGMA query_only=ON")
+        self._readers.append(db)
+        return db
+
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on an exception. Nested use
         becomes a savepoint, so a caller can wrap its own rows and an outbox
-        event in one commit."""
+        event in one commit.
+
+        ``durable=False`` (outermost only) skips the fsync of this commit: for
+        writes whose loss at a power cut is harmless (deleting delivered
+        outbox entries: the worst case is a resend with the same id). The
+        next durable commit makes them durable too."""
+        with self._lock:
+            relaxed = not durable and self._depth == 0
+            if relaxed:
+                self.db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with self._transaction() as db:
+                    yield db
+            finally:
+                if relaxed:
+                    self.db.execute("PRAGMA synchronous=FULL")
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             if self._depth == 0:
                 self.db.execute("BEGIN IMMEDIATE")
@@ -361,5 +391,8 @@ class Store:
         for db in self._documents.values():
             db.close()
         self._documents.clear()
+        for reader in self._readers:
+            with contextlib.suppress(sqlite3.Error):
+                reader.close()
         with contextlib.suppress(sqlite3.Error):
             self.db.close()

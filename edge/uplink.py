@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import json
 import logging
 import random
@@ -84,7 +83,7 @@ class Uplink:
     def __init__(self, hub_id: str, broker_url: str, *, client_id: str, outbox: Outbox, clock: Clock | None = None,
                  tls: dict[str, str] | None = None, version: str, on_message: Callable[[str, bytes], None],
                  on_link: Callable[[bool], None], loop: asyncio.AbstractEventLoop, keepalive: int = 30,
-                 window: int = 100, backoff: tuple[float, float] = (1.0, 60.0), connect_timeout: float = 10.0,
+                 window: int = 1000, max_inflight: int = 100, backoff: tuple[float, float] = (1.0, 60.0), connect_timeout: float = 10.0,
                  session_expiry_s: int = 7 * 24 * 3600):
         self.hub_id = hub_id
         self.broker_url = broker_url
@@ -98,7 +97,11 @@ class Uplink:
         self.on_link = on_link
         self.loop = loop
         self.keepalive = keepalive
+        # ``window`` entries are handed to paho at most; paho keeps up to
+        # ``max_inflight`` of them unacknowledged on the wire and feeds the
+        # rest itself as PUBACKs come, without waiting for our loop.
         self.window = max(1, window)
+        self.max_inflight = max(1, min(max_inflight, self.window))
         self.backoff = backoff
         self.connect_timeout = connect_timeout
         self.session_expiry_s = session_expiry_s
@@ -114,9 +117,6 @@ class Uplink:
         self._states: dict[str, bytes] = {}  # connector id -> latest retained state
         self._acked: list[str] = []
         self._ack_task: asyncio.Task | None = None
-        # Deleting acknowledged entries costs an fsync: done on one worker
-        # thread, and acks that arrive meanwhile share the next commit.
-        self._deleter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="uplink-ack")
         outbox.on_put(self._on_put)
 
     # ------------------------------------------------------------ lifecycle
@@ -148,7 +148,6 @@ class Uplink:
         if conn is not None:
             await self._teardown(conn)
         await self._flush_acks()
-        self._deleter.shutdown(wait=True)
         self._set_link(False)
 
     # ------------------------------------------------------------- public
@@ -212,7 +211,7 @@ class Uplink:
     def _make_client(self) -> _Connection:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5,
                              reconnect_on_failure=False)
-        client.max_inflight_messages_set(self.window + 10)  # our window plus status, states and auth requests
+        client.max_inflight_messages_set(self.max_inflight)
         client.max_queued_messages_set(0)
         if self._broker["username"]:
             client.username_pw_set(self._broker["username"], self._broker["password"])
@@ -384,7 +383,10 @@ class Uplink:
         while self._acked:
             ids, self._acked = self._acked, []
             try:
-                await self.loop.run_in_executor(self._deleter, self.outbox.mark_delivered, ids)
+                await asyncio.sleep(0)  # let more PUBACKs of this burst join the batch
+                ids += self._acked
+                self._acked = []
+                self.outbox.mark_delivered(ids)  # no fsync (see Outbox.mark_delivered): cheap enough for the loop
             except Exception:
                 # Not deleted means sent again later with the same id: a
                 # duplicate the cloud drops, never a loss.
