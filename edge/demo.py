@@ -159,7 +159,7 @@ def _script(hub: DemoHub) -> list[Step]:
         await hub.ask("connector", {"action": action, "id": cid, "reason": reason})
 
     hour = 3600.0
-    return [
+    steps = [
         Step(0.05 * hour, "truck plugs in at bay B1 (MCS), charges for free on this demo hub", lambda: ch1.plug(0, soc=18, battery_kwh=620)),
         Step(0.2 * hour, "truck plugs in at bay B5 (CCS)", lambda: ch2.plug(0, soc=35, battery_kwh=480, max_power_w=300_000)),
         Step(0.4 * hour, "truck plugs in at bay B2 (MCS)", lambda: ch1.plug(1, soc=55, battery_kwh=540)),
@@ -179,6 +179,7 @@ def _script(hub: DemoHub) -> list[Step]:
         Step(4.5 * hour, "B3's truck is full", lambda: ch1.full(2)),
         Step(4.7 * hour, "B3's truck leaves", lambda: unplug_when_unlocked(ch1, 2)),
     ]
+    return sorted(steps, key=lambda s: s.at_s)
 
 
 async def _start_simulators(hub: DemoHub) -> dict[str, int]:
