@@ -36,11 +36,9 @@ async def _reply(cloud, msg_id: str, timeout=10.0) -> dict:
 async def test_sync_messages_are_stored_refused_and_resynced(tmp_path, sims):
     broker = Broker(tmp_path / "broker").start()
     cloud = CloudClient(broker.url, client_id="cloud-hub-test", topics=("hub/HIL-01/#",)).start()
-    d = DaemonUnderTest(tmp_path, sims, extra=f'[cloud]\nbroker = "{broker.url}"\nclient_id = "hil-01"\n')
-    # the [cloud] table must come before the arrays of tables: rewrite the config
-    text = d.config.read_text()
-    cloud_block = f'[cloud]\nbroker = "{broker.url}"\nclient_id = "hil-01"\n'
-    d.config.write_text(cloud_block + text.replace(cloud_block, ""))
+    d = DaemonUnderTest(tmp_path, sims)
+    # [cloud] goes before the arrays of tables.
+    d.config.write_text(f'[cloud]\nbroker = "{broker.url}"\nclient_id = "hil-01"\n' + d.config.read_text())
     d.start()
     try:
         await d.wait_ready()
@@ -56,7 +54,8 @@ async def test_sync_messages_are_stored_refused_and_resynced(tmp_path, sims):
         assert r["ok"] and r["code"] == "ok", r
         # A delta on the wrong base is refused and changes nothing.
         bad = _msg(version=5, kind="delta", upsert=[{"uid": "04FFFFFF", "status": "Active", "type": "own"}], remove=[])
-        r = await _reply(cloud, json.loads(bad)["id"]) if cloud.publish("hub/HIL-01/sync/tokens", bad) is None else None
+        cloud.publish("hub/HIL-01/sync/tokens", bad)
+        r = await _reply(cloud, json.loads(bad)["id"])
         assert not r["ok"], r
         # R-B1: one good booking, one beyond six months: the good one applies.
         now = datetime.now(timezone.utc)
