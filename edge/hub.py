@@ -320,8 +320,6 @@ class Hub:
             # Finishing (charge ended) or Available/Reserved (unplugged).
             default = "ev_disconnected" if c.state in ("Available", "Reserved") else "ev_finished"
             self._end_session(c, s, self._stop_reasons.pop(s.id, default), reading)
-        if s and s.status == "starting" and c.state in ("Available", "Reserved"):
-            pass  # handled by _end_session above (failed start)
         if c.state == "Finishing" and prev != "Finishing":
             self._spawn(self._unlock(c, retries=self.cfg.charging.unlock_retries))
         if c.state == "Preparing" and prev != "Preparing" and not c.session_id and place.free_vend:
