@@ -123,8 +123,8 @@ def control_handlers(hub: Hub) -> dict:
 async def serve(cfg: HubConfig, *, ready_timeout: float = 10.0) -> int:
     hub = Hub(cfg)
     handlers = control_handlers(hub)
-    for extend in getattr(hub, "control_extensions", []):
-        handlers.update(extend(hub))
+    for part in hub.capabilities:
+        handlers.update(part.control_handlers())
     control = ControlServer(cfg.resolve(cfg.control.socket), cfg.control.group, handlers)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

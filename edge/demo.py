@@ -38,6 +38,32 @@ class Step:
     run: Callable[[], Awaitable[None] | None]
 
 
+# Parts of the demo contributed by the hub's parts (cards, payments, site
+# access). Each module exposes demo_part(demo: DemoHub) -> DemoPart.
+DEMO_PARTS = ("edge.demo_cards", "edge.demo_payments", "edge.demo_site")
+
+
+class DemoPart:
+    """What a part adds to the demo day: its simulators, its configuration,
+    its script steps and its lines of the summary."""
+
+    def __init__(self, demo: "DemoHub"):
+        self.demo = demo
+
+    async def start(self) -> str:
+        """Start simulators; return TOML appended to the demo configuration."""
+        return ""
+
+    def steps(self) -> list[Step]:
+        return []
+
+    async def stop(self) -> None:
+        pass
+
+    def summary(self, status: dict, sessions: list[dict]) -> list[str]:
+        return []
+
+
 @dataclass
 class DemoHub:
     state_dir: Path
@@ -47,6 +73,29 @@ class DemoHub:
     daemon: subprocess.Popen | None = None
     log_path: Path | None = None
     script_log: list[str] = field(default_factory=list)
+    parts: list = field(default_factory=list)
+    # Simulators the parts share, e.g. readers["R1"] -> CardSimulator,
+    # terminals["T1"] -> ZvtTerminalSimulator, cameras / barriers by gate id.
+    devices: dict = field(default_factory=dict)
+    broker: str | None = None
+
+    def connector_sim(self, connector_id: str):
+        """(charger simulator, 0-based index) of a demo connector."""
+        return CONNECTOR_SIMS[connector_id][0](self), CONNECTOR_SIMS[connector_id][1]
+
+    async def sim_sleep(self, sim_seconds: float) -> None:
+        await asyncio.sleep(sim_seconds / self.speed)
+
+    async def unplug_when_unlocked(self, connector_id: str, tries: int = 50) -> bool:
+        """The driver pulls the cable once the hub has unlocked it."""
+        sim, i = self.connector_sim(connector_id)
+        for _ in range(tries):
+            try:
+                sim.unplug(i)
+                return True
+            except Exception:
+                await asyncio.sleep(0.2)
+        return False
 
     async def ask(self, cmd: str, args: dict | None = None) -> dict:
         resp = await request(self.socket, cmd, args or {}, timeout=10)
@@ -55,9 +104,36 @@ class DemoHub:
         return resp["data"]
 
 
+CONNECTOR_SIMS = {
+    "C1": (lambda d: d.chargers["CH1"], 0),
+    "C2": (lambda d: d.chargers["CH1"], 1),
+    "C3": (lambda d: d.chargers["CH1"], 2),
+    "C4": (lambda d: d.chargers["CH1"], 3),
+    "C5": (lambda d: d.chargers["CH2"], 0),
+    "C6": (lambda d: d.chargers["CH2"], 1),
+}
+
+
+def load_parts(demo: "DemoHub") -> list[DemoPart]:
+    import importlib
+
+    parts = []
+    for name in DEMO_PARTS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
+        parts.append(module.demo_part(demo))
+    return parts
+
+
 def _config(hub: DemoHub, ports: dict[str, int], broker: str | None) -> str:
     cloud = f'broker = "{broker}"\nclient_id = "hubedge-DEMO-01"' if broker else 'broker = ""'
     return f"""# Written by `hubedge demo`: the demo hub on simulated hardware.
+# C1-C4 (MCS) start with a card at their reader or the arch terminal;
+# C5-C6 (CCS) are free vend so the base day runs without either.
 [hub]
 id = "DEMO-01"
 name = "Demo hub"
@@ -89,10 +165,10 @@ id = "CH1"
 address = "127.0.0.1:{ports['CH1']}"
 register_map = "{MAPS / 'hubcharge-mcs1200.toml'}"
 connectors = [
-  {{ id = "C1", index = 1, free_vend = true }},
-  {{ id = "C2", index = 2, free_vend = true }},
-  {{ id = "C3", index = 3, free_vend = true }},
-  {{ id = "C4", index = 4, free_vend = true }},
+  {{ id = "C1", index = 1 }},
+  {{ id = "C2", index = 2 }},
+  {{ id = "C3", index = 3 }},
+  {{ id = "C4", index = 4 }},
 ]
 
 [[chargers]]
@@ -145,41 +221,29 @@ length_m = 20
 
 
 def _script(hub: DemoHub) -> list[Step]:
-    ch1, ch2 = hub.chargers["CH1"], hub.chargers["CH2"]
-
-    async def unplug_when_unlocked(sim, i: int) -> None:
-        for _ in range(50):
-            try:
-                sim.unplug(i)
-                return
-            except Exception:
-                await asyncio.sleep(0.2)
+    """The base day on the CCS bays (free vend): trucks charge and leave, the
+    charger goes silent and comes back, a technician takes a connector out
+    of service. The parts add card, terminal and gate traffic on C1-C4."""
+    ch2 = hub.chargers["CH2"]
 
     async def technician(action: str, cid: str, reason: str) -> None:
         await hub.ask("connector", {"action": action, "id": cid, "reason": reason})
 
     hour = 3600.0
-    steps = [
-        Step(0.05 * hour, "truck plugs in at bay B1 (MCS), charges for free on this demo hub", lambda: ch1.plug(0, soc=18, battery_kwh=620)),
-        Step(0.2 * hour, "truck plugs in at bay B5 (CCS)", lambda: ch2.plug(0, soc=35, battery_kwh=480, max_power_w=300_000)),
-        Step(0.4 * hour, "truck plugs in at bay B2 (MCS)", lambda: ch1.plug(1, soc=55, battery_kwh=540)),
-        Step(0.6 * hour, "B2's truck pauses (the battery is cooling)", lambda: ch1.pause_ev(1)),
-        Step(0.8 * hour, "B2's truck resumes", lambda: ch1.resume_ev(1)),
-        Step(1.0 * hour, "charger CH2 goes silent (network cable pulled)", lambda: ch2.silence("no_answer")),
+    return [
+        Step(0.2 * hour, "truck plugs in at bay B5 (CCS, free vend on this demo hub)", lambda: ch2.plug(0, soc=35, battery_kwh=480, max_power_w=300_000)),
+        Step(0.5 * hour, "truck plugs in at bay B6 (CCS)", lambda: ch2.plug(1, soc=60, battery_kwh=400, max_power_w=300_000)),
+        Step(0.7 * hour, "B6's truck pauses (its battery is cooling)", lambda: ch2.pause_ev(1)),
+        Step(0.9 * hour, "B6's truck resumes", lambda: ch2.resume_ev(1)),
+        Step(1.0 * hour, "charger CH2 goes silent (network cable pulled): its connectors turn Faulted", lambda: ch2.silence("no_answer")),
         Step(1.8 * hour, "charger CH2 answers again: its connectors recover by themselves", lambda: ch2.speak()),
-        Step(1.3 * hour, "technician takes connector C4 out of service", lambda: technician("unavailable", "C4", "cable inspection")),
-        Step(1.7 * hour, "B1's truck is full: the session ends and the connector unlocks", lambda: ch1.full(0)),
-        Step(1.9 * hour, "B1's truck leaves", lambda: unplug_when_unlocked(ch1, 0)),
-        Step(2.1 * hour, "technician returns connector C4 to service", lambda: technician("available", "C4", "inspection done")),
-        Step(2.3 * hour, "B5's truck ends its break and stops charging", lambda: ch2.full(0)),
-        Step(2.5 * hour, "B5's truck leaves", lambda: unplug_when_unlocked(ch2, 0)),
-        Step(2.7 * hour, "truck plugs in at bay B3 (MCS)", lambda: ch1.plug(2, soc=12, battery_kwh=700)),
-        Step(3.2 * hour, "B2's truck is full and leaves", lambda: ch1.full(1)),
-        Step(3.4 * hour, "B2 unplugged", lambda: unplug_when_unlocked(ch1, 1)),
-        Step(4.5 * hour, "B3's truck is full", lambda: ch1.full(2)),
-        Step(4.7 * hour, "B3's truck leaves", lambda: unplug_when_unlocked(ch1, 2)),
+        Step(2.3 * hour, "B5's truck is full: the session ends and the connector unlocks", lambda: ch2.full(0)),
+        Step(2.5 * hour, "B5's truck leaves", lambda: hub.unplug_when_unlocked("C5")),
+        Step(2.8 * hour, "B6's truck is full", lambda: ch2.full(1)),
+        Step(3.0 * hour, "B6's truck leaves", lambda: hub.unplug_when_unlocked("C6")),
+        Step(3.2 * hour, "technician takes connector C6 out of service", lambda: technician("unavailable", "C6", "cable inspection")),
+        Step(3.8 * hour, "technician returns connector C6 to service", lambda: technician("available", "C6", "inspection done")),
     ]
-    return sorted(steps, key=lambda s: s.at_s)
 
 
 async def _start_simulators(hub: DemoHub) -> dict[str, int]:
@@ -229,9 +293,14 @@ async def _run(args) -> int:
     tty = sys.stdout.isatty() and not args.no_view
     style = Style(tty and os.environ.get("NO_COLOR") is None)
 
+    hub.broker = args.broker
     ports = await _start_simulators(hub)
+    hub.parts = load_parts(hub)
+    config = _config(hub, ports, args.broker)
+    for part in hub.parts:
+        config += "\n" + await part.start()
     cfg_path = state_dir / "hub.toml"
-    cfg_path.write_text(_config(hub, ports, args.broker))
+    cfg_path.write_text(config)
     hub.log_path = state_dir / "hubedge.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(hub.log_path, "ab") as logf:
@@ -243,6 +312,9 @@ async def _run(args) -> int:
     try:
         await _wait_for_daemon(hub)
         steps = _script(hub)
+        for part in hub.parts:
+            steps += part.steps()
+        steps.sort(key=lambda st: st.at_s)
         t0 = time.monotonic()
         offset = 0
         recent: list[str] = []
@@ -296,6 +368,11 @@ async def _run(args) -> int:
                 hub.daemon.wait(15)
             except subprocess.TimeoutExpired:
                 hub.daemon.kill()
+        for part in hub.parts:
+            try:
+                await part.stop()
+            except Exception:
+                pass
         for sim in hub.chargers.values():
             try:
                 await sim.stop()
@@ -328,9 +405,10 @@ async def _summary(hub: DemoHub) -> str:
         f"connectors now: " + ", ".join(f"{c['connector']}={c['status']}" for c in status["connectors"]),
         f"devices in fault now: {len(faults)}",
         f"events recorded: {outbox.get('total_put', '?')}; waiting for the cloud: {outbox.get('depth', 0)}",
-        "script:",
-        *("  " + line for line in hub.script_log),
     ]
+    for part in hub.parts:
+        lines += part.summary(status, sessions)
+    lines += ["script:", *("  " + line for line in hub.script_log)]
     return "\n".join(lines)
 
 

@@ -61,6 +61,67 @@ class NotFound(Refused):
     code = "not_found"
 
 
+class Capability:
+    """A part of the hub plugged into the core: card authorisation, payment
+    terminals, site access (gates and bookings). It reads and changes hub
+    state only through the Hub's methods and runs on the hub's event loop.
+    Every method has a do-nothing default so a part implements only what it
+    needs."""
+
+    name = "capability"
+
+    def __init__(self, hub: "Hub"):
+        self.hub = hub
+
+    async def start(self) -> None:
+        """Open devices, start tasks (use hub.spawn)."""
+
+    async def stop(self) -> None:
+        """Close devices; tasks spawned with hub.spawn are cancelled by the hub."""
+
+    def tick(self, now: datetime) -> None:
+        """Once a second: timeouts, retries, schedules."""
+
+    def on_connector_changed(self, c: Connector, previous: str) -> None:
+        """After every connector state change (already persisted and emitted)."""
+
+    def on_link(self, up: bool) -> None:
+        """The cloud link went up or down."""
+
+    def status(self) -> dict:
+        """Sections merged into `hubctl status` (e.g. {"gates": [...]})."""
+        return {}
+
+    def control_handlers(self) -> dict:
+        """Extra control-socket commands: name -> async handler(args, caller, progress)."""
+        return {}
+
+
+# The parts of the hub, in start order. Each module exposes a Capability
+# subclass; a part with nothing configured stays idle.
+CAPABILITIES = (
+    "edge.cards:CardAuthorisation",
+    "edge.payments:Payments",
+    "edge.site_access:SiteAccess",
+)
+
+
+def load_capabilities(hub: "Hub") -> list[Capability]:
+    import importlib
+
+    parts = []
+    for spec in CAPABILITIES:
+        module_name, cls_name = spec.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue  # part not built into this release
+            raise
+        parts.append(getattr(module, cls_name)(hub))
+    return parts
+
+
 @dataclass
 class ConnectorPlace:
     charger_id: str
@@ -115,6 +176,7 @@ class Hub:
         self.last_sync: dict[str, datetime] = {}
         self._build_connectors()
         self._open_sync_stores()
+        self.capabilities: list[Capability] = load_capabilities(self)
         for alarm in self.store.alarms:
             self.emit("device.alarm", {"alarm": "store_recovered", "message": alarm})
 
@@ -231,6 +293,11 @@ class Hub:
         self._publish_state(c)
         if c.state != "Finishing":
             self._idle_reported.discard(c.id)
+        for part in self.capabilities:
+            try:
+                part.on_connector_changed(c, previous)
+            except Exception:
+                log.exception("capability.failed part=%s hook=connector_changed", part.name)
 
     # ------------------------------------------------------------------ polls
     async def _poll_loop(self, charger_id: str) -> None:
@@ -571,6 +638,32 @@ class Hub:
         else:
             self._persist(c)
 
+    def reserve_connector(self, connector_id: str, booking_id: str) -> bool:
+        """Hold a connector for a booking (R-B3). Available becomes Reserved;
+        in any other state the hold is remembered and shows once it is free."""
+        c = self._connector(connector_id)
+        c.reserved_for = booking_id
+        if c.state == "Available":
+            prev = c.state
+            c.trigger("reserve")
+            self._changed(c, prev, f"reserved for booking {booking_id}")
+        else:
+            self._persist(c)
+        return c.state == "Reserved"
+
+    def release_connector(self, connector_id: str, booking_id: str | None = None) -> None:
+        """End a booking's hold (fulfilled, cancelled, no-show, reassigned)."""
+        c = self._connector(connector_id)
+        if booking_id is not None and c.reserved_for != booking_id:
+            return
+        c.reserved_for = None
+        if c.state == "Reserved":
+            prev = c.state
+            c.trigger("release_reservation")
+            self._changed(c, prev, "reservation ended")
+        else:
+            self._persist(c)
+
     def set_availability(self, connector_id: str, available: bool, reason: str) -> str:
         """R-C7. Returns what happened, for the person who asked."""
         c = self._connector(connector_id)
@@ -621,6 +714,11 @@ class Hub:
                         {"connector": c.id, "bay": self.places[c.id].bay, "idle_s": int(idle), "session": c.last_session_id},
                     )
         self._apply_maintenance(now)
+        for part in self.capabilities:
+            try:
+                part.tick(now)
+            except Exception:
+                log.exception("capability.failed part=%s hook=tick", part.name)
 
     def _apply_maintenance(self, now: datetime) -> None:
         from edge.downlink import maintenance_in_force, maintenance_windows
@@ -643,6 +741,23 @@ class Hub:
             await getattr(self.chargers[charger_id], command)(connector_id)
         except Exception as exc:
             log.warning("charger.command_failed charger=%s command=%s connector=%s error=%s", charger_id, command, connector_id, exc)
+
+    def spawn(self, coro) -> asyncio.Task:
+        """Run a coroutine on the hub's loop; cancelled when the hub stops,
+        and a failure is logged rather than lost."""
+        return self._spawn(coro)
+
+    def device_event(self, ev) -> None:
+        """A driver's DeviceFault / DeviceRecovered, on the loop: the device
+        shows in `hubctl devices` and the cloud gets device.fault/recovered."""
+        from drivers.device import DeviceFault, DeviceRecovered
+
+        if isinstance(ev, DeviceFault):
+            self.emit("device.fault", {"device": ev.device_id, "class": ev.device_class, "reason": ev.reason})
+        elif isinstance(ev, DeviceRecovered):
+            health = self.devices.get(ev.device_id)
+            down = (ev.ts - health.since).total_seconds() if health else 0
+            self.emit("device.recovered", {"device": ev.device_id, "class": ev.device_class, "down_for_s": max(0, round(down))})
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
@@ -706,6 +821,11 @@ class Hub:
         if up:
             for c in self.connectors.values():
                 self._publish_state(c)
+        for part in self.capabilities:
+            try:
+                part.on_link(up)
+            except Exception:
+                log.exception("capability.failed part=%s hook=link", part.name)
 
     def _register_commands(self) -> None:
         from edge.downlink import Rejected
@@ -864,7 +984,17 @@ class Hub:
             "devices": [d.as_dict() for d in self.devices.values()],
             "cloud": self.cloud_view(),
             "outbox": self.outbox_view(),
+            **self._part_sections(),
         }
+
+    def _part_sections(self) -> dict:
+        out: dict = {}
+        for part in self.capabilities:
+            try:
+                out.update(part.status())
+            except Exception:
+                log.exception("capability.failed part=%s hook=status", part.name)
+        return out
 
     def cloud_view(self) -> dict:
         if self.uplink is None:
@@ -884,6 +1014,8 @@ class Hub:
         for charger_id in self.chargers:
             self._spawn(self._poll_loop(charger_id))
         self._spawn(self._tick_loop())
+        for part in self.capabilities:
+            await part.start()
 
     async def wait_ready(self, timeout: float) -> bool:
         if not self.chargers:
@@ -896,6 +1028,11 @@ class Hub:
 
     async def stop(self) -> None:
         self.stopping = True
+        for part in reversed(self.capabilities):
+            try:
+                await part.stop()
+            except Exception:
+                log.exception("capability.failed part=%s hook=stop", part.name)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -16,7 +16,9 @@ import json
 import os
 import re
 import sys
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
 
 from edge.clock import rfc3339
 
@@ -30,6 +32,36 @@ CODE_EXIT = {
     "unknown_command": EXIT_FAILED,
 }
 DEFAULT_SOCKET = "/run/hubedge/control.sock"
+
+# Commands contributed by the hub's parts (cards, payments, site access),
+# each module exposing hubctl_commands() -> list[PartCommand]. Kept in small
+# modules of their own so hubctl starts fast.
+HUBCTL_PARTS = ("edge.cards_cli", "edge.payments_cli", "edge.site_access_cli")
+
+
+@dataclass
+class PartCommand:
+    name: str  # the subcommand, e.g. "tokens"
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]  # add arguments
+    request: Callable[[argparse.Namespace], tuple[str, dict]]  # -> control command and args
+    render: Callable[[Any, "Style", argparse.Namespace], str]  # human output of the data
+    exit_code: Callable[[Any], int] | None = None  # non-zero exit for some successful answers
+
+
+def part_commands() -> list[PartCommand]:
+    import importlib
+
+    out: list[PartCommand] = []
+    for name in HUBCTL_PARTS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
+        out.extend(module.hubctl_commands())
+    return out
 
 
 class Style:
@@ -244,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="configuration tools (no daemon needed)")
     cfg.add_argument("action", choices=["validate"])
     cfg.add_argument("file", metavar="FILE")
+    for pc in part_commands():
+        pc.configure(sub.add_parser(pc.name, help=pc.help))
     return p
 
 
@@ -270,7 +304,10 @@ def main(argv: list[str] | None = None) -> int:
         return _validate(args.file, args.json)
 
     cmd, req = args.command, {}
-    if cmd == "sessions":
+    part = next((pc for pc in part_commands() if pc.name == cmd), None)
+    if part is not None:
+        cmd, req = part.request(args)
+    elif cmd == "sessions":
         req = {
             "session": args.session, "token": args.token, "connector": args.connector, "location": args.location,
             "status": args.status, "since": rfc3339(args.since) if args.since else None,
@@ -308,7 +345,10 @@ def main(argv: list[str] | None = None) -> int:
     data = resp.get("data")
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True))
-        return EXIT_OK
+        return part.exit_code(data) if part is not None and part.exit_code else EXIT_OK
+    if part is not None:
+        print(part.render(data, style, args))
+        return part.exit_code(data) if part.exit_code else EXIT_OK
     if cmd == "status":
         print(render_status(data, style))
     elif cmd == "devices":
