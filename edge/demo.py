@@ -78,6 +78,7 @@ class DemoHub:
     # terminals["T1"] -> ZvtTerminalSimulator, cameras / barriers by gate id.
     devices: dict = field(default_factory=dict)
     broker: str | None = None
+    cloud: object | None = None  # simulators.cloud.CloudSimulator when a broker is there
 
     def connector_sim(self, connector_id: str):
         """(charger simulator, 0-based index) of a demo connector."""
@@ -293,10 +294,30 @@ async def _run(args) -> int:
     tty = sys.stdout.isatty() and not args.no_view
     style = Style(tty and os.environ.get("NO_COLOR") is None)
 
-    hub.broker = args.broker
+    private_broker = None
+    if args.broker:
+        hub.broker = args.broker
+    else:
+        # No cloud given: the demo brings its own broker and a simulated cloud
+        # on loopback, so roaming checks, token lists and bookings take part.
+        from simulators.broker import Broker, mosquitto_available
+
+        if mosquitto_available():
+            private_broker = Broker(state_dir / "broker", persistence=False).start()
+            hub.broker = private_broker.url
+        else:
+            print("hub-edge demo: mosquitto is not installed, so the day runs without a cloud "
+                  "(install it with apt-get install mosquitto to see roaming checks and bookings)", flush=True)
+    if hub.broker:
+        from simulators.cloud import CloudSimulator
+
+        try:
+            hub.cloud = CloudSimulator(hub.broker, "DEMO-01").start()
+        except RuntimeError as exc:
+            print(f"hub-edge demo: {exc}; the day runs without the simulated cloud", flush=True)
     ports = await _start_simulators(hub)
     hub.parts = load_parts(hub)
-    config = _config(hub, ports, args.broker)
+    config = _config(hub, ports, hub.broker)
     for part in hub.parts:
         config += "\n" + await part.start()
     cfg_path = state_dir / "hub.toml"
@@ -378,6 +399,10 @@ async def _run(args) -> int:
                 await sim.stop()
             except Exception:
                 pass
+        if hub.cloud is not None:
+            hub.cloud.stop()
+        if private_broker is not None:
+            private_broker.kill()
         if own_dir and os.environ.get("HUBEDGE_DEMO_KEEP") is None:
             shutil.rmtree(state_dir, ignore_errors=True)
 

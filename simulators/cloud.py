@@ -1,0 +1,133 @@
+"""The cloud's side of the MQTT contract, simulated (interfaces.md).
+
+Used by the demo and the tests: it records what the hub sends, publishes
+sync messages and commands, and answers roaming authorisation requests from
+a table it is given. A real cloud is another team's system; this one only
+plays its part on a local broker.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.clock import rfc3339
+
+
+class CloudSimulator:
+    def __init__(self, broker_url: str, hub_id: str, *, client_id: str | None = None):
+        parts = urlsplit(broker_url)
+        if parts.scheme != "mqtt":
+            raise ValueError(f"the simulated cloud speaks plain mqtt:// on loopback, not {broker_url!r}")
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 1883
+        self.hub_id = hub_id
+        self.root = f"hub/{hub_id}"
+        self.messages: list[tuple[str, dict | None, bool]] = []  # (topic, payload, retained)
+        self.auth_answers: dict[str, dict] = {}
+        self._silent = False
+        self._lock = threading.Condition()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"cloud-sim-{hub_id}",
+                                  protocol=mqtt.MQTTv5)
+        self.client.reconnect_delay_set(0.1, 2.0)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self._connected = threading.Event()
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self, timeout: float = 5.0) -> "CloudSimulator":
+        self.client.connect_async(self.host, self.port, keepalive=30)
+        self.client.loop_start()
+        if not self._connected.wait(timeout):
+            self.stop()
+            raise RuntimeError(f"the simulated cloud could not reach the broker at {self.host}:{self.port}")
+        return self
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(self, client, _userdata, _flags, reason_code, _props):
+        if not reason_code.is_failure:
+            client.subscribe(f"{self.root}/#", qos=1)
+            self._connected.set()
+
+    def _on_message(self, _client, _userdata, msg):
+        try:
+            payload = json.loads(msg.payload)
+        except ValueError:
+            payload = None
+        with self._lock:
+            self.messages.append((msg.topic, payload, bool(msg.retain)))
+            self._lock.notify_all()
+        if msg.topic == f"{self.root}/auth/request" and isinstance(payload, dict):
+            self._answer(payload)
+
+    # -------------------------------------------------------- cloud -> hub
+    def send(self, kind: str, payload: dict) -> str:
+        """Publish sync/{kind} (tokens, bookings, tariffs, maintenance) or,
+        with kind "cmd:NAME", a command. Returns the message id."""
+        body = {"v": 1, "id": str(uuid.uuid4()), **payload}
+        if kind.startswith("cmd:"):
+            now = datetime.now(timezone.utc)
+            body.setdefault("ts", rfc3339(now))
+            body.setdefault("expires", rfc3339(now + timedelta(minutes=5)))
+            body.setdefault("args", {})
+            topic = f"{self.root}/cmd/{kind[4:]}"
+        else:
+            topic = f"{self.root}/sync/{kind}"
+        self.client.publish(topic, json.dumps(body), qos=1)
+        return body["id"]
+
+    def answer_auth(self, uid: str, status: str, *, group: str | None = None, reference: str | None = None,
+                    expires_s: int = 3600) -> None:
+        """How the cloud answers an auth/request for this uid (roaming check, R-A2)."""
+        self.auth_answers[uid.upper()] = {"status": status, "group": group, "reference": reference, "expires_s": expires_s}
+
+    def silent(self, on: bool = True) -> None:
+        """Stop (or resume) answering auth requests, as an overloaded cloud would."""
+        self._silent = on
+
+    def _answer(self, request: dict) -> None:
+        if self._silent:
+            return
+        answer = self.auth_answers.get(str(request.get("uid", "")).upper())
+        if answer is None:
+            return
+        body = {
+            "v": 1,
+            "id": request.get("id"),
+            "status": answer["status"],
+            "expires": rfc3339(datetime.now(timezone.utc) + timedelta(seconds=answer["expires_s"])),
+            "group": answer["group"],
+            "reference": answer["reference"],
+        }
+        self.client.publish(f"{self.root}/auth/response", json.dumps(body), qos=1)
+
+    # -------------------------------------------------------- hub -> cloud
+    def events(self, type_prefix: str = "") -> list[dict]:
+        with self._lock:
+            return [p for t, p, _ in self.messages
+                    if t.startswith(f"{self.root}/event/") and isinstance(p, dict) and str(p.get("type", "")).startswith(type_prefix)]
+
+    def replies(self) -> list[dict]:
+        with self._lock:
+            return [p for t, p, _ in self.messages if t == f"{self.root}/reply" and isinstance(p, dict)]
+
+    def reply_to(self, message_id: str, timeout: float = 10.0) -> dict | None:
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                for t, p, _ in self.messages:
+                    if t == f"{self.root}/reply" and isinstance(p, dict) and p.get("id") == message_id:
+                        return p
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._lock.wait(min(remaining, 0.2))
