@@ -7,9 +7,7 @@ each entry after its PUBACK (sqlite commits with fsync, batched)."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -22,22 +20,12 @@ from bench.common import Result
 from edge.outbox import Outbox
 from edge.store import Store
 from edge.uplink import Uplink
+from simulators.broker import Broker
 
 WINDOW = 100  # messages unacknowledged on the wire, for both
 CMD = "python -m bench uplink"
 DATA = {"session": "S-000123", "connector": "C-04", "bay": "B-04", "reason": "ev", "meter_stop_wh": 1290000,
         "energy_wh": 55433, "stopped_at": "2026-01-01T00:45:00.000Z"}
-
-
-def _broker_module():
-    # hil_tests is not a package (test folders carry no __init__.py): load the
-    # shared broker fixture by its path in the repository.
-    path = Path(__file__).resolve().parents[1] / "hil_tests" / "broker.py"
-    spec = importlib.util.spec_from_file_location("hubedge_test_broker", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def _raw(port: int, bodies: list[bytes]) -> float:
@@ -94,7 +82,6 @@ def _copy_state(src: Path, dst: Path) -> None:
 
 def run(quick: bool) -> list[Result]:
     n = 10_000 if quick else 100_000
-    broker_mod = _broker_module()
     with tempfile.TemporaryDirectory(prefix="bench-uplink-") as tmp:
         tmp = Path(tmp)
         store = Store(tmp / "state")
@@ -103,7 +90,7 @@ def run(quick: bool) -> list[Result]:
             outbox.put_many([{"type": "session.stopped", "data": DATA, "offline": True}] * min(5000, n - i))
         bodies = [row[3].encode() for row in outbox.rows_after(0, n)]
         store.close()
-        broker = broker_mod.Broker(tmp / "broker", persistence=False).start()
+        broker = Broker(tmp / "broker", persistence=False).start()
         # Best of two alternating runs each: a shared CI box is noisy, and
         # both sides get the same chance.
         raw_rate = drain_rate = 0.0

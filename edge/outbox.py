@@ -52,7 +52,10 @@ FULL_REASON = ("outbox full: the cloud link has been down too long; new sessions
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     pos       INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, so a reader's cursor stays valid
-    id        TEXT NOT NULL UNIQUE,
+    -- A uuid4, unique by construction. No index on it: an index on random
+    -- ids costs a random page per insert and per delete (measured: 49 us
+    -- against 6 us per delivered entry); the uplink deletes by position.
+    id        TEXT NOT NULL,
     stream    TEXT NOT NULL,
     seq       INTEGER,
     body      TEXT NOT NULL,                      -- the exact bytes published, resent unchanged
@@ -244,24 +247,27 @@ class Outbox:
         return self._reader.execute(
             "SELECT pos, id, stream, body FROM outbox WHERE pos > ? ORDER BY pos LIMIT ?", (pos, limit)).fetchall()
 
-    def mark_delivered(self, ids: Iterable[str]) -> int:
-        """Delete acknowledged entries; returns how many were still there.
-        Not fsynced on its own (a lost deletion only means a resend with the
-        same id); the next put makes it durable."""
+    def mark_delivered(self, ids: Iterable[str] = (), *, positions: Iterable[int] = ()) -> int:
+        """Delete acknowledged entries, named by id or (cheaper: the rowid,
+        as the uplink knows it) by position; returns how many were still
+        there. Not fsynced on its own (a lost deletion only means a resend
+        with the same id); the next put makes it durable."""
         ids = list(ids)
-        if not ids:
+        positions = list(positions)
+        if not ids and not positions:
             return 0
         now = self.clock.now()
         removed_n: Counter[str] = Counter()
         removed_b: Counter[str] = Counter()
         with self.store.transaction(durable=False) as db:
-            for i in range(0, len(ids), 500):
-                chunk = ids[i:i + 500]
-                marks = ",".join("?" * len(chunk))
-                for stream, size in db.execute(f"DELETE FROM outbox WHERE id IN ({marks}) RETURNING stream, size",
-                                               chunk):
-                    removed_n[stream] += 1
-                    removed_b[stream] += size
+            for column, keys in (("id", ids), ("pos", positions)):
+                for i in range(0, len(keys), 500):
+                    chunk = keys[i:i + 500]
+                    marks = ",".join("?" * len(chunk))
+                    for stream, size in db.execute(
+                            f"DELETE FROM outbox WHERE {column} IN ({marks}) RETURNING stream, size", chunk):
+                        removed_n[stream] += 1
+                        removed_b[stream] += size
             db.execute("INSERT INTO outbox_meta(key, value) VALUES ('last_ack_at', ?) "
                        "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (now.isoformat(),))
 
