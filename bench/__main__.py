@@ -19,6 +19,7 @@ BENCHMARKS = {
     "uplink": "bench.uplink",      # drain to a local mosquitto
     "auth": "bench.auth",          # 1M tokens: tap to start, memory, apply
     "gate": "bench.gate",          # plate to decision, assignment
+    "scale": "bench.scale",        # 1M tokens and 1M sessions: filters, insert, memory, CPU, READY
 }
 
 

@@ -199,6 +199,8 @@ class SessionLedger:
         limit: int = 100,
     ) -> list[Session]:
         """R-S2: the portal's filters, locally. Newest first."""
+        if location and location != self.hub_id:
+            return []  # this ledger holds this hub's sessions only
         where, args = [], []
         if session:
             where.append("id=?")
@@ -209,9 +211,6 @@ class SessionLedger:
         if connector:
             where.append("connector=?")
             args.append(connector)
-        if location:
-            where.append("hub=?")
-            args.append(location)
         if status:
             where.append("status=?")
             args.append(status)
