@@ -245,7 +245,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON (stable; see docs/hubctl.md)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sub.add_parser("status", help="the hub at a glance: connectors, devices, cloud link, outbox")
+    st = sub.add_parser("status", help="the hub at a glance: connectors, devices, cloud link, outbox",
+                        description="One screen: every connector with its state and session, bays and bookings due, "
+                                    "gates, terminals, readers, devices in fault with since when, the cloud link and "
+                                    "the outbox (R-T2).")
+    st.add_argument("--follow", "-f", action="store_true", help="refresh until Ctrl-C (same as hubctl watch)")
+    st.add_argument("--interval", type=float, default=2.0, metavar="S", help="seconds between refreshes with --follow")
+    w = sub.add_parser("watch", help="status, refreshed live until Ctrl-C")
+    w.add_argument("--interval", type=float, default=2.0, metavar="S", help="seconds between refreshes (default 2)")
+    comp = sub.add_parser("completion", help="print a shell completion script: eval \"$(hubctl completion bash)\"")
+    comp.add_argument("shell", choices=["bash", "zsh"])
     sub.add_parser("devices", help="every device with its health and since when")
 
     s = sub.add_parser("sessions", help="charging sessions, newest first, with the portal's filters (R-S2)")
@@ -302,6 +311,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "config":
         return _validate(args.file, args.json)
+    if args.command == "completion":
+        from edge.hubctl_completion import script
+
+        print(script(parser, args.shell))
+        return EXIT_OK
+    if args.command == "watch" or (args.command == "status" and args.follow):
+        return _watch(args, style)
 
     cmd, req = args.command, {}
     part = next((pc for pc in part_commands() if pc.name == cmd), None)
@@ -345,7 +361,11 @@ def main(argv: list[str] | None = None) -> int:
     data = resp.get("data")
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True))
-        return part.exit_code(data) if part is not None and part.exit_code else EXIT_OK
+        if part is not None and part.exit_code:
+            return part.exit_code(data)
+        if cmd == "resync" and not data.get("complete"):
+            return EXIT_REFUSED
+        return EXIT_OK
     if part is not None:
         print(part.render(data, style, args))
         return part.exit_code(data) if part.exit_code else EXIT_OK
@@ -369,6 +389,38 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(data.get("message") if isinstance(data, dict) and "message" in data else json.dumps(data))
     return EXIT_OK
+
+
+def _watch(args, style: Style) -> int:
+    """The live view: status redrawn in place on a terminal; on a pipe, one
+    status block per refresh (or one JSON object per line with --json)."""
+    import time
+
+    interval = max(0.2, float(args.interval))
+    tty = sys.stdout.isatty()
+    try:
+        while True:
+            try:
+                resp = _request(args.socket, "status", {})
+            except (OSError, TimeoutError, asyncio.TimeoutError) as exc:
+                text = f"hubctl: the daemon at {args.socket} is not answering ({exc}); still trying — Ctrl-C to stop"
+                resp = None
+            if resp is not None:
+                if not resp.get("ok"):
+                    print(f"hubctl: {resp.get('message')}", file=sys.stderr)
+                    return CODE_EXIT.get(resp.get("code", ""), EXIT_REFUSED)
+                if args.json:
+                    text = json.dumps(resp["data"], sort_keys=True)
+                else:
+                    text = render_status(resp["data"], style)
+            if tty and not args.json:
+                sys.stdout.write("\033[H\033[2J" + text + f"\n\n(refreshing every {interval:g} s — Ctrl-C to stop)\n")
+            else:
+                sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return EXIT_OK
 
 
 def _validate(path: str, as_json: bool) -> int:
