@@ -267,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--until", type=parse_when, metavar="T")
     s.add_argument("--limit", type=int, default=50)
     s.add_argument("--qr", action="store_true", help="show each receipt link as a QR code")
+    s.add_argument("--csv", metavar="FILE", help="export every matching session (no limit) to a CSV file, with progress")
 
     c = sub.add_parser("connector", help="take a connector out of service, back, or unlock it")
     c.add_argument("action", choices=["available", "unavailable", "unlock"])
@@ -336,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     elif cmd == "resync":
         req = {"timeout": args.timeout}
 
+    if cmd == "sessions" and args.csv:
+        return _export_csv(args, req)
     try:
         resp = _request(args.socket, cmd, req, on_progress=None if args.json else _show_progress)
     except (FileNotFoundError, ConnectionRefusedError):
@@ -389,6 +392,57 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(data.get("message") if isinstance(data, dict) and "message" in data else json.dumps(data))
     return EXIT_OK
+
+
+CSV_COLUMNS = ["id", "hub", "connector", "bay", "method", "token_masked", "booking_id", "payment_id", "status",
+               "started_at", "stopped_at", "meter_start_wh", "meter_stop_wh", "energy_wh", "stop_reason", "tariff_id",
+               "price_per_kwh", "vat_rate", "cost_net", "cost_vat", "cost_gross", "currency", "receipt_url"]
+
+
+def _export_csv(args, req: dict) -> int:
+    """Page through the sessions newest first (by start time) so an export of
+    a year of history never asks the daemon for everything at once."""
+    import csv
+
+    page = dict(req, limit=1000)
+    total, seen = 0, set()
+    try:
+        out = open(args.csv, "w", newline="")
+    except OSError as exc:
+        print(f"hubctl: cannot write {args.csv} ({exc.strerror}): choose another path", file=sys.stderr)
+        return EXIT_USAGE
+    with out:
+        writer = csv.DictWriter(out, CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        while True:
+            try:
+                resp = _request(args.socket, "sessions", page)
+            except (OSError, TimeoutError, asyncio.TimeoutError) as exc:
+                print(f"\nhubctl: the daemon stopped answering after {total} sessions ({exc}); {args.csv} is incomplete — run it again", file=sys.stderr)
+                return EXIT_UNREACHABLE
+            if not resp.get("ok"):
+                print(f"hubctl: {resp.get('message')}", file=sys.stderr)
+                return CODE_EXIT.get(resp.get("code", ""), EXIT_REFUSED)
+            rows = [r for r in resp["data"] if r["id"] not in seen]
+            for r in rows:
+                writer.writerow(r)
+                seen.add(r["id"])
+            total += len(rows)
+            if sys.stderr.isatty():
+                sys.stderr.write(f"\rexported {total} sessions\033[K")
+            if len(resp["data"]) < page["limit"] or not rows:
+                break
+            # Next page: up to (and including, for ties) the oldest start seen.
+            page["until"] = _next_until(resp["data"][-1]["started_at"])
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
+    print(f"{total} sessions written to {args.csv}")
+    return EXIT_OK
+
+
+def _next_until(started_at: str) -> str:
+    ts = datetime.fromisoformat(started_at.replace("Z", "+00:00")) + timedelta(milliseconds=1)
+    return rfc3339(ts)
 
 
 def _watch(args, style: Style) -> int:

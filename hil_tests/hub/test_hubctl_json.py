@@ -42,3 +42,18 @@ async def test_json_outputs_match_their_schemas(daemon, sims):
             assert all("token" not in s for s in data)
     sessions = json.loads((await daemon.hubctl("--json", "sessions", "--status", "active")).stdout)
     assert all(s["status"] == "active" for s in sessions)
+
+
+async def test_sessions_export_to_csv_pages_through_everything(daemon, sims, tmp_path):
+    import csv
+
+    sims["CH1"].plug(1, soc=99, battery_kwh=100)
+    await daemon.wait_connector("C2", "Charging")
+    out = tmp_path / "sessions.csv"
+    proc = await daemon.hubctl("sessions", "--csv", str(out))
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 1 and rows[0]["connector"] == "C2" and "token" not in rows[0]
+    assert "1 sessions written" in proc.stdout
+    bad = await daemon.hubctl("sessions", "--csv", "/proc/forbidden/x.csv")
+    assert bad.returncode == 2 and "cannot write" in bad.stderr
