@@ -38,6 +38,7 @@ from email.policy import compat32
 from typing import Iterable, Literal
 
 from drivers.device import DeviceHealth, Emit, utcnow
+from edge.plates import mask_plate
 
 log = logging.getLogger("hubedge.anpr")
 
@@ -58,14 +59,6 @@ class PlateReadError(ValueError):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
-
-
-def mask_plate(plate: str) -> str:
-    """The only form of a plate that may be logged (R-G8): "AB***12"."""
-    compact = re.sub(r"[\s\-.]", "", plate)
-    if len(compact) < 5:
-        return "***"
-    return f"{compact[:2]}***{compact[-2:]}"
 
 
 @dataclass(frozen=True)
@@ -102,7 +95,7 @@ class PlateRead:
 
     @property
     def plate_masked(self) -> str:
-        return mask_plate(self.plate_raw)
+        return mask_plate(self.plate_raw, self.country)
 
     def __repr__(self) -> str:  # the dataclass repr would be fine, but say the mask
         return (

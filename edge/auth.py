@@ -119,6 +119,9 @@ class AuthRejected:
     token_uid: str
     code: str  # blocked | expired | invalid | unknown | unknown_offline | cloud_timeout | reserved | ...
     reason: str
+    # What decided: local_list | cache | cloud | offline_policy | session | connector | reservation
+    source: str = "connector"
+    token_type: str | None = None  # own | emsp when known
 
 
 @dataclass(frozen=True)
@@ -236,7 +239,7 @@ class Authorisation:
         if local is not None:
             status = local.status_at(now)
             if status != "Active":  # R-A1: refused whatever the link, whatever the cache
-                return [self._reject_status(connector, uid, status, "local list")]
+                return [self._reject_status(connector, uid, status, "local list", local.type)]
             if local.type == "own" or not (self.online and self.policy.check_emsp_online):
                 verdict = _Verdict(True, "accepted", "on the local token list",
                                    "own_card" if local.type == "own" else "emsp_card",
@@ -263,7 +266,7 @@ class Authorisation:
             return []
         self._remember(check.uid, status, now, expires, group, reference)
         if status != "Accepted":
-            return [self._reject_status(check.connector, check.uid, status, "cloud")]
+            return [self._reject_status(check.connector, check.uid, status, "cloud", check.token_type)]
         if check.local is not None and check.local.type == "own":
             method: Method = "own_card"
         else:
@@ -273,6 +276,20 @@ class Authorisation:
                            reference if reference is not None else (check.local.reference if check.local else None),
                            "cloud")
         return self._grant(check.connector, check.uid, verdict, now)
+
+    def request_not_sent(self, request_id: str, now: datetime) -> list[Decision]:
+        """The roaming check could not be sent (the link dropped under it):
+        decide at once as offline, without waiting for the timeout."""
+        check = self._pending.pop(request_id, None)
+        if check is None:
+            return []
+        return self._decide_without_cloud(check, now, "cloud_offline")
+
+    def start_failed(self, connector: str) -> None:
+        """The start we ordered did not happen (the charger refused, the truck
+        never drew power): the connector takes taps again."""
+        c = self.connector(connector)
+        c.starting = None
 
     def connector_changed(self, connector: str, state: str, now: datetime, *, session_id: str | None = None,
                           token_uid: str | None = None) -> list[Decision]:
@@ -367,7 +384,7 @@ class Authorisation:
                                            f"{c.session_id}: stopping it", source="session")]
         return [AuthRejected(connector, uid, "not_session_card",
                              f"{_human(uid)} did not start the session on connector {connector}; "
-                             "tap the card that started it, or ask the operator to stop it")]
+                             "tap the card that started it, or ask the operator to stop it", "session")]
 
     def _decide_without_cloud(self, check: _PendingCheck, now: datetime, why: str) -> list[Decision]:
         """Offline, or the cloud did not answer in time: the list, then the cache, then the policy."""
@@ -380,7 +397,7 @@ class Authorisation:
         cached = self.tokens.cached(check.uid, now)
         if cached is not None:
             if cached.status != "Accepted":
-                return [self._reject_status(check.connector, check.uid, cached.status, "cache")]
+                return [self._reject_status(check.connector, check.uid, cached.status, "cache", check.token_type)]
             verdict = _Verdict(True, "accepted", "accepted earlier by the cloud (cache)", "emsp_card",
                                cached.group, cached.reference, "cache")
             return self._grant(check.connector, check.uid, verdict, now, offline=True)
@@ -391,10 +408,11 @@ class Authorisation:
         if offline:
             return [AuthRejected(check.connector, check.uid, "unknown_offline",
                                  f"{_human(check.uid)} is not known here and the cloud is not reachable; "
-                                 "try again later or pay at the terminal")]
+                                 "try again later or pay at the terminal", "offline_policy", check.token_type)]
         return [AuthRejected(check.connector, check.uid, "cloud_timeout",
                              f"the cloud did not confirm {_human(check.uid)} within "
-                             f"{self.policy.cloud_timeout_s:g} s; tap again or pay at the terminal")]
+                             f"{self.policy.cloud_timeout_s:g} s; tap again or pay at the terminal",
+                             "offline_policy", check.token_type)]
 
     def _grant(self, connector: str, uid: str, v: _Verdict, now: datetime, offline: bool = False) -> list[Decision]:
         c = self.connector(connector)
@@ -426,16 +444,20 @@ class Authorisation:
 
     def _reserved_reject(self, connector: str, uid: str) -> AuthRejected:
         return AuthRejected(connector, uid, "reserved",
-                            f"connector {connector} is reserved for another booking; use a free connector")
+                            f"connector {connector} is reserved for another booking; use a free connector",
+                            "reservation")
 
-    def _reject_status(self, connector: str, uid: str, status: str, source: str) -> AuthRejected:
+    def _reject_status(self, connector: str, uid: str, status: str, source: str,
+                       token_type: str | None = None) -> AuthRejected:
         what = {
             "Blocked": ("blocked", f"{_human(uid)} is blocked; the driver should contact the card issuer"),
             "Expired": ("expired", f"{_human(uid)} has expired; the driver should contact the card issuer"),
             "Invalid": ("invalid", f"{_human(uid)} is not valid for charging; pay at the terminal or use another card"),
             "Unknown": ("unknown", f"{_human(uid)} is not known to the card issuer; pay at the terminal or use another card"),
         }.get(status, ("invalid", f"{_human(uid)} was refused ({status}); pay at the terminal or use another card"))
-        return AuthRejected(connector, uid, what[0], f"{what[1]} (from the {source})")
+        code_of = {"local list": "local_list", "cloud": "cloud", "cache": "cache"}
+        return AuthRejected(connector, uid, what[0], f"{what[1]} (from the {source})",
+                            code_of.get(source, source), token_type)
 
     def _remember(self, uid: str, status: str, now: datetime, expires: datetime | None,
                   group: str | None, reference: str | None) -> None:

@@ -307,7 +307,7 @@ def review(
             bay, why = choice
             holds.add(bay.id, b)
             decisions.append(BayAssigned(b.id, bay.id, why))
-            log.info("booking %s assigned bay %s", b.id, bay.id)
+            log.debug("bays.chosen booking=%s bay=%s", b.id, bay.id)
             continue
         decisions.extend(_replan(b, book, conditions, now, settings, holds, decisions))
     return decisions

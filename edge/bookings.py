@@ -364,6 +364,11 @@ def _max_concurrent(intervals: list[tuple[datetime, datetime]], start: datetime,
     return best
 
 
+def documents_of(bookings: Iterable[Booking]) -> list[dict]:
+    """Stored form of a snapshot, in slot order (see `BookingBook.snapshot`)."""
+    return [b.to_document() for b in sorted(bookings, key=lambda b: (b.slot_start, b.seq))]
+
+
 # --------------------------------------------------------------------------
 # The book
 
@@ -380,6 +385,9 @@ class BookingBook:
         self._exact: dict[str, set[tuple[str, str]]] = {}  # key hash -> {(booking id, canonical)}
         self._folded: dict[str, set[tuple[str, str]]] = {}
         self._seq = 0
+        # Bumped on every change, so a writer that saved a snapshot can tell
+        # whether the book moved on while it was writing.
+        self.version = 0
         # Capacity per (type, side): bookable bay lengths, longest first.
         self._bay_lengths: dict[tuple[str, str], list[float]] = {}
         for b in self.bays.values():
@@ -557,7 +565,7 @@ class BookingBook:
         try:
             f = parse_booking_item(item, now, self.rules)
         except BookingRefused as refusal:
-            log.info("booking %s refused: %s", raw_id, refusal.code)
+            log.info("booking.refused booking=%s code=%s", raw_id, refusal.code)
             return BookingResult(raw_id, "upsert", False, refusal.code, refusal.reason)
         if f.status == lifecycle.CANCELLED:
             return self.cancel(f.id, now)
@@ -578,7 +586,7 @@ class BookingBook:
         )
         problem = self.capacity_problem(candidate, ignore_id=f.id)
         if problem is not None:
-            log.info("booking %s refused: %s", f.id, problem.code)
+            log.info("booking.refused booking=%s code=%s", f.id, problem.code)
             return BookingResult(f.id, "upsert", False, problem.code, problem.reason)
         code, reason, released = "created", "booking accepted", None
         if existing is not None:
@@ -592,7 +600,7 @@ class BookingBook:
         else:
             self._seq += 1
         self._index(candidate)
-        log.info("booking %s %s (%s %s, plates %s)", f.id, code, f.connector_type, f.side,
+        log.info("booking.accepted booking=%s code=%s type=%s side=%s plates=%s", f.id, code, f.connector_type, f.side,
                  ",".join(log_ref(k.canonical) for k in keys))
         return BookingResult(f.id, "upsert", True, code, reason, released)
 
@@ -616,7 +624,7 @@ class BookingBook:
                                  "a session in progress ends at the charger")
         released = b.bay_id if b.holds_bay else None
         self._replace(b, replace(b, status=lifecycle.CANCELLED, updated_at=now))
-        log.info("booking %s cancelled", booking_id)
+        log.info("booking.cancelled booking=%s", booking_id)
         return BookingResult(booking_id, "cancel", True, "cancelled", "booking cancelled", released)
 
     # ---- lifecycle (driven by bay assignment, the gate and the chargers)
@@ -674,12 +682,19 @@ class BookingBook:
             if b.plates and b.slot_end < slot_ended_before:
                 self._bookings[b.id] = replace(b, plates=())
                 n += 1
+        if n:
+            self.version += 1
         return n
 
     # ---- persistence
 
     def documents(self) -> list[dict]:
         return [b.to_document() for b in self.all()]
+
+    def snapshot(self) -> tuple[Booking, ...]:
+        """Every booking as it is now, cheaply (bookings are immutable), for
+        serialising away from the event loop with `documents_of`."""
+        return tuple(self._bookings.values())
 
     def load(self, documents: Iterable[Mapping[str, Any]]) -> None:
         """Restore from stored documents (no validation: they were accepted)."""
@@ -698,6 +713,7 @@ class BookingBook:
         return new
 
     def _index(self, b: Booking) -> None:
+        self.version += 1
         self._bookings[b.id] = b
         bisect.insort(self._by_start, (b.slot_start, b.seq, b.id))
         self._longest = max(self._longest, b.slot_end - b.slot_start)

@@ -167,7 +167,7 @@ def decide_at_gate(
         first_time = booking.status in (lifecycle.CONFIRMED, lifecycle.ASSIGNED)
         bay = f"; assigned bay {booking.bay_id}" if booking.bay_id else ""
         fuzzy = " (matched allowing for letters the camera confuses)" if match.fuzzy else ""
-        log.info("entry for booking %s %s", booking.id, log_ref(open_hits[0][1]))
+        log.debug("gate.booked_match booking=%s plate=%s", booking.id, log_ref(open_hits[0][1]))
         return _decision(True, GateAction.OPEN, GateReason.BOOKED,
                          f"booked slot {_local(booking.slot_start, settings)} to {_local(booking.slot_end, settings)}"
                          f"{bay}{fuzzy}: welcome", masked, booking_id=booking.id, marks_arrival=first_time,

@@ -233,6 +233,8 @@ class ZvtTerminalSimulator:
         self.nak_frames = 0  # serial: NAK the next N frames received
         self.corrupt_frames = 0  # serial: send the next N frames with a bad CRC
         self.disconnect_in_transaction = False  # drop the line during the next pre-authorisation
+        self.read_card_supported = True  # False: answer 06 C0 with 84 83 like terminals without it
+        self.book_delay = 0.0  # seconds a booking (06 23 / 06 24) takes before its result
         self.t2_ack = 1.0
         self.t3_ack = 5.0  # how long to wait for the controller's 80 00
         # what happened
@@ -351,7 +353,10 @@ class ZvtTerminalSimulator:
         task.add_done_callback(self._tasks.discard)
 
     async def _on_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await self._serve(_TcpChannel(reader, writer))
+        try:
+            await self._serve(_TcpChannel(reader, writer))
+        except asyncio.CancelledError:
+            pass  # stop(): the connection ends with the simulator
 
     # -- protocol ------------------------------------------------------------------
 
@@ -398,6 +403,8 @@ class ZvtTerminalSimulator:
             await self._book_total(channel, message)
         elif c == m.PRE_AUTHORISATION_REVERSAL:
             await self._reverse(channel, message)
+        elif c == m.READ_CARD:
+            await self._read_card(channel)
         elif c == m.REGISTRATION:
             await self._send(channel, m.ack())
             await self._exchange_end(
@@ -421,9 +428,33 @@ class ZvtTerminalSimulator:
         else:
             await self._send(channel, m.nak(0x83))
 
+    def card_token(self) -> bytes:
+        """The card identification item (TLV 1F14) of the card presented now:
+        the same card gives the same token, another card another one."""
+        return hashlib.sha256(("sim-card:" + self.pan).encode()).digest()[:16]
+
+    async def _read_card(self, channel: _Channel) -> None:
+        if not self.read_card_supported:
+            await self._send(channel, m.nak(0x83))
+            return
+        await self._send(channel, m.ack())
+        if not await self._exchange_end(channel, m.intermediate_status(0x0A)):  # insert card
+            return
+        if self.card_delay > 0:
+            await channel.receive(self.card_delay)
+        info = [
+            (0x27, 0),
+            (0x22, self.pan),
+            (0x8B, self.card_name + "\x00"),
+            (0x06, (primitive(0x1F14, self.card_token()),)),
+        ]
+        self.events.append("card_read")
+        if await self._exchange_end(channel, m.status_information(info)):
+            await self._exchange_end(channel, m.completion())
+
     def _result_bmps(self, tx: SimTransaction, amount_minor: int) -> list:
         now = datetime.now(timezone.utc)
-        token = hashlib.sha256(("sim-card:" + self.pan).encode()).digest()[:16]
+        token = self.card_token()
         return [
             (0x27, 0),
             (0x04, amount_minor),
@@ -517,6 +548,9 @@ class ZvtTerminalSimulator:
 
     async def _book(self, channel: _Channel, tx: SimTransaction, booked: Decimal) -> None:
         tx.state, tx.booked = "booked", booked
+        if self.book_delay > 0:
+            # Booked at the host already; the result reaches the controller late.
+            await asyncio.sleep(self.book_delay)
         info = [
             (0x27, 0),
             (0x04, _minor(booked, self.currency.minor_unit)),

@@ -240,6 +240,16 @@ class ZvtClient:
         msg = m.pre_authorisation_reversal(receipt_no, cur.numeric, self.payment_type)
         return self._result(await self._run(msg), cur.alpha)
 
+    async def read_card(self, timeout_s: int = 30) -> PaymentResult:
+        """06 C0: the terminal reads a card without any payment. The result
+        carries the card token (TLV 1F14) and at most BIN + last four, so the
+        controller can tell whether it is the card that started a session
+        (R-P1) without ever seeing the card number."""
+        if not 0 < timeout_s <= 255:
+            raise ValueError("read card time-out must be 1..255 seconds")
+        ex = await self._run(m.read_card(timeout_s), money=False)
+        return self._result(ex, self.currency)
+
     async def open_preauthorizations(self) -> list[OpenPreauthorization]:
         """The reservations the terminal still holds (06 23 with receipt FF FF).
 
@@ -347,18 +357,22 @@ class ZvtClient:
                     await self._abort_quietly()
                 self._fault(str(exc))
                 if money and sent:
-                    raise TerminalTimeout(
+                    err = TerminalTimeout(
                         f"{exc}; the {message.name} may have been done: "
                         "check open pre-authorisations before retrying"
-                    ) from None
+                    )
+                    err.maybe_done = True
+                    raise err from None
                 raise
             except TerminalError as exc:
                 self._fault(str(exc))
                 if money and sent and isinstance(exc, TerminalUnavailable):
-                    raise TerminalUnavailable(
+                    err = TerminalUnavailable(
                         f"{exc}; the {message.name} may have been done: "
                         "check open pre-authorisations once the terminal is back"
-                    ) from None
+                    )
+                    err.maybe_done = True
+                    raise err from None
                 raise
             finally:
                 self._running = None

@@ -12,7 +12,13 @@ class ZvtDecodeError(ZvtError, ValueError):
 
 
 class TerminalError(ZvtError):
-    """The terminal could not be used for this command (transport level)."""
+    """The terminal could not be used for this command (transport level).
+
+    ``maybe_done`` is True when a money command had already reached the
+    terminal: it may have been carried out, so the caller must ask the terminal
+    (open pre-authorisations) before doing it again (R-P4)."""
+
+    maybe_done = False
 
 
 class TerminalUnavailable(TerminalError):

@@ -316,6 +316,12 @@ def pre_authorisation_reversal(
     return Message(*PRE_AUTHORISATION_REVERSAL, (), tuple(bmps))
 
 
+def read_card(timeout_s: int) -> Message:
+    """06 C0: read a card (no payment); the terminal answers with status
+    information carrying the card's data, masked, and its card token."""
+    return Message(*READ_CARD, (("timeout", timeout_s),))
+
+
 def end_of_day(password: int) -> Message:
     return Message(*END_OF_DAY, (("password", password),))
 
