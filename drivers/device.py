@@ -47,13 +47,17 @@ class DeviceHealth:
     since: datetime = field(default_factory=utcnow)
     last_error: str | None = None
     detail: dict = field(default_factory=dict)
+    last_down_s: float | None = None  # how long the last fault lasted, set on recovery
 
     def mark_ok(self, now: datetime | None = None) -> bool:
         """Record a good exchange. True when this is a recovery from a fault."""
         recovered = self.state == "fault"
         if self.state != "ok":
+            now = now or utcnow()
+            if recovered:
+                self.last_down_s = max(0.0, (now - self.since).total_seconds())
             self.state = "ok"
-            self.since = now or utcnow()
+            self.since = now
             self.last_error = None
         return recovered
 

@@ -72,10 +72,11 @@ def caller_allowed(caller: Caller, group: str) -> bool:
 
 
 class ControlServer:
-    def __init__(self, path: str | Path, group: str, handlers: dict[str, Handler]):
+    def __init__(self, path: str | Path, group: str, handlers: dict[str, Handler], *, on_refused=None):
         self.path = Path(path)
         self.group = group
         self.handlers = handlers
+        self.on_refused = on_refused  # called with the Caller a refusal went to
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -113,16 +114,20 @@ class ControlServer:
 
         try:
             caller = peer_credentials(writer.get_extra_info("socket"))
-            if not caller_allowed(caller, self.group):
-                log.warning("control.refused user=%s", caller.user)
-                await send(_error("forbidden", f"user {caller.user} is not in the {self.group} group: ask an administrator to add you (usermod -aG {self.group} {caller.user})"))
-                return
+            # Read the request before answering, even a refusal: closing on a
+            # client still writing would lose the refusal in a reset.
             try:
                 line = await asyncio.wait_for(reader.readline(), 10)
             except (asyncio.LimitOverrunError, ValueError):
                 await send(_error("bad_request", f"request longer than {MAX_REQUEST} bytes"))
                 return
             except asyncio.TimeoutError:
+                return
+            if not caller_allowed(caller, self.group):
+                log.warning("control.refused user=%s", caller.user)
+                if self.on_refused is not None:
+                    self.on_refused(caller)
+                await send(_error("forbidden", f"user {caller.user} is not in the {self.group} group: ask an administrator to add you (usermod -aG {self.group} {caller.user})"))
                 return
             response = await self.dispatch(line, caller, lambda p: send({"v": PROTOCOL_VERSION, "progress": p}))
             await send(response)
@@ -141,11 +146,12 @@ class ControlServer:
         """Parse and run one request; never raises (a bad request changes nothing)."""
         try:
             req = json.loads(line)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nesting too deep
             return _error("bad_request", "request is not one line of JSON; use hubctl")
         if not isinstance(req, dict):
             return _error("bad_request", "request must be a JSON object")
-        if req.get("v") != PROTOCOL_VERSION:
+        # true == 1 in Python: a boolean is not a version.
+        if isinstance(req.get("v"), bool) or req.get("v") != PROTOCOL_VERSION:
             return _error("version", f"protocol version {req.get('v')!r} not spoken here (daemon speaks {PROTOCOL_VERSION}): use the hubctl of the same release")
         cmd, args = req.get("cmd"), req.get("args", {})
         if not isinstance(cmd, str) or not isinstance(args, dict):

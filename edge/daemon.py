@@ -125,7 +125,17 @@ async def serve(cfg: HubConfig, *, ready_timeout: float = 10.0) -> int:
     handlers = control_handlers(hub)
     for part in hub.capabilities:
         handlers.update(part.control_handlers())
-    control = ControlServer(cfg.resolve(cfg.control.socket), cfg.control.group, handlers)
+    refused_at: dict[str, float] = {}
+
+    def audit_refusal(caller: Caller) -> None:
+        # Audited, but at most once a minute per user: a script hammering the
+        # socket must not flood the outbox.
+        now = time.monotonic()
+        if now - refused_at.get(caller.user, -1e9) >= 60:
+            refused_at[caller.user] = now
+            hub.audit(caller.user, "control.connect", str(cfg.control.socket), "", f"refused: not in group {cfg.control.group}")
+
+    control = ControlServer(cfg.resolve(cfg.control.socket), cfg.control.group, handlers, on_refused=audit_refusal)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

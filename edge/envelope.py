@@ -94,13 +94,18 @@ class Envelope:
 
 
 def validate_event(envelope: dict[str, Any]) -> None:
-    """Check an envelope (as a dict) against the envelope schema and, when one
-    exists for its type, the event data schema under edge/schemas/events/.
+    """Check an envelope (as a dict) against the envelope schema and its
+    type's data schema under edge/schemas/events/ (which must exist).
 
     Raises jsonschema.ValidationError naming the field at fault."""
     from edge.schemas import validator, event_data_validator
 
     validator("envelope").validate(envelope)
     data_validator = event_data_validator(envelope["type"])
-    if data_validator is not None:
-        data_validator.validate(envelope["data"])
+    if data_validator is None:
+        # Every event type the hub sends is part of the contract: one
+        # without a schema is a hole in it.
+        from jsonschema import ValidationError
+
+        raise ValidationError(f"event type {envelope['type']!r} has no schema: add edge/schemas/events/{envelope['type']}.json")
+    data_validator.validate(envelope["data"])

@@ -148,7 +148,7 @@ class Hub:
             quota_bytes=int(cfg.storage.outbox_quota_mb * 1024 * 1024),
             near_ratio=cfg.storage.outbox_near_ratio,
         )
-        self.sessions = SessionLedger(self.store.db, self.hub_id)
+        self.sessions = SessionLedger(self.store.db, self.hub_id, transaction=self.store.transaction)
         self.store.db.executescript(CONNECTOR_SCHEMA)
 
         self.connectors: dict[str, Connector] = {}
@@ -171,6 +171,8 @@ class Hub:
         self._faults_reported: set[str] = set()
         self.session_started_hooks: list[Callable[[Session], Awaitable[None] | None]] = []
         self.session_ended_hooks: list[Callable[[Session], Awaitable[None] | None]] = []
+        self.tokens_applied_hooks: list[Callable[[Any], None]] = []  # called with the ApplyResult, on the loop
+        self._tokens_lock = asyncio.Lock()
         self.stopping = False
         self.events_put = 0
         self.last_sync: dict[str, datetime] = {}
@@ -229,8 +231,8 @@ class Hub:
                 self.connectors[ref.id] = c
 
     def _persist(self, c: Connector) -> None:
-        with self.store.db:
-            self.store.db.execute(
+        with self.store.transaction() as db:
+            db.execute(
                 "INSERT OR REPLACE INTO connector_state VALUES (?,?,?,?,?,?,?,?)",
                 (
                     c.id,
@@ -283,13 +285,14 @@ class Hub:
 
     def _changed(self, c: Connector, previous: str, reason: str | None = None) -> None:
         c.since = self.clock.now()
-        self._persist(c)
         data = {"connector": c.id, "status": c.state, "previous": previous}
         if reason:
             data["reason"] = reason
         if c.session_id:
             data["session"] = c.session_id
-        self.emit("connector.status", data)
+        with self.store.transaction():  # the state and its event, one commit
+            self._persist(c)
+            self.emit("connector.status", data)
         self._publish_state(c)
         if c.state != "Finishing":
             self._idle_reported.discard(c.id)
@@ -340,7 +343,8 @@ class Hub:
     def _poll_ok(self, charger_id: str, readings: dict) -> None:
         if charger_id in self._faults_reported:
             self._faults_reported.discard(charger_id)
-            down = (self.clock.now() - self.devices[charger_id].since).total_seconds()
+            health = self.devices[charger_id]
+            down = health.last_down_s if health.last_down_s is not None else 0
             self.emit("device.recovered", {"device": charger_id, "class": "charger", "down_for_s": max(0, round(down))})
         for cid, reading in readings.items():
             if cid not in self.connectors:
@@ -480,10 +484,13 @@ class Hub:
             s.price_per_kwh = tariff.price_per_kwh
             s.vat_rate = tariff.vat_rate
             s.currency = tariff.currency
-        # Write-ahead: the ledger knows about the start before the charger does.
-        self.sessions.insert(s, now)
+        # Write-ahead: the ledger knows about the start before the charger
+        # does; session and connector in one commit (one fsync on the way
+        # from a tap to the charger).
         c.session_id = s.id
-        self._persist(c)
+        with self.store.transaction():
+            self.sessions.insert(s, now)
+            self._persist(c)
         log.info("session.starting session=%s connector=%s method=%s", s.id, connector_id, method)
         try:
             await self.chargers[place.charger_id].start(connector_id)
@@ -756,7 +763,7 @@ class Hub:
             self.emit("device.fault", {"device": ev.device_id, "class": ev.device_class, "reason": ev.reason})
         elif isinstance(ev, DeviceRecovered):
             health = self.devices.get(ev.device_id)
-            down = (ev.ts - health.since).total_seconds() if health else 0
+            down = health.last_down_s if health and health.last_down_s is not None else 0
             self.emit("device.recovered", {"device": ev.device_id, "class": ev.device_class, "down_for_s": max(0, round(down))})
 
     def _spawn(self, coro) -> asyncio.Task:
@@ -913,8 +920,17 @@ class Hub:
         from edge.downlink import Rejected
 
         async def tokens(msg: dict) -> dict:
-            # A full list of a million tokens takes seconds: off the loop.
-            result = await asyncio.to_thread(self.tokens.apply, msg)
+            # A full list of a million tokens takes seconds: off the loop,
+            # one list at a time and in the order they arrived (a delta must
+            # not overtake the list it builds on).
+            async with self._tokens_lock:
+                result = await asyncio.to_thread(self.tokens.apply, msg)
+            if result.ok:
+                for hook in self.tokens_applied_hooks:
+                    try:
+                        hook(result)
+                    except Exception:
+                        log.exception("hook.failed hook=tokens_applied")
             if not result.ok:
                 raise Rejected("rejected", "; ".join(result.reasons[:5]) + (f" (+{len(result.reasons) - 5} more)" if len(result.reasons) > 5 else ""))
             return {"version": result.version, "counts": {"upserted": result.upserted, "removed": result.removed}}

@@ -144,9 +144,12 @@ def _from_row(row: sqlite3.Row) -> Session:
 
 
 class SessionLedger:
-    def __init__(self, db: sqlite3.Connection, hub_id: str):
+    def __init__(self, db: sqlite3.Connection, hub_id: str, *, transaction=None):
         self.db = db
         self.hub_id = hub_id
+        # The store's transaction (nestable): a session row and what goes
+        # with it (the connector's state, an outbox event) commit together.
+        self._transaction = transaction or (lambda: db)
         db.executescript(SCHEMA)
 
     def new_id(self) -> str:
@@ -157,15 +160,15 @@ class SessionLedger:
         row["updated_at"] = rfc3339(now)
         cols = ",".join(row)
         marks = ",".join(f":{k}" for k in row)
-        with self.db:
-            self.db.execute(f"INSERT INTO sessions ({cols}) VALUES ({marks})", row)
+        with self._transaction() as db:
+            db.execute(f"INSERT INTO sessions ({cols}) VALUES ({marks})", row)
 
     def update(self, s: Session, now: datetime) -> None:
         row = _to_row(s)
         row["updated_at"] = rfc3339(now)
         sets = ",".join(f"{k}=:{k}" for k in row if k != "id")
-        with self.db:
-            cur = self.db.execute(f"UPDATE sessions SET {sets} WHERE id=:id", row)
+        with self._transaction() as db:
+            cur = db.execute(f"UPDATE sessions SET {sets} WHERE id=:id", row)
         if cur.rowcount != 1:
             raise KeyError(f"session {s.id} is not in the ledger")
 

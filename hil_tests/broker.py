@@ -68,12 +68,9 @@ def make_pki(directory: Path) -> PKI:
     return pki
 
 
-HUB_ACL = """\
-# Each hub's certificate CN is its hub id (use_identity_as_username) and it
-# may only use its own root.
-pattern readwrite hub/%u/#
-
-# The cloud service may use every hub's root.
+# The shipped per-hub ACL (config/mosquitto/hub-acl.conf), plus the cloud
+# service's own user, which may use every hub's root.
+HUB_ACL = (Path(__file__).resolve().parents[1] / "config" / "mosquitto" / "hub-acl.conf").read_text() + """
 user cloud
 topic readwrite hub/#
 """
