@@ -5,6 +5,12 @@
    decision by a linear scan of every booking comparing raw plate strings.
 2. Assigning bays to 10,000 bookings over six months in one pass, seconds;
    baseline: for each booking, check every booking already assigned.
+3. Plate event to barrier: a camera's HTTP POST until the OPEN coil is
+   written at the barrier I/O simulator (Modbus TCP), through the hub's own
+   site-access part (ANPR listener, gate policy, bay view, barrier driver)
+   with 10,000 bookings and 40 bays, p99 in ms; baseline: a bare HTTP POST
+   to a trivial asyncio server that writes the coil with a bare pymodbus
+   client, same simulator, same loop.
 
 Quick mode uses 2,000 bookings and fewer reads so it runs in a few seconds;
 the goals hold for the full size.
@@ -12,9 +18,12 @@ the goals hold for the full size.
 
 from __future__ import annotations
 
+import asyncio
 import random
+import re
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 from bench.common import Result, percentile
 from edge.bay_assignment import AssignmentSettings, BayAssigned, BayCondition, review
@@ -35,8 +44,8 @@ def _plate(rng: random.Random) -> str:
     return f"{rng.choice(LETTERS)}{rng.choice(LETTERS)}-{rng.randint(100, 999)}-{rng.choice(LETTERS)}"
 
 
-def _book(n: int, rng: random.Random) -> tuple[BookingBook, list[Booking]]:
-    book = BookingBook(_bays(), SECRET)
+def _book(n: int, rng: random.Random, bays: list[Bay] | None = None) -> tuple[BookingBook, list[Booking]]:
+    book = BookingBook(bays or _bays(), SECRET)
     slots = 183 * 96  # quarter hours in six months
     i = 0
     while len(book) < n:
@@ -124,6 +133,165 @@ def _assign_figure(book: BookingBook, bookings: list[Booking], n: int) -> Result
         goal=1.0, command="python -m bench gate")
 
 
+# ---- plate event to OPEN coil, end to end
+
+
+def _site_config(tmp: Path, listen: int, barrier: int) -> str:
+    maps = Path(__file__).resolve().parents[1] / "config" / "register-maps" / "hubcharge-mcs1200.toml"
+    chargers = "".join(
+        f'[[chargers]]\nid = "CH{c}"\naddress = "127.0.0.1:9"\nregister_map = "{maps}"\nconnectors = ['
+        + ", ".join(f'{{ id = "C{c * 4 + k:02d}", index = {k + 1} }}' for k in range(4)) + "]\n"
+        for c in range(10))
+    bays = "".join(
+        f'[[bays]]\nid = "bay{i:02d}"\nconnector = "C{i:02d}"\nconnector_type = "{GROUPS[i % 4][0]}"\n'
+        f'side = "{GROUPS[i % 4][1]}"\nlength_m = {25.25 if i % 3 else 18.75}\n' for i in range(40))
+    return f"""
+[hub]
+id = "BENCH-GATE"
+country = "NL"
+vat_rate = "0.21"
+[storage]
+state_dir = "{tmp / 'state'}"
+[control]
+socket = "{tmp / 'control.sock'}"
+{chargers}{bays}
+[[gates]]
+id = "G-IN"
+role = "entry"
+barrier = {{ address = "127.0.0.1:{barrier}" }}
+camera = {{ listen = "127.0.0.1:{listen}", vendor = "hikvision", secret = "bench" }}
+"""
+
+
+class _CoilClock:
+    """Stamps each OPEN coil write as the simulator takes it."""
+
+    def __init__(self, sim):
+        self.stamps: list[float] = []
+        original = sim._coil_written
+
+        def written(address, value, now):
+            if address == sim.wiring.open_coil and value:
+                self.stamps.append(time.perf_counter())
+            original(address, value, now)
+
+        sim._coil_written = written
+
+    async def next_after(self, count: int, timeout: float = 5.0) -> float:
+        deadline = time.perf_counter() + timeout
+        while len(self.stamps) <= count:
+            if time.perf_counter() > deadline:
+                raise RuntimeError("bench gate: the barrier simulator never saw the OPEN coil")
+            await asyncio.sleep(0)
+        return self.stamps[count]
+
+
+async def _end_to_end(n: int, reads: int, rng: random.Random) -> tuple[list[float], list[float]]:
+    import tempfile
+
+    from pymodbus.client import AsyncModbusTcpClient
+
+    from edge.clock import FakeClock
+    from edge.config import parse_config
+    from edge.hub import Hub
+    from simulators.barrier import BarrierSimulator
+    from simulators.broker import free_port
+    from simulators.camera import CameraSimulator, hikvision_multipart, hikvision_xml
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-gate-"))
+    # The daemon logs every decision at info level: keep that cost, into a file.
+    import logging
+
+    from edge.journal import setup_logging
+
+    log_file = open(tmp / "hubedge.log", "w")
+    setup_logging("info", stream=log_file)
+    sim = BarrierSimulator(travel_s=0.05, dwell_s=0.5, tick_s=0.02)
+    await sim.start()
+    coils = _CoilClock(sim)
+    listen = free_port()
+    clock = FakeClock(START)
+    import tomllib
+
+    hub = Hub(parse_config(tomllib.loads(_site_config(tmp, listen, sim.port)), tmp / "hub.toml"), clock=clock)
+    bays = list(hub.bookings.bays.values())
+    hub.bookings, bookings = _book(n, rng, bays)
+    site = next(p for p in hub.capabilities if p.name == "site")
+    ours: list[float] = []
+    base: list[float] = []
+    try:
+        await site.start()
+        rt = site.gates["G-IN"]
+        rt.barrier.pulse_s = 0.005  # a short impulse so reads can follow each other
+        camera = CameraSimulator(f"http://127.0.0.1:{listen}/anpr", "hikvision", "bench")
+        for _ in range(200):  # the barrier driver connects in the background
+            if rt.barrier.health.state == "ok":
+                break
+            await asyncio.sleep(0.02)
+        for i in range(reads + 10):
+            b = rng.choice(bookings)
+            clock._now = b.slot_start - timedelta(minutes=rng.randint(0, 25))
+            clock._mono += 10_000  # earlier ad-hoc admissions are no longer on their way
+            plate = b.plates[0] if rng.random() < 0.7 else _plate(rng)
+            body, ctype = camera.plate_body(plate, 0.95)
+            seen = len(coils.stamps)
+            t0 = time.perf_counter()
+            reply = await camera.post(body, ctype)
+            if reply.status != 200:
+                raise RuntimeError(f"bench gate: listener answered {reply.status}")
+            if rt.last_action != "open":
+                continue  # refused or for the operator: no coil to time
+            t1 = await coils.next_after(seen)
+            if i >= 10:  # warm-up
+                ours.append((t1 - t0) * 1000)
+            if rt.barrier.open_confirmation:
+                await rt.barrier.open_confirmation
+            await asyncio.sleep(0.01)
+        await site.stop()
+
+        # Baseline: a trivial HTTP server that writes the coil with a bare client.
+        client = AsyncModbusTcpClient("127.0.0.1", port=sim.port)
+        await client.connect()
+
+        async def trivial(reader, writer):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(re.search(rb"content-length: *(\d+)", head, re.I).group(1))
+            await reader.readexactly(length)
+            await client.write_coil(sim.wiring.open_coil, True, device_id=1)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+            writer.close()
+            await client.write_coil(sim.wiring.open_coil, False, device_id=1)
+
+        server = await asyncio.start_server(trivial, "127.0.0.1", 0)
+        bare = CameraSimulator(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/anpr", "hikvision")
+        body, ctype = hikvision_multipart(hikvision_xml("NL-AB-123-C", 0.95))
+        for i in range(reads + 10):
+            seen = len(coils.stamps)
+            t0 = time.perf_counter()
+            await bare.post(body, ctype)
+            t1 = await coils.next_after(seen)
+            if i >= 10:
+                base.append((t1 - t0) * 1000)
+            await asyncio.sleep(0.01)
+        server.close()
+        client.close()
+    finally:
+        hub.store.close()
+        await sim.stop()
+        logging.getLogger().handlers.clear()
+        log_file.close()
+    return ours, base
+
+
+def _open_figure(n: int, reads: int, rng: random.Random) -> Result:
+    ours, base = asyncio.run(_end_to_end(n, reads, rng))
+    return Result(
+        name=f"plate POST to OPEN coil p99 ({n} bookings, 40 bays)", value=round(percentile(ours, 99), 3), unit="ms",
+        baseline="bare HTTP POST to a trivial asyncio server + bare pymodbus coil write",
+        baseline_value=round(percentile(base, 99), 3), goal=20.0, command="python -m bench gate")
+
+
 def run(quick: bool) -> list[Result]:
     rng = random.Random(20260105)
     n = 2_000 if quick else 10_000
@@ -131,6 +299,7 @@ def run(quick: bool) -> list[Result]:
     return [
         _gate_figure(book, bookings, 300 if quick else 3_000, rng, n),
         _assign_figure(book, bookings, n),
+        _open_figure(n, 100 if quick else 300, random.Random(20260106)),
     ]
 
 

@@ -160,11 +160,22 @@ class BarrierDriver:
 
     # -- public commands (no close: R-G5)
 
-    async def pulse_open(self) -> None:
+    async def pulse_open(self, on_sent: Callable[[bool], None] | None = None) -> None:
         """Give the barrier an OPEN impulse. Returns after the impulse; the
         open position is confirmed in the background (``open_confirmation``),
-        and a boom that does not get there in ``open_confirm_s`` is a fault."""
-        await self._write_coil(self.io_map.open_coil, True, rest=False)
+        and a boom that does not get there in ``open_confirm_s`` is a fault.
+
+        ``on_sent(ok)`` is called as soon as the OPEN write is answered (or
+        has failed), before the impulse ends: the caller's bookkeeping waits
+        for the barrier, never the other way round."""
+        try:
+            await self._write_coil(self.io_map.open_coil, True, rest=False)
+        except BarrierUnavailable:
+            if on_sent is not None:
+                on_sent(False)
+            raise
+        if on_sent is not None:
+            on_sent(True)
         try:
             await asyncio.sleep(self.pulse_s)
         finally:

@@ -126,6 +126,15 @@ class NoBayAvailable:
 BookingDecision = Union[BayAssigned, BayReassigned, NoShow, Overstay, BayReleased, NoBayAvailable]
 
 
+def _span(td: timedelta) -> str:
+    """A duration as people say it: "30 min", "1 h 30 min", "45 s"."""
+    secs = round(td.total_seconds())
+    if secs < 60:
+        return f"{secs} s"
+    hours, minutes = divmod(secs // 60, 60)
+    return f"{hours} h {minutes} min" if hours and minutes else f"{hours} h" if hours else f"{minutes} min"
+
+
 def _local(ts: datetime, settings: AssignmentSettings) -> str:
     return ts.astimezone(settings.site_timezone).strftime("%Y-%m-%d %H:%M %Z")
 
@@ -280,7 +289,7 @@ def review(
             decisions.append(NoShow(
                 b.id, released,
                 f"no truck by {_local(b.slot_start + settings.no_show_timeout, settings)} "
-                f"({settings.no_show_timeout} after the slot start): the booking is a no-show"
+                f"({_span(settings.no_show_timeout)} after the slot start): the booking is a no-show"
                 + (f" and bay {released} is free for others" if released else "")
                 + "; book again if the truck is still coming"))
             if released:

@@ -42,7 +42,9 @@ class ConfigError(Exception):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # TOML has inf and nan: a timeout or quota of inf passes "gt=0" and then
+    # breaks the daemon at start-up, so non-finite numbers are refused here.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class HubSection(Section):
@@ -265,6 +267,15 @@ def _describe(err: dict) -> str:
     return msg
 
 
+def _is_file(path: Path) -> bool:
+    # A name too long for the file system (or with a NUL) is an absent file,
+    # not a crash of the loader.
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _cross_check(cfg: HubConfig) -> list[str]:
     problems: list[str] = []
 
@@ -294,7 +305,7 @@ def _cross_check(cfg: HubConfig) -> list[str]:
                 problems.append(f"chargers[{ci}].connectors[{ki}].index: index {c.index} used twice on this charger")
             indexes.add(c.index)
         path = cfg.resolve(ch.register_map)
-        if not path.is_file():
+        if not _is_file(path):
             problems.append(f"chargers[{ci}].register_map: file {ch.register_map!r} not found (relative paths are relative to the config file)")
         else:
             try:
@@ -343,15 +354,18 @@ def _cross_check(cfg: HubConfig) -> list[str]:
                 problems.append(f"cloud.{key}: required with an mqtts:// broker (the hub authenticates with a client certificate, R-M5)")
     for key in ("ca_file", "cert_file", "key_file"):
         v = getattr(cfg.cloud, key)
-        if v and not cfg.resolve(v).is_file():
+        if v and not _is_file(cfg.resolve(v)):
             problems.append(f"cloud.{key}: file {v!r} not found")
-    if cfg.hub.plate_secret_file and not cfg.resolve(cfg.hub.plate_secret_file).is_file():
+    if cfg.hub.plate_secret_file and not _is_file(cfg.resolve(cfg.hub.plate_secret_file)):
         problems.append(f"hub.plate_secret_file: file {cfg.hub.plate_secret_file!r} not found")
     return problems
 
 
 def parse_config(data: dict, source: str | Path = "") -> HubConfig:
     """Validate a parsed TOML document. Raises ConfigError with every problem."""
+    if "source" in data:
+        # "source" is where the file was read from, set by the loader, not a key.
+        raise ConfigError(source or "<config>", ["source: unknown key (check its spelling against config/README.md)"])
     try:
         cfg = HubConfig.model_validate({**data, "source": str(source)})
     except ValidationError as exc:
@@ -375,6 +389,8 @@ def load_config(path: str | Path) -> HubConfig:
         raise ConfigError(path, ["the file is not UTF-8 text"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
+    except RecursionError:
+        raise ConfigError(path, ["not valid TOML for a hub: arrays or tables nested too deeply"]) from None
     return parse_config(data, path.resolve())
 
 

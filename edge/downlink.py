@@ -128,7 +128,7 @@ class Downlink:
                                        f"bytes: split it into smaller batches")
         try:
             message = json.loads(payload.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:  # RecursionError: nesting too deep
             return None, self._refusal(None, kind, "invalid_json",
                                        f"payload is not UTF-8 JSON ({type(e).__name__}): send a JSON object")
         if not isinstance(message, dict):

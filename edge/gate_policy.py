@@ -215,7 +215,9 @@ def _ad_hoc(book: BookingBook, site: SiteView, now: datetime, settings: GateSett
     # by another group's free bays.
     spare = spare_unbookable + sum(max(0, n - held.get(g, 0)) for g, n in free.items())
     spare -= site.trucks_on_way
-    detail = {"free_bays": sum(free.values()) + spare_unbookable, "held_for_bookings": sum(held.values()),
+    # Bays already showing Reserved are held for bookings too, for the person reading why.
+    reserved = sum(1 for bay in site.bays if site.conditions.get(bay.id) == BayCondition.RESERVED)
+    detail = {"free_bays": sum(free.values()) + spare_unbookable, "held_for_bookings": sum(held.values()) + reserved,
               "spare_bays": max(spare, 0), "trucks_on_way": site.trucks_on_way}
     if spare >= 1:
         return _decision(True, GateAction.OPEN, GateReason.ADHOC_ADMITTED,
@@ -223,7 +225,7 @@ def _ad_hoc(book: BookingBook, site: SiteView, now: datetime, settings: GateSett
                          masked, **detail)
     horizon_end = now + settings.hold_horizon
     return _decision(False, GateAction.REFUSE, GateReason.ADHOC_NO_SPACE,
-                     f"{note}no bay free for ad-hoc charging: {sum(held.values())} bay(s) are held for booked trucks "
+                     f"{note}no bay free for ad-hoc charging: {detail['held_for_bookings']} bay(s) are held for booked trucks "
                      f"due by {_local(horizon_end, settings)} and the rest are in use or out of service; "
                      "try again later or book a slot", masked, **detail)
 

@@ -25,7 +25,8 @@ _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}
 FORMATS = FormatChecker()
 
 
-@FORMATS.checks("date-time", raises=ValueError)
+# OverflowError: an offset that pushes year 1 or 9999 off the calendar in UTC.
+@FORMATS.checks("date-time", raises=(ValueError, OverflowError))
 def _is_datetime(value: object) -> bool:
     if not isinstance(value, str):
         return True

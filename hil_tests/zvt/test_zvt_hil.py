@@ -162,3 +162,17 @@ async def test_missing_port_and_refused_tcp_are_unavailable():
         port = s.getsockname()[1]
     with pytest.raises(TerminalUnavailable, match="cannot connect"):
         await ZvtClient.from_url(f"tcp://127.0.0.1:{port}", password=0, timers=SERIAL).connect()
+
+
+async def test_r_p1_read_card_token_matches_the_pre_authorisation_token(zvt_client, zvt_sim):
+    """R-P1: the arch stop recognises the card by the terminal's token, the
+    same one the pre-authorisation gave; another card gives another token."""
+    paid = await zvt_client.preauthorize(Decimal("20.00"))
+    read = await zvt_client.read_card(10)
+    assert read.ok and read.card_token == paid.card_token and read.masked_pan == "411111******1111"
+    zvt_sim.pan = "5555555555554444"
+    other = await zvt_client.read_card(10)
+    assert other.ok and other.card_token != paid.card_token
+    zvt_sim.read_card_supported = False
+    refused = await zvt_client.read_card(10)
+    assert not refused.ok and refused.result_code == 0x83

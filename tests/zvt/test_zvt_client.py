@@ -199,3 +199,39 @@ def test_from_url_picks_transport():
     assert isinstance(ZvtClient.from_url("/dev/ttyUSB0", password=0)._link, SerialLink)
     with pytest.raises(ValueError, match="host and port"):
         ZvtClient.from_url("tcp://nohost", password=0)
+
+
+async def test_r_p4_money_command_lost_after_sending_is_flagged_maybe_done():
+    """R-P4: the payment ledger must know a lost booking may have been done."""
+    client, _ = await client_for([])
+    with pytest.raises(TerminalTimeout) as info:
+        await client.book_preauth(5, Decimal("1.00"), preauthorized=Decimal("2.00"))
+    assert info.value.maybe_done
+    # A query that is lost did nothing worth checking for.
+    client2, _ = await client_for([])
+    with pytest.raises(TerminalTimeout) as info2:
+        await client2.status_enquiry()
+    assert not info2.value.maybe_done
+
+
+async def test_r_p1_r_p6_read_card_gives_the_token_of_the_real_capture_not_the_number():
+    """R-P1: the arch stop reads the card (06 C0); the real capture's status
+    information carries the card token (TLV 1F14) and a masked track."""
+    from pathlib import Path
+
+    # The shared capture corpus, found the way test_zvt_corpus.py finds it.
+    capture = Path(__file__).resolve().parents[2].parent / "shared/data/zvt-captures/status_information_read_card.blob"
+    if not capture.exists():
+        pytest.skip("ZVT capture corpus not available")
+    info = capture.read_bytes()
+    client, link = await client_for([m.ack(), m.intermediate_status(0x0A), info, m.completion()])
+    result = await client.read_card(30)
+    assert result.ok and result.card_token == "3f56a32065cc4dbe8330c37609f91996"
+    assert link.sent[0].control == m.READ_CARD and link.sent[0].field("timeout") == 30
+    assert result.receipt_no is None and result.amount is None
+
+
+async def test_read_card_refused_by_terminal_without_it():
+    client, _ = await client_for([m.nak(0x83)])
+    result = await client.read_card(10)
+    assert not result.ok and result.result_code == 0x83
