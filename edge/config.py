@@ -160,6 +160,8 @@ class TerminalSection(Section):
     port: str = Field(min_length=1, description="pyserial URL or device, or tcp://host:port")
     connectors: list[Id] = Field(min_length=1)
     password: str = "000000"
+    t3_command_s: float = Field(default=5.0, gt=0, le=60, description="ZVT T3: command to the terminal's 80 00 / 84 xx")
+    t4_completion_s: float = Field(default=180.0, gt=0, le=600, description="ZVT T4: 80 00 to completion (the card holder is typing)")
 
 
 class ReaderSection(Section):
