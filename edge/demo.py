@@ -143,9 +143,6 @@ currency = "EUR"
 timezone = "Europe/Amsterdam"
 vat_rate = "0.21"
 receipt_base_url = "https://receipts.example.com/r/"
-# A smaller hold than the 199.00 EUR default, so the day shows a session
-# stopped by its cost cap (R-P2) within a few simulated hours.
-preauth_amount = "60.00"
 
 [cloud]
 {cloud}
