@@ -79,6 +79,8 @@ class DemoHub:
     devices: dict = field(default_factory=dict)
     broker: str | None = None
     cloud: object | None = None  # simulators.cloud.CloudSimulator when a broker is there
+    private_broker: object | None = None  # the demo's own mosquitto when no --broker was given
+    config_path: Path | None = None
 
     def connector_sim(self, connector_id: str):
         """(charger simulator, 0-based index) of a demo connector."""
@@ -86,6 +88,88 @@ class DemoHub:
 
     async def sim_sleep(self, sim_seconds: float) -> None:
         await asyncio.sleep(sim_seconds / self.speed)
+
+    # ----------------------------------------------------- the whole site
+    async def start(self, *, broker: str | None = None, hub_config_extra: str = "") -> list[str]:
+        """Start every simulator, the broker and simulated cloud (unless a
+        broker is given), write the configuration and start the daemon.
+        Returns notes for a person (what runs without what). Used by the
+        demo, the scenario tests and the chaos run alike."""
+        from simulators.broker import Broker, mosquitto_available
+
+        notes = []
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if broker:
+            self.broker = broker
+        elif mosquitto_available():
+            # The demo brings its own broker and a simulated cloud on
+            # loopback, so roaming checks, token lists and bookings take part.
+            self.private_broker = Broker(self.state_dir / "broker", persistence=True).start()
+            self.broker = self.private_broker.url
+        else:
+            notes.append("mosquitto is not installed, so the day runs without a cloud "
+                         "(install it with apt-get install mosquitto to see roaming checks and bookings)")
+        if self.broker:
+            from simulators.cloud import CloudSimulator
+
+            try:
+                self.cloud = CloudSimulator(self.broker, "DEMO-01").start()
+            except RuntimeError as exc:
+                notes.append(f"{exc}; the day runs without the simulated cloud")
+        ports = await _start_simulators(self)
+        self.parts = load_parts(self)
+        config = _config(self, ports, self.broker) + hub_config_extra
+        for part in self.parts:
+            config += "\n" + await part.start()
+        self.config_path = self.state_dir / "hub.toml"
+        self.config_path.write_text(config)
+        self.log_path = self.state_dir / "hubedge.log"
+        self.start_daemon()
+        return notes
+
+    def start_daemon(self, env_extra: dict | None = None) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env_extra or {}))
+        with open(self.log_path, "ab") as logf:
+            self.daemon = subprocess.Popen(
+                [sys.executable, "-m", "edge.cli", "run", "--config", str(self.config_path)],
+                stdout=logf, stderr=logf, env=env, cwd=str(ROOT),
+            )
+
+    def kill_daemon(self) -> None:
+        """A power cut, as far as the daemon can tell (SIGKILL)."""
+        if self.daemon and self.daemon.poll() is None:
+            self.daemon.kill()
+            self.daemon.wait(10)
+
+    def stop_daemon(self) -> int | None:
+        if self.daemon and self.daemon.poll() is None:
+            self.daemon.send_signal(signal.SIGTERM)
+            try:
+                return self.daemon.wait(15)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+                return None
+        return self.daemon.returncode if self.daemon else None
+
+    async def wait_ready(self, timeout: float = 30) -> None:
+        await _wait_for_daemon(self, timeout)
+
+    async def stop(self) -> None:
+        self.stop_daemon()
+        for part in self.parts:
+            try:
+                await part.stop()
+            except Exception:
+                pass
+        for sim in self.chargers.values():
+            try:
+                await sim.stop()
+            except Exception:
+                pass
+        if self.cloud is not None:
+            self.cloud.stop()
+        if self.private_broker is not None:
+            self.private_broker.kill()
 
     async def unplug_when_unlocked(self, connector_id: str, tries: int = 50) -> bool:
         """The driver pulls the cable once the hub has unlocked it."""
@@ -288,50 +372,15 @@ async def _run(args) -> int:
     speed = max(1.0, float(args.speed))
     own_dir = args.state_dir is None
     state_dir = Path(args.state_dir or tempfile.mkdtemp(prefix="hubedge-demo-")).resolve()
-    state_dir.mkdir(parents=True, exist_ok=True)
     socket = Path(args.socket).resolve() if args.socket else state_dir / "control.sock"
     hub = DemoHub(state_dir=state_dir, socket=socket, speed=speed)
     tty = sys.stdout.isatty() and not args.no_view
     style = Style(tty and os.environ.get("NO_COLOR") is None)
-
-    private_broker = None
-    if args.broker:
-        hub.broker = args.broker
-    else:
-        # No cloud given: the demo brings its own broker and a simulated cloud
-        # on loopback, so roaming checks, token lists and bookings take part.
-        from simulators.broker import Broker, mosquitto_available
-
-        if mosquitto_available():
-            private_broker = Broker(state_dir / "broker", persistence=False).start()
-            hub.broker = private_broker.url
-        else:
-            print("hub-edge demo: mosquitto is not installed, so the day runs without a cloud "
-                  "(install it with apt-get install mosquitto to see roaming checks and bookings)", flush=True)
-    if hub.broker:
-        from simulators.cloud import CloudSimulator
-
-        try:
-            hub.cloud = CloudSimulator(hub.broker, "DEMO-01").start()
-        except RuntimeError as exc:
-            print(f"hub-edge demo: {exc}; the day runs without the simulated cloud", flush=True)
-    ports = await _start_simulators(hub)
-    hub.parts = load_parts(hub)
-    config = _config(hub, ports, hub.broker)
-    for part in hub.parts:
-        config += "\n" + await part.start()
-    cfg_path = state_dir / "hub.toml"
-    cfg_path.write_text(config)
-    hub.log_path = state_dir / "hubedge.log"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with open(hub.log_path, "ab") as logf:
-        hub.daemon = subprocess.Popen(
-            [sys.executable, "-m", "edge.cli", "run", "--config", str(cfg_path)],
-            stdout=logf, stderr=logf, env=env, cwd=str(ROOT),
-        )
-    print(f"hub-edge demo: state in {state_dir}; try `hubctl --socket {socket} status` in another terminal", flush=True)
     try:
-        await _wait_for_daemon(hub)
+        for note in await hub.start(broker=args.broker):
+            print(f"hub-edge demo: {note}", flush=True)
+        print(f"hub-edge demo: state in {state_dir}; try `hubctl --socket {socket} status` in another terminal", flush=True)
+        await hub.wait_ready()
         steps = _script(hub)
         for part in hub.parts:
             steps += part.steps()
@@ -383,26 +432,7 @@ async def _run(args) -> int:
         print(summary, flush=True)
         return 0
     finally:
-        if hub.daemon and hub.daemon.poll() is None:
-            hub.daemon.send_signal(signal.SIGTERM)
-            try:
-                hub.daemon.wait(15)
-            except subprocess.TimeoutExpired:
-                hub.daemon.kill()
-        for part in hub.parts:
-            try:
-                await part.stop()
-            except Exception:
-                pass
-        for sim in hub.chargers.values():
-            try:
-                await sim.stop()
-            except Exception:
-                pass
-        if hub.cloud is not None:
-            hub.cloud.stop()
-        if private_broker is not None:
-            private_broker.kill()
+        await hub.stop()
         if own_dir and os.environ.get("HUBEDGE_DEMO_KEEP") is None:
             shutil.rmtree(state_dir, ignore_errors=True)
 
