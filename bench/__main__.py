@@ -20,6 +20,8 @@ BENCHMARKS = {
     "auth": "bench.auth",          # 1M tokens: tap to start, memory, apply
     "gate": "bench.gate",          # plate to decision, assignment
     "scale": "bench.scale",        # 1M tokens and 1M sessions: filters, insert, memory, CPU, READY
+    "chaos": "bench.chaos",        # kills, broker restarts, garbled devices; invariants checked
+    "fuzz": "bench.fuzz",          # every parser of outside input
 }
 
 
@@ -28,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("names", nargs="*", metavar="NAME", help=f"which benchmarks ({', '.join(BENCHMARKS)}); default all")
     p.add_argument("--quick", action="store_true", help="short runs (CI); the figures are noisier")
     p.add_argument("--json", action="store_true", help="print a JSON list of {name, value, unit, baseline, baseline_value, ratio, goal, ok}")
+    p.add_argument("--strict", action="store_true", help="exit 1 when any figure misses its goal or any invariant fails (CI)")
     args = p.parse_args(argv)
     names = args.names or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
@@ -55,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  reproduce: {c}")
     if args.json:
         print(json.dumps([r.as_dict() for r in results], indent=2))
+    missed = [r for r in results if r.ok is False]
+    if missed and args.strict:
+        print("bench: " + "; ".join(f"{r.name} missed ({r.value:.4g} {r.unit}, goal {r.goal:g})" for r in missed), file=sys.stderr)
+        return 1
     return 1 if failed else 0
 
 
