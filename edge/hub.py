@@ -173,6 +173,7 @@ class Hub:
         self.session_ended_hooks: list[Callable[[Session], Awaitable[None] | None]] = []
         self.tokens_applied_hooks: list[Callable[[Any], None]] = []  # called with the ApplyResult, on the loop
         self._tokens_lock = asyncio.Lock()
+        self._bookings_lock = asyncio.Lock()
         self.stopping = False
         self.events_put = 0
         self.last_sync: dict[str, datetime] = {}
@@ -939,10 +940,7 @@ class Hub:
             outcome = self.bookings.apply_sync(msg, self.clock.now())
             if not outcome.ok:
                 raise Rejected(outcome.code, outcome.reason)
-            docs = self.bookings.documents()
-            table = self.store.documents("bookings")
-            table.truncate()
-            table.insert_multiple(docs)
+            await self.save_bookings()
             results = [
                 {"booking": r.booking_id, "op": r.op, "ok": r.accepted, "code": r.code, "reason": r.reason}
                 for r in outcome.results
@@ -954,6 +952,25 @@ class Hub:
 
         self.downlink.register("tokens", tokens)
         self.downlink.register("bookings", bookings)
+
+    async def save_bookings(self) -> None:
+        """The one writer of the stored bookings. The book is snapshotted on
+        the loop and written off it (10,000 bookings are megabytes of JSON,
+        and the atomic document storage rewrites the whole file); writes
+        never overlap, and a change made while one runs is written by the
+        next."""
+        from edge.bookings import documents_of
+
+        async with self._bookings_lock:
+            snapshot = self.bookings.snapshot()
+            docs = await asyncio.to_thread(documents_of, snapshot)
+
+            def write() -> None:
+                with self.store.documents_batch("bookings") as db:
+                    db.truncate()
+                    db.insert_multiple(docs)
+
+            await asyncio.to_thread(write)
 
     async def request_resync(self, user: str, progress, timeout: float = 60.0) -> dict:
         """Ask the cloud for a full resend of every synced kind and follow

@@ -42,6 +42,9 @@ HOLDING_STATES: frozenset[str] = frozenset({ASSIGNED, ARRIVED, CHARGING})
 
 TRANSITIONS: list[dict] = [
     {"trigger": "assign_bay", "source": CONFIRMED, "dest": ASSIGNED},
+    # A truck that came in when no fitting bay was free gets one as soon as
+    # one frees up; it stays arrived.
+    {"trigger": "assign_bay", "source": ARRIVED, "dest": ARRIVED},
     {"trigger": "reassign_bay", "source": ASSIGNED, "dest": ASSIGNED},
     # The cloud moved the slot or changed the truck so the held bay no
     # longer fits: the hold ends and the booking waits for a new bay.
