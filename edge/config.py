@@ -130,6 +130,9 @@ class BookingSection(Section):
 class GateSettings(Section):
     confidence_threshold: float = Field(default=0.85, ge=0, le=1)
     plate_retention_hours: float = Field(default=24, ge=0)
+    no_read_review_s: float = Field(default=5.0, gt=0, le=120, description="entry presence with no plate read: manual review after this")
+    pulse_ms: int = Field(default=500, ge=50, le=5000, description="length of the OPEN impulse")
+    open_confirm_s: float = Field(default=5.0, gt=0, le=60, description="a barrier told to open that is not open by then is a fault")
 
 
 class ConnectorRef(Section):

@@ -69,7 +69,6 @@ log = logging.getLogger("hubedge.site")
 
 # A vehicle on the entry's presence loop with no read for this long goes to
 # the operator (R-G4): the camera normally reads well within a second.
-NO_READ_WAIT_S = 5.0
 # A presence this soon after a decision at the same gate is the vehicle that
 # was just decided on, driving through: not a new arrival.
 PASSING_S = 30.0
@@ -293,7 +292,9 @@ class SiteAccess(Capability):
             rt = self.gates[g.id]
             host, port = g.barrier.address.rsplit(":", 1)
             rt.barrier = BarrierDriver(g.id, host.strip("[]"), int(port), g.barrier.unit, None,
-                                       lambda ev, gid=g.id: self._on_barrier(gid, ev))
+                                       lambda ev, gid=g.id: self._on_barrier(gid, ev),
+                                       open_confirm_s=self.hub.cfg.gate.open_confirm_s,
+                                       pulse_ms=self.hub.cfg.gate.pulse_ms)
             self.hub.devices[g.id] = rt.barrier.health
             self.hub.spawn(rt.barrier.run())
             if g.camera is not None:
@@ -439,7 +440,7 @@ class SiteAccess(Capability):
             if rt.role == GateRole.EXIT:
                 # R-G6: the exit never traps a vehicle, read or no read; a read
                 # that opened it a moment ago already let this one out.
-                if rt.last_open_mono is None or mono - rt.last_open_mono >= NO_READ_WAIT_S:
+                if rt.last_open_mono is None or mono - rt.last_open_mono >= self.hub.cfg.gate.no_read_review_s:
                     now = self.hub.clock.now()
                     decision = decide_at_gate(None, GateRole.EXIT, self.book, self._site_view(), now, self.gate_settings)
                     self._carry_out(rt, decision, now, trigger="presence")
@@ -453,7 +454,7 @@ class SiteAccess(Capability):
         for rt in self.gates.values():
             if rt.role != GateRole.ENTRY or not rt.presence or rt.presence_handled:
                 continue
-            if rt.presence_mono is not None and mono - rt.presence_mono >= NO_READ_WAIT_S:
+            if rt.presence_mono is not None and mono - rt.presence_mono >= self.hub.cfg.gate.no_read_review_s:
                 decision = decide_at_gate(None, GateRole.ENTRY, self.book, self._site_view(), now, self.gate_settings)
                 self._carry_out(rt, decision, now, trigger="presence")
 

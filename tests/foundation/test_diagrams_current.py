@@ -10,3 +10,9 @@ def test_committed_diagrams_match_the_machines():
         path = DOCS / f"{name}.md"
         assert path.exists(), f"{path} missing: run python -m state_machines.diagrams"
         assert path.read_text() == document(name), f"{path} is stale: run python -m state_machines.diagrams"
+
+
+def test_the_event_catalogue_in_docs_is_current():
+    from edge.schemas.catalogue import DOC, render
+
+    assert DOC.read_text() == render(), "docs/events.md is stale: run python -m edge.schemas.catalogue"
