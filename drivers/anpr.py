@@ -222,11 +222,11 @@ def _aware_utc(text: str | None) -> datetime | None:
         return None
     try:
         ts = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
+        if ts.tzinfo is None:
+            return None
+        return ts.astimezone(timezone.utc)
+    except (ValueError, OverflowError):  # year 1 at +01:00 overflows on the way to UTC
         return None
-    if ts.tzinfo is None:
-        return None
-    return ts.astimezone(timezone.utc)
 
 
 def _event_id(prefix: str, payload: bytes) -> str:
@@ -337,9 +337,18 @@ def parse_hikvision(
         xml = body
     if not xml.strip():
         raise PlateReadError("empty body: expected an EventNotificationAlert XML document")
-    _refuse_doctype(xml)
+    # ISAPI sends UTF-8. Anything else is refused before the DOCTYPE check,
+    # so that check and the parser see the same characters: a UTF-16 body
+    # (with or without a byte-order mark) cannot smuggle a DOCTYPE past it.
+    if b"\x00" in xml:
+        raise PlateReadError("XML with NUL bytes (UTF-16?) is refused: the camera must send UTF-8")
     try:
-        root = ET.fromstring(xml)
+        text = xml.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise PlateReadError("XML is not UTF-8: set the camera's notification to UTF-8") from None
+    _refuse_doctype(text.encode())
+    try:
+        root = ET.fromstring(text)
     except ET.ParseError as exc:
         raise PlateReadError(f"XML is not well-formed ({exc})") from None
     except (ValueError, LookupError, RecursionError) as exc:
@@ -431,7 +440,7 @@ def parse_axis(
         doc = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError:
         raise PlateReadError("body is not UTF-8: expected an Axis LPV event (JSON)") from None
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, or a number too long to convert
         raise PlateReadError(f"body is not JSON ({type(exc).__name__})") from None
     events = doc if isinstance(doc, list) else [doc]
     if not events or not all(isinstance(e, dict) for e in events):
@@ -517,7 +526,7 @@ _REASONS = {
     505: "HTTP Version Not Supported",
 }
 
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # used with fullmatch: "$" would let a trailing newline in
 
 
 class _Refusal(Exception):
@@ -550,7 +559,7 @@ def parse_request_head(head: bytes) -> _Request:
     if len(parts) != 3:
         raise _Refusal(400, "malformed request line")
     method, target, version = parts
-    if not _TOKEN.match(method):
+    if not _TOKEN.fullmatch(method):
         raise _Refusal(400, "malformed method")
     if version not in ("HTTP/1.1", "HTTP/1.0"):
         raise _Refusal(505, "only HTTP/1.1 and HTTP/1.0 are served")
@@ -563,7 +572,7 @@ def parse_request_head(head: bytes) -> _Request:
         if line[0] in " \t":
             raise _Refusal(400, "folded header lines are not accepted")
         name, sep, value = line.partition(":")
-        if not sep or not _TOKEN.match(name):
+        if not sep or not _TOKEN.fullmatch(name):
             raise _Refusal(400, "malformed header line")
         key = name.lower()
         value = value.strip(" \t")
@@ -791,7 +800,7 @@ class AnprListener:
             length_text = request.headers.get("content-length")
             if length_text is None:
                 raise _Refusal(411, "Content-Length is required")
-            if not length_text.isdigit() or len(length_text) > 12:
+            if not (length_text.isascii() and length_text.isdigit()) or len(length_text) > 12:
                 raise _Refusal(400, "Content-Length is not a number")
             length = int(length_text)
             if length > self.max_body:
