@@ -15,17 +15,16 @@ memory and time on a Pi); it asks `next_status`, whose table is read from
 the one machine built here, so the diagram, the tests and the book all
 follow the same definition.
 
-Regenerate the diagram with ``python -m state_machines.booking``.
+Regenerate the diagram with ``python -m state_machines.diagrams``.
 """
 
 from __future__ import annotations
 
-import re
 import sys
-from pathlib import Path
 
 from transitions import Machine
-from transitions.extensions import GraphMachine
+
+from state_machines.table import transition_table
 
 CONFIRMED = "confirmed"
 ASSIGNED = "assigned"
@@ -59,6 +58,7 @@ TRANSITIONS: list[dict] = [
     {"trigger": "declare_no_show", "source": [CONFIRMED, ASSIGNED], "dest": NO_SHOW},
 ]
 
+INITIAL = CONFIRMED
 TRIGGERS: tuple[str, ...] = tuple(dict.fromkeys(t["trigger"] for t in TRANSITIONS))
 
 
@@ -80,17 +80,7 @@ def booking_machine(model: BookingLifecycle, initial: str = CONFIRMED) -> Machin
     )
 
 
-def _table() -> dict[tuple[str, str], str]:
-    probe = booking_machine(BookingLifecycle("table"))
-    table: dict[tuple[str, str], str] = {}
-    for trigger, event in probe.events.items():
-        for source, transitions in event.transitions.items():
-            for t in transitions:
-                table[(trigger, source)] = t.dest
-    return table
-
-
-_NEXT = _table()
+_NEXT = transition_table(STATES, TRANSITIONS, INITIAL)
 
 
 def next_status(status: str, trigger: str) -> str | None:
@@ -100,44 +90,16 @@ def next_status(status: str, trigger: str) -> str | None:
 
 def render_diagram() -> str:
     """The Markdown page with the mermaid diagram, built from the machine."""
-    model = BookingLifecycle("diagram")
-    GraphMachine(
-        model=model,
-        states=STATES,
-        transitions=TRANSITIONS,
-        initial=CONFIRMED,
-        auto_transitions=False,
-        graph_engine="mermaid",
-        title="Booking lifecycle",
-    )
-    chart = model.get_graph().draw(None).rstrip() + "\n"
-    # transitions 0.9.3 writes the title as bare front matter and capitalises
-    # the `class` statement; mermaid wants `title:` and lower case, else
-    # renderers reject the chart.
-    chart = chart.replace("---\nBooking lifecycle\n---", "---\ntitle: Booking lifecycle\n---", 1)
-    chart = re.sub(r"^(\s*)Class ", r"\1class ", chart, flags=re.MULTILINE)
-    return (
-        "# Booking lifecycle\n\n"
-        "Generated from `state_machines/booking.py` by "
-        "`python -m state_machines.booking`; do not edit by hand "
-        "(a test checks that this page matches the code).\n\n"
-        "`reassign_bay` (R-B4) keeps the state and changes only the bay. "
-        "Bays are held in assigned, arrived and charging (R-B3).\n\n"
-        "```mermaid\n" + chart + "```\n"
-    )
+    from state_machines.diagrams import document
 
-
-DIAGRAM_PATH = Path("docs") / "state-machines" / "booking.md"
+    return document("booking")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    target = Path(args[0]) if args else DIAGRAM_PATH
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(render_diagram(), encoding="utf-8")
-    print(f"wrote {target}")
-    return 0
+    from state_machines.diagrams import main as write_all
+
+    return write_all(argv)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -7,6 +7,7 @@ fails when a committed diagram no longer matches the code.
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from transitions.extensions import GraphMachine
 MACHINES = {
     "connector": ("state_machines.connector", "Connector (R-C1)"),
     "payment": ("state_machines.payment", "Payment hold (R-P1..R-P4)"),
+    "booking": ("state_machines.booking", "Booking lifecycle (R-B1..R-B7)"),
 }
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "state-machines"
@@ -26,7 +28,7 @@ class _Model:
     pass
 
 
-def mermaid(module_name: str) -> str:
+def mermaid(module_name: str, title: str | None = None) -> str:
     mod = importlib.import_module(module_name)
     model = _Model()
     # Conditions are shown as labels only; give the model no-op callables so
@@ -44,9 +46,14 @@ def mermaid(module_name: str) -> str:
         auto_transitions=False,
         graph_engine="mermaid",
         show_conditions=True,
-        title=module_name.rsplit(".", 1)[-1],
+        title=title or module_name.rsplit(".", 1)[-1],
     )
-    return model.get_graph().draw(None)
+    chart = model.get_graph().draw(None)
+    # transitions 0.9.3 writes the title as bare front matter and capitalises
+    # the `class` statement; mermaid wants `title:` and lower case, else
+    # renderers reject the chart.
+    chart = re.sub(r"\A---\n(?!title:)(.*)\n---", r"---\ntitle: \1\n---", chart, count=1)
+    return re.sub(r"^(\s*)Class ", r"\1class ", chart, flags=re.MULTILINE)
 
 
 def document(name: str) -> str:
@@ -56,7 +63,7 @@ def document(name: str) -> str:
     return (
         f"# {title}\n\n"
         f"Generated from `{module_name}` by `python -m state_machines.diagrams`; do not edit by hand.\n\n"
-        f"{desc}\n\n```mermaid\n{mermaid(module_name).strip()}\n```\n"
+        f"{desc}\n\n```mermaid\n{mermaid(module_name, title).strip()}\n```\n"
     )
 
 

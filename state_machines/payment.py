@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from transitions import Machine
 
+from state_machines.table import transition_table
+
 REQUESTED = "requested"
 DECLINED = "declined"
 HELD = "held"
@@ -77,17 +79,7 @@ def payment_machine(model: PaymentHold, initial: str = INITIAL) -> Machine:
     )
 
 
-def _table() -> dict[tuple[str, str], str]:
-    probe = payment_machine(PaymentHold("table"))
-    table: dict[tuple[str, str], str] = {}
-    for trigger, event in probe.events.items():
-        for source, transitions in event.transitions.items():
-            for t in transitions:
-                table[(trigger, source)] = t.dest
-    return table
-
-
-_NEXT = _table()
+_NEXT = transition_table(STATES, TRANSITIONS, INITIAL)
 
 
 def next_state(state: str, trigger: str) -> str | None:
