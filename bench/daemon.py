@@ -25,18 +25,21 @@ MAP = ROOT / "config" / "register-maps" / "hubcharge-mcs1200.toml"
 CMD = "python -m bench daemon"  # add --quick for a 10 s run
 
 
-def _config(tmp: Path, ports: list[int]) -> Path:
+def hub_config(path: Path, state: Path, ports: list[int], *, hub_id: str = "BENCH-01", extra: str = "") -> Path:
+    """A hub of four-connector chargers at ``ports`` (40 connectors for ten),
+    state in ``state``, written to ``path``. Shared by the benchmarks."""
     lines = [f"""[hub]
-id = "BENCH-01"
+id = "{hub_id}"
 country = "NL"
 vat_rate = "0.21"
 [storage]
-state_dir = "{tmp / 'state'}"
+state_dir = "{state}"
+outbox_quota_mb = 512
 [control]
-socket = "{tmp / 'control.sock'}"
+socket = "{state / 'control.sock'}"
 [logging]
 level = "warning"
-"""]
+{extra}"""]
     n = 0
     for i, port in enumerate(ports):
         conns = []
@@ -49,7 +52,6 @@ address = "127.0.0.1:{port}"
 register_map = "{MAP}"
 connectors = [ {", ".join(conns)} ]
 """)
-    path = tmp / "hub.toml"
     path.write_text("\n".join(lines))
     return path
 
@@ -84,7 +86,7 @@ def run(quick: bool) -> list[Result]:
     try:
         with tempfile.TemporaryDirectory(prefix="hubedge-bench-") as d:
             tmp = Path(d)
-            cfg = _config(tmp, ports)
+            cfg = hub_config(tmp / "hub.toml", tmp / "state", ports)
             # Baseline: a bare interpreter that says READY as soon as it runs.
             bare = [sys.executable, "-c", "import os,socket;s=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM);"
                     "s.connect(os.environ['NOTIFY_SOCKET']);s.send(b'READY=1');import time;time.sleep(3)"]

@@ -102,35 +102,9 @@ def _insert_time(state: Path, count: int = 300) -> float:
 
 
 def _config(tmp: Path, state: Path, ports: list[int]) -> Path:
-    from bench.daemon import MAP
+    from bench.daemon import hub_config
 
-    lines = [f"""[hub]
-id = "{HUB}"
-country = "DE"
-vat_rate = "0.19"
-[storage]
-state_dir = "{state}"
-outbox_quota_mb = 512
-[control]
-socket = "{state / 'control.sock'}"
-[logging]
-level = "warning"
-"""]
-    n = 0
-    for i, port in enumerate(ports):
-        conns = []
-        for k in range(1, 5):
-            n += 1
-            conns.append(f'{{ id = "C{n:02d}", index = {k} }}')
-        lines.append(f"""[[chargers]]
-id = "CH{i + 1:02d}"
-address = "127.0.0.1:{port}"
-register_map = "{MAP}"
-connectors = [ {", ".join(conns)} ]
-""")
-    path = tmp / f"{state.name}.toml"
-    path.write_text("\n".join(lines))
-    return path
+    return hub_config(tmp / f"{state.name}.toml", state, ports, hub_id=HUB)
 
 
 def _start_daemon(cfg: Path, tmp: Path) -> tuple[subprocess.Popen, float]:
