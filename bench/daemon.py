@@ -25,7 +25,8 @@ MAP = ROOT / "config" / "register-maps" / "hubcharge-mcs1200.toml"
 CMD = "python -m bench daemon"  # add --quick for a 10 s run
 
 
-def hub_config(path: Path, state: Path, ports: list[int], *, hub_id: str = "BENCH-01", extra: str = "") -> Path:
+def hub_config(path: Path, state: Path, ports: list[int], *, hub_id: str = "BENCH-01", extra: str = "",
+               tail: str = "") -> Path:
     """A hub of four-connector chargers at ``ports`` (40 connectors for ten),
     state in ``state``, written to ``path``. Shared by the benchmarks."""
     lines = [f"""[hub]
@@ -52,7 +53,7 @@ address = "127.0.0.1:{port}"
 register_map = "{MAP}"
 connectors = [ {", ".join(conns)} ]
 """)
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join(lines) + "\n" + tail)
     return path
 
 

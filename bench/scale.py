@@ -1,5 +1,5 @@
-"""Scale (issue 9): a 40-connector hub with 1,000,000 tokens and 1,000,000
-sessions in its history.
+"""Scale (issue 9): a hub of 40 connectors and 8 gates with 1,000,000 tokens
+and 1,000,000 sessions in its history.
 
 Measured on the real daemon, with baselines from the same run:
 - `hubctl sessions` filters over the control socket (goal ≤ 100 ms each),
@@ -101,10 +101,43 @@ def _insert_time(state: Path, count: int = 300) -> float:
     return statistics.median(times)
 
 
-def _config(tmp: Path, state: Path, ports: list[int]) -> Path:
+def _gates(barrier_ports: list[int]) -> str:
+    """Eight gates: four entries and four exits, each with its barrier I/O
+    module (simulated) and a camera listener on a free port."""
+    from simulators.broker import free_port
+
+    out = []
+    for n, port in enumerate(barrier_ports, 1):
+        role = "entry" if n <= len(barrier_ports) // 2 else "exit"
+        out.append(f"""[[gates]]
+id = "G{n}"
+role = "{role}"
+barrier = {{ address = "127.0.0.1:{port}", unit = 1 }}
+camera = {{ listen = "127.0.0.1:{free_port()}", vendor = "{'hikvision' if n % 2 else 'axis'}", secret = "scale-bench-secret" }}
+""")
+    return "\n".join(out)
+
+
+def _start_barriers(count: int) -> tuple[subprocess.Popen, list[int]]:
+    import re
+
+    proc = subprocess.Popen([sys.executable, "-m", "simulators.barrier", "--count", str(count), "--quiet"], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    ports = []
+    while len(ports) < count:
+        line = proc.stdout.readline()
+        if not line:
+            proc.kill()
+            raise RuntimeError("the barrier simulators did not start; run python -m simulators.barrier by hand to see why")
+        if m := re.search(r"port=(\d+)", line):
+            ports.append(int(m.group(1)))
+    return proc, ports
+
+
+def _config(tmp: Path, state: Path, ports: list[int], gates: str = "") -> Path:
     from bench.daemon import hub_config
 
-    return hub_config(tmp / f"{state.name}.toml", state, ports, hub_id=HUB)
+    return hub_config(tmp / f"{state.name}.toml", state, ports, hub_id=HUB, tail=gates)
 
 
 def _start_daemon(cfg: Path, tmp: Path) -> tuple[subprocess.Popen, float]:
@@ -179,6 +212,9 @@ def run(quick: bool) -> list[Result]:
             proc, more = _start_simulator_process(5)
             sims.append(proc)
             ports += more
+        barriers, barrier_ports = _start_barriers(8)
+        sims.append(barriers)
+        gates = _gates(barrier_ports)
         with tempfile.TemporaryDirectory(prefix="hubedge-scale-") as d:
             tmp = Path(d)
             empty, big = tmp / "empty", tmp / "big"
@@ -190,13 +226,13 @@ def run(quick: bool) -> list[Result]:
             ins_small = _insert_time(small)
             ins_big = _insert_time(big)
 
-            p_empty, ready_empty = _start_daemon(_config(tmp, empty, ports), tmp)
+            p_empty, ready_empty = _start_daemon(_config(tmp, empty, ports, gates), tmp)
             procs.append(p_empty)
             cpu_empty, rss_empty = _idle(p_empty, idle_s)
             p_empty.terminate()
             p_empty.wait(15)
 
-            p_big, ready_big = _start_daemon(_config(tmp, big, ports), tmp)
+            p_big, ready_big = _start_daemon(_config(tmp, big, ports, gates), tmp)
             procs.append(p_big)
             cpu_big, rss_big = _idle(p_big, idle_s)
             filters = asyncio.run(_filters(big / "control.sock", tokens))

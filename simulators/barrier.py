@@ -294,19 +294,25 @@ class BarrierSimulator:
 
 
 async def _main(args: argparse.Namespace) -> None:
-    sim = BarrierSimulator(args.host, args.port, unit=args.unit, travel_s=args.travel, dwell_s=args.dwell)
-    port = await sim.start()
-    print(f"barrier simulator: Modbus TCP on {args.host}:{port} unit {args.unit}; Ctrl-C to stop", flush=True)
+    sims = []
+    for n in range(args.count):
+        sim = BarrierSimulator(args.host, args.port if args.count == 1 else 0, unit=args.unit,
+                               travel_s=args.travel, dwell_s=args.dwell)
+        port = await sim.start()
+        sims.append(sim)
+        print(f"barrier simulator: Modbus TCP on {args.host}:{port} unit {args.unit} port={port}; Ctrl-C to stop", flush=True)
     try:
         last = None
         while True:
-            state = (sim.position, sim.mechanics.presence)
-            if state != last:
-                print(f"position={state[0]} presence={int(state[1])}", flush=True)
+            state = [(sim.position, sim.mechanics.presence) for sim in sims]
+            if state != last and not args.quiet:
+                for n, (position, presence) in enumerate(state):
+                    print(f"barrier={n} position={position} presence={int(presence)}", flush=True)
                 last = state
             await asyncio.sleep(0.1)
     finally:
-        await sim.stop()
+        for sim in sims:
+            await sim.stop()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -316,8 +322,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--unit", type=int, default=1, help="Modbus unit (device) id")
     parser.add_argument("--travel", type=float, default=2.0, help="seconds the boom takes to rise or fall")
     parser.add_argument("--dwell", type=float, default=5.0, help="seconds the boom stays up after the loop clears")
+    parser.add_argument("--count", type=int, default=1, help="how many barriers (each on its own free port when more than one)")
+    parser.add_argument("--quiet", action="store_true", help="print the ports only")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         asyncio.run(_main(args))
     except KeyboardInterrupt:
