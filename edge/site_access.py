@@ -468,7 +468,7 @@ class SiteAccess(Capability):
         except BookingStateError as exc:
             log.warning("booking.arrival_not_recorded booking=%s reason=%r", booking_id, str(exc))
             return
-        self._dirty = True
+        self._changed(booking_id)
         self.hub.emit("booking.arrived", {"booking": booking_id, "gate": gate_id, "bay": b.bay_id,
                                           "connector": self.connector_of_bay.get(b.bay_id or "")})
 
@@ -479,7 +479,7 @@ class SiteAccess(Capability):
         if b is None or b.status != lifecycle.ARRIVED:
             return
         b = self.book.mark_fulfilled(booking_id, now)
-        self._dirty = True
+        self._changed(booking_id)
         self._release_hold(b.bay_id, booking_id)
         self.hub.emit("booking.fulfilled", {"booking": booking_id, "bay": b.bay_id, "gate": gate_id,
                                             "reason": "left", "message": "the truck left through the exit; its bay is free"})
@@ -530,7 +530,7 @@ class SiteAccess(Capability):
                 apply_decisions(self.book, [d], now)
             except BookingStateError as exc:
                 log.warning("booking.decision_not_recorded booking=%s kind=%s reason=%r", d.booking_id, d.kind, str(exc))
-            self._dirty = True
+            self._changed(d.booking_id)
 
     def _release_stale(self, now: datetime) -> None:
         for h in stale_holds(self._reserved(), self.book, self.bay_of_connector):
@@ -565,6 +565,14 @@ class SiteAccess(Capability):
             self.hub.spawn(self._save())
 
     # ------------------------------------------------------------ persistence
+    def _changed(self, booking_id: str | None) -> None:
+        """A booking's lifecycle moved: durable at once through the hub's
+        journal (R-C9: a power cut right after must not lose it), and the
+        whole book rewritten on the next save."""
+        if booking_id:
+            self.hub.journal_booking(booking_id)
+        self._dirty = True
+
     async def _save(self) -> None:
         """Write the book through the hub's one writer of stored bookings."""
         book = self.book
@@ -595,7 +603,7 @@ class SiteAccess(Capability):
         except BookingStateError as exc:
             log.warning("booking.charging_not_recorded booking=%s reason=%r", bid, str(exc))
             return
-        self._dirty = True
+        self._changed(bid)
         self.hub.emit("booking.charging", {"booking": bid, "session": s.id, "connector": s.connector, "bay": b.bay_id})
 
     def _session_ended(self, s) -> None:
@@ -608,7 +616,7 @@ class SiteAccess(Capability):
             return
         now = self.hub.clock.now()
         b = self.book.mark_fulfilled(b.id, now)
-        self._dirty = True
+        self._changed(b.id)
         self._release_hold(b.bay_id, b.id)
         self.hub.emit("booking.fulfilled", {"booking": b.id, "bay": b.bay_id, "session": s.id, "reason": "charged",
                                             "energy_wh": int(s.energy_wh or 0),

@@ -38,6 +38,7 @@ FOLDERS = {
     "auth": ("reader", True), "cards": ("reader", True),
     "gate_devices": ("gate", True), "site": ("gate", True),
     "sync": ("cloud", False), "fleet": ("cloud", False),
+    "scenarios": ("charger", True),
 }
 
 
