@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import os
 import shutil
 import signal
@@ -407,7 +408,7 @@ async def _run(args) -> int:
                     recent.append(f"[{_clock(sim_s)}] (script step failed: {exc})")
             events, offset = _events_since(hub.log_path, offset)
             for e in events:
-                recent.append("    " + e.split(" ", 1)[-1] if not tty else "    " + e)
+                recent.append("    " + _brief(e, 150 if tty else 400))
             if hub.daemon.poll() is not None:
                 print(f"hub-edge demo: the daemon stopped unexpectedly (status {hub.daemon.returncode}); see {hub.log_path}", file=sys.stderr)
                 return 1
@@ -435,6 +436,19 @@ async def _run(args) -> int:
         await hub.stop()
         if own_dir and os.environ.get("HUBEDGE_DEMO_KEEP") is None:
             shutil.rmtree(state_dir, ignore_errors=True)
+
+
+_UUID = re.compile(r"\b([0-9a-f]{8})-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
+
+
+def _brief(line: str, width: int) -> str:
+    """A daemon log line as the live view shows it: no time stamp, ids
+    shortened, cut to the width."""
+    parts = line.split(" ", 3)
+    if len(parts) == 4 and parts[0][:4].isdigit():
+        line = parts[3] if parts[1] == "info" else f"{parts[1]}: {parts[3]}"
+    line = _UUID.sub(r"\1", line.replace("event type=", ""))
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 def _clock(sim_s: float) -> str:

@@ -273,6 +273,8 @@ class Hub:
 
     def connector_view(self, c: Connector) -> dict:
         r = self.readings.get(c.id)
+        if c.state == "Faulted" and c.fault_kind == "comm":
+            r = None  # the last reading is stale while the charger is silent
         place = self.places[c.id]
         return {
             "v": 1,
