@@ -471,7 +471,7 @@ async def _summary(hub: DemoHub) -> str:
         "=== hub-edge demo summary ===",
         f"sessions: {len(sessions)} ({len(done)} ended, {sum(1 for s in sessions if s['status'] in ('starting', 'active'))} still charging) by method: {json.dumps(by_method)}",
         f"energy delivered: {energy:.1f} kWh",
-        f"connectors now: " + ", ".join(f"{c['connector']}={c['status']}" for c in status["connectors"]),
+        "connectors now: " + ", ".join(f"{c['connector']}={c['status']}" for c in status["connectors"]),
         f"devices in fault now: {len(faults)}",
         f"events recorded: {outbox.get('total_put', '?')}; waiting for the cloud: {outbox.get('depth', 0)}",
     ]

@@ -18,9 +18,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from decimal import Decimal
-from pathlib import Path
+from datetime import datetime
 from typing import Any, Awaitable, Callable
 
 from drivers.device import DeviceHealth

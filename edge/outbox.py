@@ -34,7 +34,6 @@ from typing import Any
 
 from edge.clock import Clock
 from edge.envelope import (
-    DROPPABLE_STREAMS,
     REPLY_STREAM,
     TELEMETRY_STREAM,
     Envelope,

@@ -7,19 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from drivers.register_map import load_register_map
-from edge.control import request
+from hil_tests.daemon import RunningDaemon
 from edge.envelope import validate_event
 from simulators.broker import Broker, mosquitto_available
 from simulators.card import CardSimulator
@@ -49,16 +45,15 @@ def free_udp_port() -> int:
         return s.getsockname()[1]
 
 
-class CardHub:
+class CardHub(RunningDaemon):
     """The daemon under test and everything it talks to."""
+
+    needs_cloud = True
 
     def __init__(self, tmp: Path, charger: ChargerSimulator, readers: dict[str, CardSimulator],
                  broker: Broker, cloud: CloudSimulator):
-        self.tmp, self.charger, self.readers, self.broker, self.cloud = tmp, charger, readers, broker, cloud
-        self.socket = tmp / "control.sock"
-        self.config = tmp / "hub.toml"
-        self.log = tmp / "hubedge.log"
-        self.proc: subprocess.Popen | None = None
+        super().__init__(tmp)
+        self.charger, self.readers, self.broker, self.cloud = charger, readers, broker, cloud
         self.config.write_text(f"""
 [hub]
 id = "{HUB_ID}"
@@ -106,58 +101,6 @@ path = "udp:127.0.0.1:{readers['R2'].port}"
 connector = "C2"
 """)
 
-    # -- the daemon --------------------------------------------------------------------
-    def start(self) -> None:
-        with open(self.log, "ab") as f:
-            self.proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(self.config)],
-                                         stdout=f, stderr=f, env=dict(os.environ, PYTHONUNBUFFERED="1"),
-                                         cwd=str(ROOT))
-
-    def terminate(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(15)
-
-    def log_tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-    async def status(self) -> dict:
-        resp = await request(self.socket, "status", {}, timeout=10)
-        assert resp["ok"], resp
-        return resp["data"]
-
-    async def wait_ready(self, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"daemon exited:\n{self.log_tail()}"
-            try:
-                st = await self.status()
-                if st["ready"] and st["cloud"].get("connected"):
-                    return
-            except (OSError, AssertionError, asyncio.TimeoutError):
-                pass
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"daemon not ready and connected in {timeout}s:\n{self.log_tail()}")
-
-    async def connector(self, cid: str) -> dict:
-        return next(c for c in (await self.status())["connectors"] if c["connector"] == cid)
-
-    async def wait_connector(self, cid: str, state: str, timeout: float = 10) -> dict:
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            last = await self.connector(cid)
-            if last["status"] == state:
-                return last
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"connector {cid} did not reach {state}: last {last}\n{self.log_tail()}")
-
-    async def hubctl(self, *args: str) -> subprocess.CompletedProcess:
-        # In a thread: the simulators live on this loop and must keep answering.
-        return await asyncio.to_thread(
-            subprocess.run, [sys.executable, "-m", "edge.hubctl", "--socket", str(self.socket), *args],
-            capture_output=True, text=True, cwd=str(ROOT), timeout=30)
-
-    # -- cards and the cloud -------------------------------------------------------------
     async def tap(self, reader: str, uid: str, hold_s: float = 0.5) -> None:
         await asyncio.to_thread(self.readers[reader].tap, uid, hold_s)
 

@@ -3,35 +3,23 @@ simulators over Modbus TCP on loopback (R-H1)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from drivers.register_map import load_register_map
-from edge.control import request
+from hil_tests.daemon import RunningDaemon
 from simulators.charger import ChargerSimulator
 
 ROOT = Path(__file__).resolve().parents[2]
 MAPS = ROOT / "config" / "register-maps"
 
 
-class DaemonUnderTest:
+class DaemonUnderTest(RunningDaemon):
     def __init__(self, tmp: Path, sims: dict[str, ChargerSimulator], *, free_vend=True, extra: str = ""):
-        self.tmp = tmp
+        super().__init__(tmp)
         self.sims = sims
-        self.socket = tmp / "control.sock"
-        self.config = tmp / "hub.toml"
-        self.log = tmp / "hubedge.log"
-        self.proc: subprocess.Popen | None = None
-        self.env_extra: dict[str, str] = {}
         fv = "true" if free_vend else "false"
         self.config.write_text(f"""
 [hub]
@@ -67,52 +55,6 @@ side = "left"
 {extra}
 """)
 
-    def start(self) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env_extra)
-        with open(self.log, "ab") as f:
-            self.proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(self.config)],
-                                         stdout=f, stderr=f, env=env, cwd=str(ROOT))
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def terminate(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(15)
-
-    async def ask(self, cmd: str, args: dict | None = None) -> dict:
-        return await request(self.socket, cmd, args or {}, timeout=10)
-
-    async def status(self) -> dict:
-        resp = await self.ask("status")
-        assert resp["ok"], resp
-        return resp["data"]
-
-    async def wait_ready(self, timeout: float = 20) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"daemon exited: {self.log.read_text()[-3000:]}"
-            try:
-                st = await self.status()
-                if st["ready"]:
-                    return st
-            except (OSError, AssertionError, asyncio.TimeoutError):
-                pass
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"daemon not ready in {timeout}s: {self.log.read_text()[-3000:]}")
-
-    async def wait_connector(self, cid: str, state: str, timeout: float = 15) -> dict:
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            st = await self.status()
-            last = next(c for c in st["connectors"] if c["connector"] == cid)
-            if last["status"] == state:
-                return last
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"connector {cid} did not reach {state}: last {last}\n{self.log.read_text()[-2000:]}")
-
     def events(self) -> list[dict]:
         import sqlite3
 
@@ -131,13 +73,6 @@ side = "left"
             return [dict(r) for r in db.execute("SELECT * FROM sessions ORDER BY started_at")]
         finally:
             db.close()
-
-    async def hubctl(self, *args: str) -> subprocess.CompletedProcess:
-        # In a thread: the simulators live on this test's event loop and must
-        # keep answering while hubctl waits for the daemon.
-        return await asyncio.to_thread(
-            subprocess.run,[sys.executable, "-m", "edge.hubctl", "--socket", str(self.socket), *args],
-            capture_output=True, text=True, cwd=str(ROOT), timeout=30)
 
 
 @pytest.fixture

@@ -127,7 +127,6 @@ async def test_r_d1_systemd_notify_ready_watchdog_and_stopping(tmp_path, sims):
     sock.setblocking(False)
     d = DaemonUnderTest(tmp_path, sims)
     d.env_extra = {"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "1000000"}
-    t0 = time.monotonic()
     d.start()
     got: list[str] = []
     deadline = time.monotonic() + 15

@@ -2,7 +2,6 @@
 back (R-C7), through a real mosquitto and the daemon's downlink."""
 
 import asyncio
-import time
 from datetime import datetime, timedelta, timezone
 
 import pytest

@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -21,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from drivers.register_map import load_register_map
-from edge.control import request
+from hil_tests.daemon import RunningDaemon
 from edge.envelope import validate_event
 from simulators.charger import ChargerSimulator
 from simulators.zvt_terminal import ZvtTerminalSimulator
@@ -31,18 +27,15 @@ MAPS = ROOT / "config" / "register-maps"
 TIME_SCALE = 20.0
 
 
-class PaidHub:
+class PaidHub(RunningDaemon):
     """One daemon under test with its terminal T1 serving C1 and C2 (C3 has no
     terminal, R-P7)."""
 
     def __init__(self, tmp: Path, charger: ChargerSimulator, terminal: ZvtTerminalSimulator, transport: str,
                  *, preauth: str = "199.00", crash_at: str | None = None, extra: str = ""):
-        self.tmp, self.charger, self.terminal, self.transport = tmp, charger, terminal, transport
-        self.socket = tmp / "control.sock"
-        self.config = tmp / "hub.toml"
-        self.log = tmp / "hubedge.log"
+        super().__init__(tmp)
+        self.charger, self.terminal, self.transport = charger, terminal, transport
         self.db_path = tmp / "state" / "hub.sqlite3"
-        self.proc: subprocess.Popen | None = None
         self.crash_at = crash_at
         port = terminal.pty_path if transport == "pty" else terminal.tcp_url
         self.config.write_text(f"""
@@ -80,17 +73,9 @@ password = "123456"
 
     # ---------------------------------------------------------- process
     def start(self, crash_at: str | None = None) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env.pop("HUBEDGE_CRASH_AT", None)
-        if crash_at:
-            env["HUBEDGE_CRASH_AT"] = crash_at
-        with open(self.log, "ab") as f:
-            self.proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(self.config)],
-                                         stdout=f, stderr=f, env=env, cwd=str(ROOT))
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
+        # A crash point only where a test asks for one, never inherited.
+        self.env_extra = {"HUBEDGE_CRASH_AT": crash_at or ""}
+        super().start()
 
     async def wait_exit(self, timeout: float = 20) -> int:
         deadline = time.monotonic() + timeout
@@ -100,21 +85,7 @@ password = "123456"
             await asyncio.sleep(0.05)
         raise AssertionError(f"daemon did not die at its crash point: {self.log_text()[-2000:]}")
 
-    def terminate(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
     # ---------------------------------------------------------- control
-    async def ask(self, cmd: str, args: dict | None = None, timeout: float = 15) -> dict:
-        return await request(self.socket, cmd, args or {}, timeout=timeout)
-
     async def ok(self, cmd: str, args: dict | None = None) -> dict | list:
         resp = await self.ask(cmd, args)
         assert resp["ok"], resp
@@ -125,38 +96,6 @@ password = "123456"
 
     async def stop_at_arch(self, connector: str, terminal: str = "T1") -> dict:
         return await self.ask("arch_stop", {"terminal": terminal, "connector": connector}, timeout=30)
-
-    async def wait_ready(self, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"daemon exited: {self.log_text()[-3000:]}"
-            try:
-                st = await self.ok("status")
-                if st["ready"]:
-                    return
-            except (OSError, AssertionError, asyncio.TimeoutError):
-                pass
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"daemon not ready in {timeout}s: {self.log_text()[-3000:]}")
-
-    async def connector(self, cid: str) -> dict:
-        st = await self.ok("status")
-        return next(c for c in st["connectors"] if c["connector"] == cid)
-
-    async def wait_connector(self, cid: str, state: str, timeout: float = 15) -> dict:
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            last = await self.connector(cid)
-            if last["status"] == state:
-                return last
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"connector {cid} did not reach {state}: last {last}\n{self.log_text()[-2000:]}")
-
-    async def hubctl(self, *args: str) -> subprocess.CompletedProcess:
-        return await asyncio.to_thread(
-            subprocess.run, [sys.executable, "-m", "edge.hubctl", "--socket", str(self.socket), *args],
-            capture_output=True, text=True, cwd=str(ROOT), timeout=60)
 
     # ---------------------------------------------------------- records
     def _db(self) -> sqlite3.Connection:

@@ -3,7 +3,7 @@
 from datetime import datetime, timedelta, timezone
 
 from edge.auth import (
-    AuthAccepted, AuthorisationLapsed, AuthorisedAwaitingPlug, AuthRejected, SendAuthRequest,
+    AuthAccepted, AuthorisationLapsed, AuthorisedAwaitingPlug, SendAuthRequest,
     StartCharging, StopSession, TokenBlockedInSession,
 )
 

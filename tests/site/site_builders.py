@@ -11,7 +11,6 @@ from pathlib import Path
 
 from drivers.anpr import PlateRead as CameraRead
 from edge.clock import FakeClock, rfc3339
-from edge.config import parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 MAPS = ROOT / "config" / "register-maps"

@@ -1,0 +1,101 @@
+"""A real hub-edge daemon (`python -m edge.cli run`) as a child process of a
+test, and the ways a test looks at it. The HIL fixtures of each area write
+their own configuration and subclass this for their own helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from edge.control import request
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class RunningDaemon:
+    # Subclasses whose tests need the cloud link set this: ready then also
+    # waits for the uplink to be connected.
+    needs_cloud = False
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.socket = tmp / "control.sock"
+        self.config = tmp / "hub.toml"
+        self.log = tmp / "hubedge.log"
+        self.proc: subprocess.Popen | None = None
+        self.env_extra: dict[str, str] = {}
+
+    # -- the process -------------------------------------------------------
+    def start(self, **env: str) -> None:
+        environ = dict(os.environ, PYTHONUNBUFFERED="1", **self.env_extra, **env)
+        with open(self.log, "ab") as f:
+            self.proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(self.config)],
+                                         stdout=f, stderr=f, env=environ, cwd=str(ROOT))
+
+    def kill(self) -> None:
+        """A power cut, as the daemon sees it."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return None
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def log_tail(self, n: int = 3000) -> str:
+        return self.log_text()[-n:]
+
+    # -- the control socket --------------------------------------------------
+    async def ask(self, cmd: str, args: dict | None = None, timeout: float = 15) -> dict:
+        return await request(self.socket, cmd, args or {}, timeout=timeout)
+
+    async def status(self) -> dict:
+        resp = await self.ask("status")
+        assert resp["ok"], resp
+        return resp["data"]
+
+    async def wait_ready(self, timeout: float = 20) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"daemon exited: {self.log_tail()}"
+            try:
+                st = await self.status()
+                if st["ready"] and (not self.needs_cloud or st["cloud"].get("connected")):
+                    return st
+            except (OSError, AssertionError, asyncio.TimeoutError):
+                pass
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"daemon not ready{' and connected' if self.needs_cloud else ''} in {timeout}s: {self.log_tail()}")
+
+    async def connector(self, cid: str) -> dict:
+        return next(c for c in (await self.status())["connectors"] if c["connector"] == cid)
+
+    async def wait_connector(self, cid: str, state: str, timeout: float = 15) -> dict:
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            last = await self.connector(cid)
+            if last["status"] == state:
+                return last
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"connector {cid} did not reach {state}: last {last}\n{self.log_tail(2000)}")
+
+    async def hubctl(self, *args: str) -> subprocess.CompletedProcess:
+        # In a thread: the simulators live on the test's event loop and must
+        # keep answering while hubctl waits for the daemon.
+        return await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "edge.hubctl", "--socket", str(self.socket), *args],
+            capture_output=True, text=True, cwd=str(ROOT), timeout=60)
