@@ -222,11 +222,14 @@ async def _tap_to_start_samples(message: dict, uids: list[str], taps: int) -> tu
 
         samples: dict[str, list[float]] = {"store": [], "dict": []}
         sources = {"store": cards.tokens.store, "dict": DictTokens(message)}
+        # Every tap a different card: the same card again within the debounce
+        # window counts once (R-A4) and would start nothing.
+        cards_to_tap = iter(rnd.sample(uids, min(len(uids), 2 * (taps // 2) * 2)))
         for round_ in range(2):  # interleaved, so drift on the machine hits both alike
             for name in ("store", "dict"):
                 cards.tokens.store = sources[name]
                 for _ in range(taps // 2):
-                    samples[name].append(await one(uids[rnd.randrange(len(uids))]))
+                    samples[name].append(await one(next(cards_to_tap)))
         cards.tokens.store = sources["store"]
         return samples["store"], samples["dict"]
     finally:
