@@ -48,7 +48,7 @@ from edge.bay_assignment import (
     on_arrival,
     review,
 )
-from edge.bookings import BookingBook, BookingStateError, documents_of
+from edge.bookings import BookingBook, BookingStateError
 from edge.clock import rfc3339
 from edge.gate_policy import (
     Direction,
@@ -327,7 +327,7 @@ class SiteAccess(Capability):
             if rt.barrier is not None:
                 await rt.barrier.close()
         if self._dirty:
-            self._write(documents_of(self.book.snapshot()))
+            await self.hub.save_bookings()
             self._dirty = False
 
     # ------------------------------------------------------------ live view
