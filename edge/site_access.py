@@ -233,6 +233,7 @@ class GateRuntime:
     presence: bool = False
     presence_mono: float | None = None
     presence_handled: bool = True
+    open_pending: bool = False  # an opening failed on a silent I/O module and is still owed
     last_action: str | None = None
     last_reason: str | None = None
     last_mono: float | None = None
@@ -377,7 +378,7 @@ class SiteAccess(Capability):
         if decision.open and rt.barrier is not None:
             # The barrier first: the event and booking records (a disk write
             # or two) are made once the OPEN write is answered.
-            rt.last_open_mono = mono
+            rt.last_open_mono = mono  # a presence right behind this read is the same vehicle
             self.hub.spawn(self._pulse(rt, record))
         else:
             asyncio.get_running_loop().call_soon(record)
@@ -385,9 +386,14 @@ class SiteAccess(Capability):
     async def _pulse(self, rt: GateRuntime, record) -> None:
         try:
             await rt.barrier.pulse_open(on_sent=record)
+            rt.open_pending = False
         except BarrierUnavailable as exc:
             # The driver has reported the fault; the event says the opening
-            # did not happen so the operator can let the vehicle through.
+            # did not happen so the operator can let the vehicle through. The
+            # opening is owed: once the I/O module answers again, a vehicle
+            # still on the loop gets it (R-G6: the exit never traps anyone).
+            rt.open_pending = True
+            rt.last_open_mono = None
             log.warning("gate.open_failed gate=%s reason=%r", rt.id, exc.reason)
             self.hub.emit("gate.open_failed", {"gate": rt.id, "role": rt.role.value, "reason": "barrier_unavailable",
                                                "message": f"{exc.reason}; let the vehicle through by hand or over the intercom"})
@@ -427,6 +433,8 @@ class SiteAccess(Capability):
         rt = self.gates[gate_id]
         if isinstance(ev, (DeviceFault, DeviceRecovered)):
             self.hub.device_event(ev)
+            if isinstance(ev, DeviceRecovered) and rt.open_pending and (rt.presence or rt.role == GateRole.EXIT):
+                self._owed_open(rt, "the barrier answers again and the vehicle is still waiting")
         elif isinstance(ev, BarrierPosition):
             rt.position = ev.position
         elif isinstance(ev, VehiclePresent):
@@ -446,6 +454,18 @@ class SiteAccess(Capability):
                     self._carry_out(rt, decision, now, trigger="presence")
             else:
                 rt.presence_handled = passing
+
+    def _owed_open(self, rt: GateRuntime, why: str) -> None:
+        """Open a gate whose opening failed while its I/O module was silent."""
+        rt.open_pending = False
+        rt.last_open_mono = self.hub.clock.monotonic()
+        log.info("gate.owed_open gate=%s why=%r", rt.id, why)
+
+        def record() -> None:
+            self.hub.emit("gate.opened", {"gate": rt.id, "role": rt.role.value, "reason": "owed_after_fault",
+                                          "message": f"opened late: {why}", "trigger": "barrier_recovered"})
+
+        self.hub.spawn(self._pulse(rt, record))
 
     def _check_waiting(self, now: datetime) -> None:
         """R-G4: a vehicle on the entry loop that no read has decided on
