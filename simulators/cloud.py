@@ -42,7 +42,14 @@ class CloudSimulator:
 
     # ------------------------------------------------------------ lifecycle
     def start(self, timeout: float = 5.0) -> "CloudSimulator":
-        self.client.connect_async(self.host, self.port, keepalive=30)
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        # A persistent session, as the real cloud keeps: across a broker
+        # restart it still gets what the hub sent meanwhile.
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        self.client.connect_async(self.host, self.port, keepalive=30, clean_start=False, properties=props)
         self.client.loop_start()
         if not self._connected.wait(timeout):
             self.stop()
