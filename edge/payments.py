@@ -727,6 +727,7 @@ class Payments(Capability):
         return {
             "arch_select": self._arch_select,
             "arch_stop": self._arch_stop,
+            "arch_receipt": self._arch_receipt,
             "payments": self._list,
             "payment_retry": self._retry,
         }
@@ -747,6 +748,30 @@ class Payments(Capability):
         if connector not in self.hub.connectors:
             raise NotFound(f"no connector {connector!r} at this hub")
         return lane, connector
+
+    async def _arch_receipt(self, args: dict, caller, progress) -> dict:
+        """R-P5: what the arch screen shows at the end of a bank-card session:
+        the settled amount and the receipt link (and its QR code), only for
+        a session that ended successfully; the latest one on the connector."""
+        lane, connector = self._lane_for(args)
+        for rec in self.ledger.recent(200):
+            if rec.kind != "session" or rec.connector != connector or rec.terminal != lane.id:
+                continue
+            if rec.state != "settled" or not rec.receipt_id:
+                break  # the latest hold on this connector has no receipt (declined, released, still open)
+            s = self.hub.sessions.get(rec.session_id) if rec.session_id else None
+            if s is None or not s.receipt_url:
+                break
+            import io
+
+            import segno
+
+            qr = io.StringIO()
+            segno.make(s.receipt_url, error="m").terminal(out=qr, compact=True)
+            return {"connector": connector, "session": s.id, "amount": money(rec.settle_amount, rec.currency),
+                    "energy_wh": int(s.energy_wh or 0), "receipt_url": s.receipt_url, "qr": qr.getvalue()}
+        raise NotFound(f"no receipt for connector {connector}: a receipt exists only for a bank-card session that ended "
+                       f"and was settled (R-P5); for help call the number on the charger")
 
     async def _arch_select(self, args: dict, caller, progress) -> dict:
         """R-P1/R-P2/R-C2: the driver picks a connector on the arch screen."""

@@ -51,6 +51,12 @@ async def test_r_p1_r_p3_r_p5_approve_charge_stop_at_arch_settles_exact_amount(m
 
     qr = await hub.hubctl("sessions", "--qr")
     assert qr.returncode == 0 and s["receipt_url"] in qr.stdout
+    # R-P5: the arch screen shows the receipt link and its QR code at the end.
+    shown = await hub.ask("arch_receipt", {"terminal": "T1", "connector": "C1"})
+    assert shown["ok"] and shown["data"]["receipt_url"] == s["receipt_url"], shown
+    assert shown["data"]["amount"] == {"amount": str(cost), "currency": "EUR"} and "█" in shown["data"]["qr"]
+    none = await hub.ask("arch_receipt", {"terminal": "T1", "connector": "C2"})
+    assert not none["ok"] and none["code"] == "not_found" and "R-P5" in none["message"]
     listing = await hub.hubctl("payments")
     assert listing.returncode == 0 and "settled" in listing.stdout and paid["id"][:8] in listing.stdout
 
