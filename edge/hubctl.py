@@ -32,6 +32,8 @@ CODE_EXIT = {
     "unknown_command": EXIT_FAILED,
 }
 DEFAULT_SOCKET = "/run/hubedge/control.sock"
+EXIT_HELP = ("exit status: 0 done, 1 failed in the daemon, 2 bad arguments, 3 refused, 4 not found, "
+             "5 daemon unreachable or not in the technicians' group, 6 configuration invalid")
 
 # Commands contributed by the hub's parts (cards, payments, site access),
 # each module exposing hubctl_commands() -> list[PartCommand]. Kept in small
@@ -235,6 +237,42 @@ def render_outbox(d: dict, style: Style) -> str:
 
 
 # ---------------------------------------------------------------- the command
+EXAMPLES = {
+    "status": "hubctl status\nhubctl status --follow\nhubctl --json status | jq '.connectors[] | select(.status==\"Faulted\")'",
+    "watch": "hubctl watch --interval 1",
+    "devices": "hubctl devices\nhubctl --json devices",
+    "sessions": "hubctl sessions --connector C7 --since 2h\nhubctl sessions --status active\n"
+                "hubctl sessions --token 04A1B2C3 --since 2026-11-01 --until 2026-12-01\n"
+                "hubctl sessions --session 6b6a49be-... --qr\nhubctl sessions --since 30d --csv november.csv",
+    "connector": "hubctl connector unavailable C7 --reason 'cable cut'\nhubctl connector available C7\n"
+                 "hubctl connector unlock C7 --reason 'driver cannot unplug'",
+    "session": "hubctl session stop 6b6a49be-... --reason 'driver asked by phone'",
+    "outbox": "hubctl outbox",
+    "resync": "hubctl resync --timeout 120",
+    "config": "hubctl config validate /etc/hubedge/hub.toml",
+    "completion": "eval \"$(hubctl completion bash)\"\nhubctl completion zsh > ~/.zfunc/_hubctl",
+}
+
+DESCRIPTIONS = {
+    "devices": "Every device the hub drives (chargers, terminals, readers, barriers, cameras) with its state "
+               "(ok, fault, unknown), since when, and the last error. A device in fault recovers by itself "
+               "when it answers again.",
+    "sessions": "Charging sessions from the local ledger, newest first, with the portal's filters (R-S2). "
+                "Times are dates, RFC 3339 times or relative (30m, 2h, 3d, 1w). The token itself is never "
+                "shown, only its masked form.",
+    "connector": "Take a connector out of service (a reason is required and audited), return it, or unlock "
+                 "its cable (R-C5, R-C7, R-T3). A connector with a session running becomes Unavailable when "
+                 "the session ends.",
+    "session": "Stop a session (a reason is required and audited). The session ends when the charger confirms; "
+               "a bank-card session is then settled at once.",
+    "outbox": "What waits for the cloud: depth per stream, the oldest message's age, the last acknowledgement, "
+              "the link's state and the disk quota (R-M6).",
+    "resync": "Ask the cloud to resend the token list, bookings, tariffs and maintenance windows in full, and "
+              "follow their arrival. Exit 3 if not everything came back in time.",
+    "config": "Check a configuration file without a daemon: every problem is listed with its key path.",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hubctl",
@@ -288,6 +326,16 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_argument("file", metavar="FILE")
     for pc in part_commands():
         pc.configure(sub.add_parser(pc.name, help=pc.help))
+    helps = {a.dest: a.help for a in sub._choices_actions}
+    for name, sp in sub.choices.items():
+        sp.formatter_class = argparse.RawDescriptionHelpFormatter
+        if not sp.description:
+            sp.description = DESCRIPTIONS.get(name) or helps.get(name)
+        if name in EXAMPLES:
+            sp.epilog = "examples:\n" + "\n".join("  " + line for line in EXAMPLES[name].splitlines()) + (
+                "\n\n" + EXIT_HELP)
+        else:
+            sp.epilog = EXIT_HELP
     return p
 
 

@@ -45,3 +45,8 @@ def test_every_command_has_help_text():
         assert choice.help and len(choice.help) > 10, choice.dest
     out = subprocess.run([sys.executable, "-m", "edge.hubctl", "--help"], capture_output=True, text=True)
     assert "Exit status" in out.stdout
+    for name, sp in sub.choices.items():
+        text = sp.format_help()
+        assert sp.description and "exit status:" in text, name
+    for name in ("status", "sessions", "connector", "session", "resync", "config"):
+        assert "examples:\n  hubctl" in sub.choices[name].format_help(), name
