@@ -215,6 +215,34 @@ def load_parts(demo: "DemoHub") -> list[DemoPart]:
     return parts
 
 
+# The four MCS bays under the arch on charger CH1 (C1-C4), as the demo and
+# the site tests configure them.
+MCS_BAYS = """[[bays]]
+id = "B1"
+connector = "C1"
+connector_type = "MCS"
+side = "left"
+
+[[bays]]
+id = "B2"
+connector = "C2"
+connector_type = "MCS"
+side = "right"
+
+[[bays]]
+id = "B3"
+connector = "C3"
+connector_type = "MCS"
+side = "left"
+
+[[bays]]
+id = "B4"
+connector = "C4"
+connector_type = "MCS"
+side = "right"
+"""
+
+
 def _config(hub: DemoHub, ports: dict[str, int], broker: str | None) -> str:
     cloud = f'broker = "{broker}"\nclient_id = "hubedge-DEMO-01"' if broker else 'broker = ""'
     return f"""# Written by `hubedge demo`: the demo hub on simulated hardware.
@@ -266,30 +294,7 @@ connectors = [
   {{ id = "C6", index = 2, free_vend = true }},
 ]
 
-[[bays]]
-id = "B1"
-connector = "C1"
-connector_type = "MCS"
-side = "left"
-
-[[bays]]
-id = "B2"
-connector = "C2"
-connector_type = "MCS"
-side = "right"
-
-[[bays]]
-id = "B3"
-connector = "C3"
-connector_type = "MCS"
-side = "left"
-
-[[bays]]
-id = "B4"
-connector = "C4"
-connector_type = "MCS"
-side = "right"
-
+{MCS_BAYS}
 [[bays]]
 id = "B5"
 connector = "C5"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from drivers.anpr import PlateRead as CameraRead
 from edge.clock import FakeClock, rfc3339
+from edge.demo import MCS_BAYS
 
 ROOT = Path(__file__).resolve().parents[2]
 MAPS = ROOT / "config" / "register-maps"
@@ -40,27 +41,7 @@ id = "CH1"
 address = "127.0.0.1:9"
 register_map = "{MAPS / 'hubcharge-mcs1200.toml'}"
 connectors = [ {{ id = "C1", index = 1 }}, {{ id = "C2", index = 2 }}, {{ id = "C3", index = 3 }}, {{ id = "C4", index = 4 }} ]
-[[bays]]
-id = "B1"
-connector = "C1"
-connector_type = "MCS"
-side = "left"
-[[bays]]
-id = "B2"
-connector = "C2"
-connector_type = "MCS"
-side = "right"
-[[bays]]
-id = "B3"
-connector = "C3"
-connector_type = "MCS"
-side = "left"
-[[bays]]
-id = "B4"
-connector = "C4"
-connector_type = "MCS"
-side = "right"
-[[gates]]
+{MCS_BAYS}[[gates]]
 id = "G-IN"
 role = "entry"
 barrier = {{ address = "127.0.0.1:9" }}
