@@ -32,6 +32,13 @@ log = logging.getLogger("hubedge.hub")
 VERSION = "0.1.0"
 
 CONNECTOR_SCHEMA = """
+CREATE TABLE IF NOT EXISTS token_list_parts (
+    version INTEGER NOT NULL,
+    part INTEGER NOT NULL,
+    parts INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (version, part)
+);
 CREATE TABLE IF NOT EXISTS booking_journal (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL,
@@ -937,6 +944,9 @@ class Hub:
             # one list at a time and in the order they arrived (a delta must
             # not overtake the list it builds on).
             async with self._tokens_lock:
+                msg = self._token_list_part(msg)
+                if msg.get("staged"):
+                    return msg  # a part of a chunked full list, kept until the last one
                 result = await asyncio.to_thread(self.tokens.apply, msg)
             if result.ok:
                 for hook in self.tokens_applied_hooks:
@@ -975,6 +985,43 @@ class Hub:
         with self.store.transaction() as db:
             db.execute("INSERT INTO booking_journal (id, doc) VALUES (?, ?)",
                        (b.id, json.dumps(b.to_document(), separators=(",", ":"))))
+
+    def _token_list_part(self, msg: dict) -> dict:
+        """A full token list larger than one MQTT message arrives in parts
+        (`part` 1..`parts` of one `version`): each is kept durably; the last
+        one brings them together and the list applies whole (R-A3, R-M3).
+        Anything else passes through unchanged."""
+        from edge.downlink import Rejected
+
+        parts = msg.get("parts")
+        if parts is None:
+            return msg
+        part = msg.get("part")
+        if msg.get("kind") != "full" or not isinstance(parts, int) or not isinstance(part, int) \
+                or isinstance(parts, bool) or isinstance(part, bool) or not 1 <= part <= parts <= 10_000:
+            raise Rejected("schema", "a chunked token list is a full list with whole numbers 1 <= part <= parts <= 10000")
+        version = msg.get("version")
+        db = self.store.db
+        with self.store.transaction():
+            # Parts of an older version are dropped: a newer list replaces it.
+            db.execute("DELETE FROM token_list_parts WHERE version != ?", (version,))
+            db.execute("INSERT OR REPLACE INTO token_list_parts (version, part, parts, body) VALUES (?,?,?,?)",
+                       (version, part, parts, json.dumps({"upsert": msg.get("upsert") or [], "remove": msg.get("remove") or []})))
+        have = db.execute("SELECT COUNT(*) FROM token_list_parts WHERE version = ? AND parts = ?", (version, parts)).fetchone()[0]
+        if have < parts:
+            return {"staged": True, "version": version, "part": part, "parts": parts, "received": have,
+                    "message": f"part {part} of {parts} of token list version {version} kept; the list applies when all have come"}
+        upsert: list = []
+        remove: list = []
+        for (body,) in db.execute("SELECT body FROM token_list_parts WHERE version = ? ORDER BY part", (version,)):
+            b = json.loads(body)
+            upsert += b["upsert"]
+            remove += b["remove"]
+        with self.store.transaction(durable=False):
+            db.execute("DELETE FROM token_list_parts WHERE version = ?", (version,))
+        whole = {k: v for k, v in msg.items() if k not in ("part", "parts")}
+        whole.update(upsert=upsert, remove=remove)
+        return whole
 
     async def save_bookings(self) -> None:
         """The one writer of the stored bookings. The book is snapshotted on
