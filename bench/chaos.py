@@ -21,6 +21,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import sqlite3
 import sys
 import tempfile
@@ -1031,12 +1032,20 @@ def run(quick: bool) -> list[Result]:
     t0 = time.monotonic()
 
     async def go() -> list[Check]:
+        # SIGTERM (a CI timeout, `kill`) stops the run like Ctrl-C does: the
+        # daemon, broker and simulators are stopped, not left behind.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
         try:
             return await chaos.run()
         finally:
             await chaos.close()
 
-    checks = asyncio.run(go())
+    try:
+        checks = asyncio.run(go())
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        sys.stderr.write(f"\nchaos run stopped before its checks; its daemon, broker and simulators are stopped. "
+                         f"State kept in {chaos.state_dir} for a look; run it again to check the invariants.\n")
+        raise SystemExit(130) from None
     _report(chaos, checks)
     if all(c.ok for c in checks) and not os.environ.get("HUBEDGE_CHAOS_KEEP"):
         shutil.rmtree(chaos.state_dir, ignore_errors=True)

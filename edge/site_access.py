@@ -374,7 +374,9 @@ class SiteAccess(Capability):
         rt.presence_handled = True
         if decision.reason_code == GateReason.ADHOC_ADMITTED:
             self.on_way.admit(mono)  # now, not with the records: the next read must count it
-        record = lambda *_: self._record(rt, decision, now, trigger, read, plate_hash)  # noqa: E731
+        def record(failure: str | None = None) -> None:
+            self._record(rt, decision, now, trigger, read, plate_hash, failure)
+
         if decision.open and rt.barrier is not None:
             # The barrier first: the event and booking records (a disk write
             # or two) are made once the OPEN write is answered.
@@ -384,8 +386,11 @@ class SiteAccess(Capability):
             asyncio.get_running_loop().call_soon(record)
 
     async def _pulse(self, rt: GateRuntime, record) -> None:
+        """Pulse the barrier open; ``record(failure)`` makes the records:
+        with ``None`` as soon as the OPEN write is answered, or with the
+        reason once the I/O module has not taken it (never both)."""
         try:
-            await rt.barrier.pulse_open(on_sent=record)
+            await rt.barrier.pulse_open(on_sent=lambda ok: record(None) if ok else None)
             rt.open_pending = False
         except BarrierUnavailable as exc:
             # The driver has reported the fault; the event says the opening
@@ -395,18 +400,22 @@ class SiteAccess(Capability):
             rt.open_pending = True
             rt.last_open_mono = None
             log.warning("gate.open_failed gate=%s reason=%r", rt.id, exc.reason)
-            self.hub.emit("gate.open_failed", {"gate": rt.id, "role": rt.role.value, "reason": "barrier_unavailable",
-                                               "message": f"{exc.reason}; let the vehicle through by hand or over the intercom"})
+            record(exc.reason)
 
     def _record(self, rt: GateRuntime, decision: GateDecision, now: datetime, trigger: str,
-                read: CameraRead | None, plate_hash: str | None) -> None:
+                read: CameraRead | None, plate_hash: str | None, failure: str | None = None) -> None:
         try:
-            self._record_decision(rt, decision, now, trigger, read, plate_hash)
+            self._record_decision(rt, decision, now, trigger, read, plate_hash, failure)
         except Exception:
             log.exception("gate.record_failed gate=%s reason=%s", rt.id, decision.reason_code.value)
 
     def _record_decision(self, rt: GateRuntime, decision: GateDecision, now: datetime, trigger: str,
-                         read: CameraRead | None, plate_hash: str | None) -> None:
+                         read: CameraRead | None, plate_hash: str | None, failure: str | None = None) -> None:
+        """The decision's event and booking records. ``failure``: the
+        barrier did not take the opening, so the event is gate.open_failed
+        (with the decision's reason in its detail), never gate.opened; the
+        booking records stand, as the vehicle was decided on and the
+        opening is owed."""
         data: dict = {"gate": rt.id, "role": rt.role.value, "reason": decision.reason_code.value,
                       "message": decision.reason, "trigger": trigger}
         if decision.booking_id:
@@ -418,7 +427,13 @@ class SiteAccess(Capability):
                         vehicle_class=read.vehicle_class, direction=read.direction)
         if decision.detail:
             data["detail"] = {k: v for k, v in decision.detail.items() if isinstance(v, (str, int, float, bool, list))}
-        self.hub.emit(EVENT_OF_ACTION[decision.action], data)
+        if failure is not None:
+            data["detail"] = {**data.get("detail", {}), "decision": data["reason"], "decision_message": data["message"]}
+            data.update(reason="barrier_unavailable",
+                        message=f"{failure}; let the vehicle through by hand or over the intercom")
+            self.hub.emit("gate.open_failed", data)
+        else:
+            self.hub.emit(EVENT_OF_ACTION[decision.action], data)
         log.info("gate.decided gate=%s action=%s reason=%s booking=%s plate=%s trigger=%s", rt.id,
                  decision.action.value, decision.reason_code.value, decision.booking_id or "-",
                  log_ref(plate_hash) if plate_hash else "-", trigger)
@@ -461,9 +476,14 @@ class SiteAccess(Capability):
         rt.last_open_mono = self.hub.clock.monotonic()
         log.info("gate.owed_open gate=%s why=%r", rt.id, why)
 
-        def record() -> None:
-            self.hub.emit("gate.opened", {"gate": rt.id, "role": rt.role.value, "reason": "owed_after_fault",
-                                          "message": f"opened late: {why}", "trigger": "barrier_recovered"})
+        def record(failure: str | None = None) -> None:
+            if failure is None:
+                self.hub.emit("gate.opened", {"gate": rt.id, "role": rt.role.value, "reason": "owed_after_fault",
+                                              "message": f"opened late: {why}", "trigger": "barrier_recovered"})
+            else:
+                self.hub.emit("gate.open_failed", {
+                    "gate": rt.id, "role": rt.role.value, "reason": "barrier_unavailable", "trigger": "barrier_recovered",
+                    "message": f"{failure}; the owed opening failed again: let the vehicle through by hand or over the intercom"})
 
         self.hub.spawn(self._pulse(rt, record))
 

@@ -194,7 +194,9 @@ class BarrierSimulator:
         self.mechanics.stuck = on
 
     def silence(self, on: bool = True) -> None:
-        """The I/O module stops answering (requests hang unanswered)."""
+        """The I/O module stops answering: requests hang unanswered, and a
+        write that came in while it was silent is lost, as on a cut line or
+        a module without power (it never opens the boom later)."""
         if on:
             self._speaking.clear()
         else:
@@ -272,7 +274,10 @@ class BarrierSimulator:
     async def _on_access(self, function_code, _start, address, _count, _registers, values):
         if function_code == FC_READ_INPUTS and values is not None:
             return None  # our own input update from _publish
+        lost = not self._speaking.is_set()
         await self._speaking.wait()
+        if lost:
+            return None
         if function_code in (FC_WRITE_COIL, FC_WRITE_COILS) and values is not None:
             now = self._now()
             for offset, value in enumerate(values):

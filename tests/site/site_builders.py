@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from drivers.anpr import PlateRead as CameraRead
+from drivers.barrier import BarrierUnavailable
 from edge.clock import FakeClock, rfc3339
 from edge.demo import MCS_BAYS
 
@@ -60,8 +61,13 @@ class FakeBarrier:
     def __init__(self):
         self.commands: list[str] = []
         self.hold_wanted = False
+        self.silent = False  # the I/O module does not answer: openings fail as the driver's do
 
     async def pulse_open(self, on_sent=None):
+        if self.silent:
+            if on_sent is not None:
+                on_sent(False)
+            raise BarrierUnavailable("I/O module 192.0.2.1:502 did not answer: check its power and network")
         self.commands.append("open")
         if on_sent is not None:
             on_sent(True)

@@ -156,6 +156,58 @@ async def test_r_g7_same_vehicle_read_twice_is_one_decision(rig):
     assert len(rig.of("gate.opened")) == 2
 
 
+async def test_r_g6_exit_read_on_a_silent_barrier_is_owed_and_made_when_it_answers(rig):
+    """Found by the chaos run: the plate read at the exit comes while the
+    barrier's I/O module is silent, so the opening fails. The module answers
+    again within the review window and its first input read shows the
+    vehicle on the loop; that edge alone looks like the vehicle the read
+    already let out, so only the owed opening frees it. The failed opening is
+    gate.open_failed (with the decision), never gate.opened."""
+    from drivers.barrier import VehiclePresent
+    from drivers.device import DeviceFault, DeviceRecovered
+
+    bar = rig.barriers["G-OUT"]
+    bar.silent = True
+    rig.site._on_barrier("G-OUT", DeviceFault("G-OUT", "barrier", "I/O module did not answer"))
+    rig.read("G-OUT", "NL-AB-123-C", direction="leave")
+    await rig.settle()
+    assert bar.commands == []
+    assert rig.of("gate.opened") == [], "an opening the barrier did not take is not reported as made"
+    [failed] = rig.of("gate.open_failed")
+    assert failed["reason"] == "barrier_unavailable" and failed["trigger"] == "plate_read"
+    assert failed["detail"]["decision"] == "exit" and "by hand" in failed["message"]
+
+    rig.clock.advance(1)  # well inside gate.no_read_review_s
+    bar.silent = False
+    rig.site._on_barrier("G-OUT", DeviceRecovered("G-OUT", "barrier"))
+    rig.site._on_barrier("G-OUT", VehiclePresent("G-OUT", True))
+    await rig.settle()
+    assert bar.commands == ["open"], "the vehicle waiting at the exit was never let out"
+    [opened] = rig.of("gate.opened")
+    assert opened["reason"] == "owed_after_fault" and opened["trigger"] == "barrier_recovered"
+
+    rig.site._on_barrier("G-OUT", DeviceRecovered("G-OUT", "barrier"))  # a second report owes nothing
+    await rig.settle()
+    assert bar.commands == ["open"]
+
+
+async def test_r_g6_owed_opening_that_fails_again_stays_owed(rig):
+    from drivers.device import DeviceRecovered
+
+    bar = rig.barriers["G-OUT"]
+    bar.silent = True
+    rig.read("G-OUT", "NL-AB-123-C", direction="leave")
+    await rig.settle()
+    rig.site._on_barrier("G-OUT", DeviceRecovered("G-OUT", "barrier"))  # answers once, then silent again
+    await rig.settle()
+    assert len(rig.of("gate.open_failed")) == 2 and rig.of("gate.opened") == []
+    assert rig.of("gate.open_failed")[1]["trigger"] == "barrier_recovered"
+    bar.silent = False
+    rig.site._on_barrier("G-OUT", DeviceRecovered("G-OUT", "barrier"))
+    await rig.settle()
+    assert bar.commands == ["open"] and [d["reason"] for d in rig.of("gate.opened")] == ["owed_after_fault"]
+
+
 async def test_r_b3_session_of_the_holder_charges_then_fulfils_and_frees_the_bay(rig):
     from types import SimpleNamespace
 
