@@ -918,11 +918,16 @@ password = "000000"
 
     def secrets(self) -> list[str]:
         from edge.demo_site import SECRET
+        from edge.signing import load_keys
 
         out = [SECRET]
         key = self.state_dir / "state" / "plate.key"
         if key.exists():
             out.append(key.read_text().strip())
+        # The cloud's command key, in both spellings a careless log could use.
+        if self.hub is not None and self.hub.command_key_file is not None and self.hub.command_key_file.exists():
+            for k in load_keys(self.hub.command_key_file):
+                out += [k.hex(), k.hex().upper()]
         return out
 
     async def run(self) -> list[Check]:

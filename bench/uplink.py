@@ -65,7 +65,7 @@ async def _drain(state: Path, url: str) -> float:
     n = outbox.depth()
     connected = asyncio.Event()
     uplink = Uplink("BENCH", url, client_id="bench-hub", outbox=outbox, version="bench",
-                    on_message=lambda t, p: None, on_link=lambda up: up and connected.set(),
+                    on_message=lambda t, p, s: None, on_link=lambda up: up and connected.set(),
                     loop=asyncio.get_running_loop(), max_inflight=WINDOW, backoff=(0.05, 0.5))
     uplink.start()
     await connected.wait()

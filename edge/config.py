@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import grp
 import ipaddress
+import re
 import tomllib
+from datetime import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
@@ -79,6 +81,9 @@ class CloudSection(Section):
     cert_file: str | None = None
     key_file: str | None = None
     keepalive_s: int = Field(default=30, ge=5, le=600)
+    # The cloud's keys for signed downlink messages (edge/signing.py); unset:
+    # unsigned messages are accepted and the hub warns at start.
+    command_key_file: str | None = None
 
     @field_validator("broker")
     @classmethod
@@ -165,6 +170,16 @@ class TerminalSection(Section):
     password: str = "000000"
     t3_command_s: float = Field(default=5.0, gt=0, le=60, description="ZVT T3: command to the terminal's 80 00 / 84 xx")
     t4_completion_s: float = Field(default=180.0, gt=0, le=600, description="ZVT T4: 80 00 to completion (the card holder is typing)")
+    end_of_day: str = Field(default="03:00", description='daily end-of-day (ZVT 06 50) at this local time of [hub] timezone, or "off"')
+
+    @field_validator("end_of_day", mode="before")
+    @classmethod
+    def _end_of_day(cls, v: object) -> object:
+        if isinstance(v, time) and not (v.second or v.microsecond or v.tzinfo):
+            v = v.strftime("%H:%M")  # a TOML local time, end_of_day = 03:00:00
+        if isinstance(v, str) and (v == "off" or re.fullmatch(r"([01][0-9]|2[0-3]):[0-5][0-9]", v)):
+            return v
+        raise ValueError("expected a local time HH:MM such as 03:00, or off")
 
 
 class ReaderSection(Section):
@@ -361,6 +376,13 @@ def _cross_check(cfg: HubConfig) -> list[str]:
         v = getattr(cfg.cloud, key)
         if v and not _is_file(cfg.resolve(v)):
             problems.append(f"cloud.{key}: file {v!r} not found")
+    if cfg.cloud.command_key_file:
+        from edge.signing import KeyFileError, load_keys
+
+        try:
+            load_keys(cfg.resolve(cfg.cloud.command_key_file))
+        except KeyFileError as exc:
+            problems.append(f"cloud.command_key_file: {exc}")
     if cfg.hub.plate_secret_file and not _is_file(cfg.resolve(cfg.hub.plate_secret_file)):
         problems.append(f"hub.plate_secret_file: file {cfg.hub.plate_secret_file!r} not found")
     return problems

@@ -81,6 +81,7 @@ class DemoHub:
     broker: str | None = None
     cloud: object | None = None  # simulators.cloud.CloudSimulator when a broker is there
     private_broker: object | None = None  # the demo's own mosquitto when no --broker was given
+    command_key_file: Path | None = None  # the cloud's signing key, shared by the hub and the simulated cloud
     config_path: Path | None = None
 
     def connector_sim(self, connector_id: str):
@@ -113,8 +114,11 @@ class DemoHub:
         if self.broker:
             from simulators.cloud import CloudSimulator
 
+            # The hub obeys only what the cloud signs: both get the same key.
+            self.command_key_file = self.state_dir / "command.key"
             try:
-                self.cloud = CloudSimulator(self.broker, "DEMO-01").start()
+                self.cloud = CloudSimulator(self.broker, "DEMO-01",
+                                            command_key=_command_key(self.command_key_file)).start()
             except RuntimeError as exc:
                 notes.append(f"{exc}; the day runs without the simulated cloud")
         ports = await _start_simulators(self)
@@ -243,8 +247,21 @@ side = "right"
 """
 
 
+def _command_key(path: Path) -> bytes:
+    """The demo's command key: made once (mode 0600) and kept with its state,
+    so a demo restarted on the same state directory still verifies."""
+    from edge.signing import load_keys
+    from edge.store import atomic_write
+
+    if not path.exists():
+        atomic_write(path, (os.urandom(32).hex() + "\n").encode(), mode=0o600)
+    return load_keys(path)[0]
+
+
 def _config(hub: DemoHub, ports: dict[str, int], broker: str | None) -> str:
     cloud = f'broker = "{broker}"\nclient_id = "hubedge-DEMO-01"' if broker else 'broker = ""'
+    if broker and hub.command_key_file is not None:
+        cloud += f'\ncommand_key_file = "{hub.command_key_file}"'
     return f"""# Written by `hubedge demo`: the demo hub on simulated hardware.
 # C1-C4 (MCS) start with a card at their reader or the arch terminal;
 # C5-C6 (CCS) are free vend so the base day runs without either.

@@ -1,9 +1,10 @@
 """Cloud-to-hub messages: validated, deduplicated, applied once, answered (R-M3).
 
 Every message that reaches ``Downlink.handle`` is checked in this order -
-size, UTF-8 JSON object, ``v``, its kind's JSON Schema (edge/schemas), known
-command, already handled, expired - and only then given to the handler
-registered for its kind, exactly once. Refusals change nothing and are answered
+signature (when the hub has command keys, edge/signing.py), size, UTF-8 JSON
+object, ``v``, its kind's JSON Schema (edge/schemas), known command, already
+handled, expired - and only then given to the handler registered for its
+kind, exactly once. Refusals change nothing and are answered
 on hub/{id}/reply with a stable machine ``code`` and a message saying what was
 wrong and what to do. Handlers apply a batch whole or not at all and may raise
 ``Rejected`` to refuse it.
@@ -25,7 +26,9 @@ from typing import Any
 from tinydb import Query
 
 from edge.clock import Clock, parse_rfc3339, rfc3339
+from edge.pricing import CURRENCIES
 from edge.schemas import validator
+from edge.signing import SIGNATURE_PROPERTY, verify
 from edge.store import Store
 
 log = logging.getLogger("hubedge.downlink")
@@ -81,8 +84,15 @@ def kind_of_topic(hub_id: str, topic: str) -> str | None:
 
 class Downlink:
     def __init__(self, hub_id: str, store: Store, *, clock: Clock | None = None, reply: Callable[[dict], Any],
-                 on_event: Callable[[str, dict], Any] | None = None, max_bytes: int = MAX_PAYLOAD_BYTES):
+                 on_event: Callable[[str, dict], Any] | None = None, max_bytes: int = MAX_PAYLOAD_BYTES,
+                 keys: Iterable[bytes] = (), currency: str | None = None):
         self.hub_id = hub_id
+        # The site's currency: a tariff in another one would be stored and
+        # never apply, so it is refused (None: any currency edge.pricing knows).
+        self.currency = currency
+        # The cloud's command keys (edge/signing.py); none: unsigned messages
+        # are accepted, as before signing existed.
+        self.keys = tuple(keys)
         self.store = store
         self.clock = clock or store.clock
         self.reply = reply
@@ -91,7 +101,7 @@ class Downlink:
         self._handlers: dict[str, Handler] = {}
         self._pruned_at: datetime | None = None
         store.db.executescript(SCHEMA)
-        self.register("tariffs", lambda m: apply_tariffs(self.store, m))
+        self.register("tariffs", lambda m: apply_tariffs(self.store, m, currency=self.currency))
         self.register("maintenance", lambda m: apply_maintenance(self.store, m, self.clock.now()))
 
     def register(self, kind: str, handler: Handler) -> None:
@@ -104,14 +114,18 @@ class Downlink:
                              f"auth_response or cmd:<name>")
         self._handlers[kind] = handler
 
-    async def handle(self, topic: str, payload: bytes) -> dict | None:
-        """Check, apply and answer one message; returns the reply sent (None
-        when no reply is due: another hub's topic, an accepted auth response)."""
+    async def handle(self, topic: str, payload: bytes, sig: str | None = None) -> dict | None:
+        """Check, apply and answer one message; ``sig`` is the value of its
+        hubedge-sig user property, if any. Returns the reply sent (None when
+        no reply is due: another hub's topic, an accepted auth response)."""
         kind = kind_of_topic(self.hub_id, topic)
         if kind is None:
             log.warning("downlink.ignored reason=not_our_topic topic=%s", topic)
             return None
-        message, answer = self._check(kind, payload)
+        if self.keys and not verify(self.keys, topic, payload, sig):
+            message, answer = None, self._unsigned(kind, payload, sig)
+        else:
+            message, answer = self._check(kind, payload)
         if answer is None:
             answer = await self._apply(kind, message)
         if kind == "auth_response" and answer["ok"]:
@@ -120,6 +134,19 @@ class Downlink:
         return answer
 
     # -------------------------------------------------------------- checks
+    def _unsigned(self, kind: str, payload: bytes, sig: str | None) -> dict:
+        """The refusal of a message without a valid signature. Its content is
+        not trusted and not applied; its id is only echoed, so that the cloud
+        can tell which of its messages a wrong key spoiled."""
+        if sig is None:
+            text = (f"message has no signature (MQTT user property {SIGNATURE_PROPERTY}) and this hub obeys only "
+                    f"signed messages: sign topic, newline and payload with the hub's command key; nothing was applied")
+        else:
+            text = ("the message's signature does not match this topic and payload under any of this hub's command "
+                    "keys: check that the cloud signs with the key installed on this hub (command_key_file); "
+                    "nothing was applied")
+        return self._refusal(_claimed_id(payload, self.max_bytes), kind, "bad_signature", text)
+
     def _check(self, kind: str, payload: bytes) -> tuple[dict | None, dict | None]:
         """(message, None) when the message may be applied, else (msg, reply)."""
         if len(payload) > self.max_bytes:
@@ -238,6 +265,18 @@ class Downlink:
             log.exception("downlink.reply_failed id=%s code=%s", answer.get("id"), answer.get("code"))
 
 
+def _claimed_id(payload: bytes, max_bytes: int) -> str | None:
+    """The ``id`` an untrusted message claims, for the refusal only."""
+    if len(payload) > max_bytes:
+        return None
+    try:
+        message = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    found = message.get("id") if isinstance(message, dict) else None
+    return found if isinstance(found, str) and 0 < len(found) <= 128 else None
+
+
 # ------------------------------------------------------------------ tariffs
 def _decimal(value: str, field: str, tariff_id: str) -> Decimal:
     try:
@@ -249,9 +288,11 @@ def _decimal(value: str, field: str, tariff_id: str) -> Decimal:
     return number
 
 
-def apply_tariffs(store: Store, message: dict) -> dict:
+def apply_tariffs(store: Store, message: dict, *, currency: str | None = None) -> dict:
     """Upsert the message's tariffs (by id) into store.documents("tariffs"),
-    all or none: one bad tariff refuses the whole batch."""
+    all or none: one bad tariff refuses the whole batch. A tariff in a currency
+    the hub cannot price, or other than the site's ``currency``, is refused:
+    stored, it would never be in force while the cloud believed it was."""
     seen: set[str] = set()
     clean = []
     for tariff in message["tariffs"]:
@@ -259,6 +300,12 @@ def apply_tariffs(store: Store, message: dict) -> dict:
         if tid in seen:
             raise Rejected("rejected", f"tariff {tid} appears twice in the batch: send each tariff once; nothing applied")
         seen.add(tid)
+        if tariff["currency"] not in CURRENCIES:
+            raise Rejected("rejected", f"tariff {tid}: currency {tariff['currency']} is not one this hub can price "
+                                       f"(known: {', '.join(sorted(CURRENCIES))}); nothing applied")
+        if currency is not None and tariff["currency"] != currency:
+            raise Rejected("rejected", f"tariff {tid}: currency {tariff['currency']} is not this site's currency "
+                                       f"{currency}: send the tariff in {currency}; nothing applied")
         price = _decimal(tariff["price_per_kwh"], "price_per_kwh", tid)
         vat = _decimal(tariff["vat_rate"], "vat_rate", tid)
         if price > 100:
@@ -278,14 +325,17 @@ def apply_tariffs(store: Store, message: dict) -> dict:
 
 
 def tariff_in_force(tariffs: Iterable[Mapping], now: datetime, currency: str | None = None) -> Mapping | None:
-    """The tariff with the latest effective_from not after ``now`` (R-P8)."""
-    best, best_from = None, None
+    """The tariff with the latest effective_from not after ``now`` (R-P8);
+    equal start times: the highest id wins, as in edge.pricing.tariff_in_force,
+    so the answer never depends on the order the tariffs were stored in."""
+    best, best_key = None, None
     for tariff in tariffs:
         if currency is not None and tariff["currency"] != currency:
             continue
         since = parse_rfc3339(tariff["effective_from"])
-        if since <= now and (best_from is None or since > best_from):
-            best, best_from = tariff, since
+        key = (since, tariff["id"])
+        if since <= now and (best_key is None or key > best_key):
+            best, best_key = tariff, key
     return best
 
 

@@ -799,11 +799,17 @@ class Hub:
         from edge.downlink import Downlink
 
         loop = asyncio.get_running_loop()
-        self.downlink = Downlink(self.hub_id, self.store, clock=self.clock, reply=self._reply, on_event=self.emit)
+        keys = self._command_keys()
+        self.downlink = Downlink(self.hub_id, self.store, clock=self.clock, reply=self._reply, on_event=self.emit,
+                                 keys=keys, currency=self.cfg.hub.currency)
         self._register_commands()
         if not self.cfg.cloud.broker:
             log.info("cloud.disabled reason=no_broker_configured")
             return
+        if not keys:
+            log.warning("cloud.commands_unverified reason=no_command_key_file action=%r",
+                        "syncs and commands from the broker are obeyed unsigned: set [cloud] command_key_file "
+                        "to the cloud's command key for this hub (docs/deploy.md)")
         from edge.uplink import Uplink
 
         tls = None
@@ -828,13 +834,29 @@ class Hub:
         )
         self.uplink.start()
 
+    def _command_keys(self) -> tuple[bytes, ...]:
+        """The cloud's command keys (edge/signing.py), none when not configured.
+        The config check has read the file already; a file spoilt since then
+        stops the start with the same message."""
+        from edge.config import ConfigError
+        from edge.signing import KeyFileError, load_keys
+
+        if not self.cfg.cloud.command_key_file:
+            return ()
+        try:
+            keys = load_keys(self.cfg.resolve(self.cfg.cloud.command_key_file))
+        except KeyFileError as exc:
+            raise ConfigError(self.cfg.source or "<config>", [f"cloud.command_key_file: {exc}"]) from None
+        log.info("cloud.commands_signed keys=%d", len(keys))
+        return keys
+
     def _reply(self, payload: dict) -> None:
         if self.uplink is not None:
             self.uplink.publish_reply(payload)
 
-    def _on_cloud_message(self, topic: str, payload: bytes) -> None:
+    def _on_cloud_message(self, topic: str, payload: bytes, sig: str | None) -> None:
         if self.downlink is not None:
-            self._spawn(self.downlink.handle(topic, payload))
+            self._spawn(self.downlink.handle(topic, payload, sig))
 
     def _on_link(self, up: bool) -> None:
         self.link_up = up

@@ -1,6 +1,8 @@
 """The MQTT link to the cloud: drains the outbox, keeps the retained online
 status with a last will (R-M4), receives syncs and commands (R-M3), over TLS
-with client certificates when the URL says mqtts:// (R-M5).
+with client certificates when the URL says mqtts:// (R-M5). Each received
+message goes to ``on_message`` with its signature (the hubedge-sig user
+property, edge/signing.py), which the downlink checks.
 
 Why a fresh paho client per connection: paho keeps QoS 1 messages it could not
 deliver in memory and resends them itself after a reconnect, which would race
@@ -39,6 +41,7 @@ from paho.mqtt.properties import Properties
 from edge.clock import Clock, rfc3339
 from edge.envelope import TELEMETRY_STREAM, topic_for
 from edge.outbox import Outbox
+from edge.signing import SIGNATURE_PROPERTY
 
 log = logging.getLogger("hubedge.uplink")
 
@@ -83,7 +86,7 @@ class _Connection:
 
 class Uplink:
     def __init__(self, hub_id: str, broker_url: str, *, client_id: str, outbox: Outbox, clock: Clock | None = None,
-                 tls: dict[str, str] | None = None, version: str, on_message: Callable[[str, bytes], None],
+                 tls: dict[str, str] | None = None, version: str, on_message: Callable[[str, bytes, str | None], None],
                  on_link: Callable[[bool], None], loop: asyncio.AbstractEventLoop, keepalive: int = 30,
                  window: int = 1000, max_inflight: int = 100, backoff: tuple[float, float] = (1.0, 60.0), connect_timeout: float = 10.0,
                  session_expiry_s: int = 7 * 24 * 3600):
@@ -239,7 +242,7 @@ class Uplink:
                 call(self._on_acks, conn)
 
         def on_message(_c, _u, message):
-            call(self._deliver, message.topic, bytes(message.payload))
+            call(self._deliver, message.topic, bytes(message.payload), _signature(message))
 
         client.on_connect = on_connect
         client.on_disconnect = on_disconnect
@@ -416,11 +419,19 @@ class Uplink:
                 # duplicate the cloud drops, never a loss.
                 log.exception("uplink.mark_delivered_failed count=%d", len(positions))
 
-    def _deliver(self, topic: str, payload: bytes) -> None:
+    def _deliver(self, topic: str, payload: bytes, sig: str | None) -> None:
         try:
-            self.on_message(topic, payload)
+            self.on_message(topic, payload, sig)
         except Exception:
             log.exception("uplink.on_message_failed topic=%s", topic)
+
+
+def _signature(message: mqtt.MQTTMessage) -> str | None:
+    """The message's hubedge-sig user property (the first, if sent twice)."""
+    for name, value in getattr(message.properties, "UserProperty", None) or ():
+        if name == SIGNATURE_PROPERTY:
+            return value
+    return None
 
 
 def _stop_client(client: mqtt.Client) -> None:

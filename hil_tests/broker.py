@@ -157,8 +157,24 @@ class CloudClient:
         with self._cond:
             return [m for m in self.messages if m[0].startswith(prefix)]
 
-    def publish(self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False) -> None:
-        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+    def publish(self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False,
+                key: bytes | None = None, sig: str | None = None) -> None:
+        """Publish and wait until it is sent. ``key`` signs the message as the
+        cloud does (edge/signing.py); ``sig`` sends exactly that hubedge-sig
+        value instead (a wrong or malformed signature); neither: unsigned."""
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        from edge.signing import SIGNATURE_PROPERTY, sign
+
+        body = payload.encode() if isinstance(payload, str) else payload
+        if key is not None:
+            sig = sign(key, topic, body)
+        props = None
+        if sig is not None:
+            props = Properties(PacketTypes.PUBLISH)
+            props.UserProperty = (SIGNATURE_PROPERTY, sig)
+        info = self.client.publish(topic, body, qos=qos, retain=retain, properties=props)
         info.wait_for_publish(5)
 
     def stop(self) -> None:

@@ -2,8 +2,9 @@
 
 Used by the demo and the tests: it records what the hub sends, publishes
 sync messages and commands, and answers roaming authorisation requests from
-a table it is given. A real cloud is another team's system; this one only
-plays its part on a local broker.
+a table it is given. Given the hub's command key, it signs everything it
+publishes, as the real cloud does (edge/signing.py). A real cloud is another
+team's system; this one only plays its part on a local broker.
 """
 
 from __future__ import annotations
@@ -17,18 +18,22 @@ from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edge.clock import rfc3339
+from edge.signing import SIGNATURE_PROPERTY, sign
 
 
 class CloudSimulator:
-    def __init__(self, broker_url: str, hub_id: str, *, client_id: str | None = None):
+    def __init__(self, broker_url: str, hub_id: str, *, client_id: str | None = None, command_key: bytes | None = None):
         parts = urlsplit(broker_url)
         if parts.scheme != "mqtt":
             raise ValueError(f"the simulated cloud speaks plain mqtt:// on loopback, not {broker_url!r}")
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 1883
         self.hub_id = hub_id
         self.root = f"hub/{hub_id}"
+        self.command_key = command_key
         self.messages: list[tuple[str, dict | None, bool]] = []  # (topic, payload, retained)
         self.auth_answers: dict[str, dict] = {}
         self._silent = False
@@ -42,9 +47,6 @@ class CloudSimulator:
 
     # ------------------------------------------------------------ lifecycle
     def start(self, timeout: float = 5.0) -> "CloudSimulator":
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
-
         # A persistent session, as the real cloud keeps: across a broker
         # restart it still gets what the hub sent meanwhile.
         props = Properties(PacketTypes.CONNECT)
@@ -77,6 +79,14 @@ class CloudSimulator:
             self._answer(payload)
 
     # -------------------------------------------------------- cloud -> hub
+    def publish(self, topic: str, body: bytes) -> None:
+        """Publish to the hub at QoS 1, signed when a command key was given."""
+        props = None
+        if self.command_key is not None:
+            props = Properties(PacketTypes.PUBLISH)
+            props.UserProperty = (SIGNATURE_PROPERTY, sign(self.command_key, topic, body))
+        self.client.publish(topic, body, qos=1, properties=props)
+
     def send(self, kind: str, payload: dict) -> str:
         """Publish sync/{kind} (tokens, bookings, tariffs, maintenance) or,
         with kind "cmd:NAME", a command. Returns the message id."""
@@ -89,7 +99,7 @@ class CloudSimulator:
             topic = f"{self.root}/cmd/{kind[4:]}"
         else:
             topic = f"{self.root}/sync/{kind}"
-        self.client.publish(topic, json.dumps(body), qos=1)
+        self.publish(topic, json.dumps(body).encode())
         return body["id"]
 
     def answer_auth(self, uid: str, status: str, *, group: str | None = None, reference: str | None = None,
@@ -115,7 +125,7 @@ class CloudSimulator:
             "group": answer["group"],
             "reference": answer["reference"],
         }
-        self.client.publish(f"{self.root}/auth/response", json.dumps(body), qos=1)
+        self.publish(f"{self.root}/auth/response", json.dumps(body).encode())
 
     # -------------------------------------------------------- hub -> cloud
     def events(self, type_prefix: str = "") -> list[dict]:

@@ -39,7 +39,7 @@ async def test_sync_malformed_downlink_refused_with_reply_R_M3(tmp_path, broker,
     loop = asyncio.get_running_loop()
     tasks: list[asyncio.Task] = []
     uplink = Uplink(HUB, broker.url, client_id=f"hub-{HUB}", outbox=outbox, clock=clock, version="t",
-                    on_message=lambda t, p: tasks.append(loop.create_task(downlink.handle(t, p))),
+                    on_message=lambda t, p, s: tasks.append(loop.create_task(downlink.handle(t, p, s))),
                     on_link=lambda up: None, loop=loop, backoff=(0.05, 0.5))
     downlink = Downlink(HUB, store, clock=clock, reply=uplink.publish_reply, on_event=outbox.put)
     gate_opened: list[dict] = []

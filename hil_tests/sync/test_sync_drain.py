@@ -59,7 +59,7 @@ def check_delivery(received: list[tuple[str, bytes, bool]], expected_ids: set[st
 
 def make_uplink(outbox, url, loop, links=None, **kw):
     return Uplink(HUB, url, client_id=f"hub-{HUB}", outbox=outbox, clock=Clock(), version="1.2.3",
-                  on_message=kw.pop("on_message", lambda t, p: None),
+                  on_message=kw.pop("on_message", lambda t, p, s: None),
                   on_link=(links.append if links is not None else (lambda up: None)), loop=loop,
                   backoff=(0.05, 0.5), **kw)
 

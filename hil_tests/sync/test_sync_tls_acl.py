@@ -41,7 +41,7 @@ async def test_sync_tls_client_certificates_and_acl_R_M5(tmp_path, tls_broker, p
     outbox = Outbox(store, "HUB-A", quota_bytes=1024 * 1024)
     loop = asyncio.get_running_loop()
     uplink = Uplink("HUB-A", tls_broker.tls_url, client_id="hub-HUB-A", outbox=outbox, tls=pki.client("HUB-A"),
-                    version="t", on_message=lambda t, p: None, on_link=lambda up: None, loop=loop,
+                    version="t", on_message=lambda t, p, s: None, on_link=lambda up: None, loop=loop,
                     backoff=(0.05, 0.5))
     uplink.start()
     try:
@@ -86,7 +86,7 @@ async def test_sync_tls_client_certificates_and_acl_R_M5(tmp_path, tls_broker, p
     store = Store(tmp_path / "c")
     outbox = Outbox(store, "HUB-C", quota_bytes=1024 * 1024)
     nocert = Uplink("HUB-C", tls_broker.tls_url, client_id="hub-HUB-C", outbox=outbox, tls={"ca": a["ca"]},
-                    version="t", on_message=lambda t, p: None, on_link=lambda up: None, loop=loop,
+                    version="t", on_message=lambda t, p, s: None, on_link=lambda up: None, loop=loop,
                     backoff=(0.05, 0.5))
     nocert.start()
     try:

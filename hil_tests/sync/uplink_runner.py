@@ -19,7 +19,7 @@ async def main(state_dir: str, url: str, hub_id: str, window: int) -> None:
     store = Store(Path(state_dir), clock=clock)
     outbox = Outbox(store, hub_id, clock=clock, quota_bytes=512 * 1024 * 1024)
     uplink = Uplink(hub_id, url, client_id=f"hub-{hub_id}", outbox=outbox, clock=clock, version="test",
-                    on_message=lambda t, p: None, on_link=lambda up: print(f"link {up}", flush=True),
+                    on_message=lambda t, p, s: None, on_link=lambda up: print(f"link {up}", flush=True),
                     loop=asyncio.get_running_loop(), window=window, backoff=(0.05, 0.5))
     uplink.start()
     await asyncio.Event().wait()  # until killed

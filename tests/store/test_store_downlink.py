@@ -4,7 +4,7 @@ change, applied whole and once; R-C7 maintenance windows, R-P8 tariffs."""
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -183,3 +183,30 @@ def test_store_downlink_topic_kinds():
     assert kind_of_topic("H", "hub/H/auth/response") == "auth_response"
     assert kind_of_topic("H", "hub/H2/sync/tariffs") is None
     assert kind_of_topic("H", "hub/H/event/session") is None
+
+
+async def test_store_tariff_in_a_currency_the_site_cannot_price_is_refused_R_P8(tmp_path):
+    """A tariff the hub would store and never apply (unknown currency, or not
+    the site's) is refused whole, naming the currency; nothing stored."""
+    clock = FakeClock()
+    store = Store(tmp_path, clock=clock)
+    replies: list[dict] = []
+    downlink = Downlink(HUB, store, clock=clock, reply=replies.append, currency="EUR")
+    try:
+        for n, code in enumerate(("XYZ", "GBP")):
+            await downlink.handle(f"hub/{HUB}/sync/tariffs",
+                                  body({"v": 1, "id": f"x{n}", "tariffs": [tariff(id="ok"), tariff(id="t", currency=code)]}))
+            assert replies[-1]["code"] == "rejected" and code in replies[-1]["message"], replies[-1]
+        assert not store.documents("tariffs").all()
+        await downlink.handle(f"hub/{HUB}/sync/tariffs", body({"v": 1, "id": "ok", "tariffs": [tariff()]}))
+        assert replies[-1]["ok"], replies[-1]
+    finally:
+        store.close()
+
+
+def test_store_tariff_in_force_equal_start_highest_id_wins_in_any_order_R_P8():
+    """Same rule as edge.pricing.tariff_in_force: the stored order never decides."""
+    at = datetime(2026, 6, 1, tzinfo=timezone.utc)
+    a, b = tariff(id="a", price_per_kwh="0.40"), tariff(id="b", price_per_kwh="0.50")
+    assert tariff_in_force([a, b], at)["id"] == "b"
+    assert tariff_in_force([b, a], at)["id"] == "b"
