@@ -9,7 +9,12 @@ bookings have left it):
   link (R-P3, R-P5);
 - at C4 a card is declined for insufficient funds: nothing starts (R-P1);
 - the driver pays with another card and charges until the cost cap stops the
-  session before it would cost more than the hold (R-P2), then it is booked.
+  session before it would cost more than the hold (R-P2), then it is booked;
+- at 03:00 of the demo day T1 runs its end-of-day (ZVT 06 50): the day's
+  bookings go to the acquirer; a hold whose session still charges stays open.
+  The daemon keeps real time, so the demo asks for it at its own 03:00 as a
+  technician would (`hubctl terminal end-of-day T1`); the daily schedule
+  (`end_of_day = "03:00"`) runs on the real clock.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ id = "T1"
 port = "{self.terminal.tcp_url}"
 connectors = ["C3", "C4"]
 password = "000000"
+end_of_day = "03:00"
 """
 
     async def stop(self) -> None:
@@ -110,6 +116,24 @@ password = "000000"
             self.notes.append(f"{cid}: stop at the arch: {answer.get('message') or answer.get('reason')}")
         return self._in_background(run)
 
+    def _end_of_day(self):
+        async def run():
+            for _try in range(3):
+                try:
+                    answer = await self.demo.ask("terminal_end_of_day", {"id": "T1"})
+                except RuntimeError as exc:  # a driver at the terminal: try again a little later
+                    answer = {"message": str(exc)}
+                    await self.demo.sim_sleep(0.05 * HOUR)
+                    continue
+                if answer.get("outcome") == "done":
+                    total = answer.get("total") or {"amount": "0.00", "currency": "EUR"}
+                    self.notes.append(f"terminal T1 closed the day: {answer['transactions']} transactions, "
+                                      f"{total['amount']} {total['currency']} booked")
+                    return
+                break
+            self.notes.append(f"terminal T1 end-of-day: {answer.get('message')}")
+        return self._in_background(run)
+
     def steps(self) -> list[Step]:
         return [
             Step(0.30 * HOUR, "truck plugs in at C3 (arch terminal T1)", self._plug("C3", 25, 700, 300_000)),
@@ -122,6 +146,8 @@ password = "000000"
             Step(2.40 * HOUR, "a big truck plugs in at C4", self._plug("C4", 5, 1000, 600_000)),
             Step(2.42 * HOUR, "C4's driver pays at T1: card declined (insufficient funds), nothing starts; then pays "
                  "with another card: approved, and the cost cap will end this session", self._declined_then_paid("C4")),
+            Step(3.00 * HOUR, "terminal T1 runs its end-of-day: the day's card bookings go to the acquirer "
+                 "(a hold whose session still charges stays open)", self._end_of_day()),
             Step(4.40 * HOUR, "C4's truck leaves", lambda: self.demo.unplug_when_unlocked("C4")),
         ]
 

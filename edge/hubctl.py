@@ -334,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name in EXAMPLES:
             sp.epilog = "examples:\n" + "\n".join("  " + line for line in EXAMPLES[name].splitlines()) + (
                 "\n\n" + EXIT_HELP)
-        else:
+        elif not sp.epilog:  # a part's command may bring its own examples and exit codes
             sp.epilog = EXIT_HELP
     return p
 

@@ -20,8 +20,15 @@ Each terminal has its own lane (a task and a lock): a dead terminal delays
 only its own arch. Card numbers never reach this module: the driver gives the
 terminal's card token and at most BIN + last four (R-P6).
 
-Pure decisions (amounts, caps, reconciliation plans, backstop, backoff) are
-plain functions at the top and are unit-tested without sockets.
+Once a day, at its configured local time, each terminal runs its end-of-day
+(ZVT 06 50): the day's bookings go to the acquirer (until then the operator
+is not paid, and a terminal whose memory fills refuses cards). Its open
+reservations are resolved first; a refused or failed closing is tried again
+every 10 minutes, six times at most, and each closing is kept durably.
+
+Pure decisions (amounts, caps, reconciliation plans, backstop, backoff, when
+a closing is due) are plain functions at the top and are unit-tested without
+sockets.
 """
 
 from __future__ import annotations
@@ -35,9 +42,11 @@ import sqlite3
 import time
 import uuid
 from dataclasses import dataclass, fields
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
+from datetime import time as time_of_day
 from decimal import Decimal
 from typing import Any, Iterable, Mapping
+from zoneinfo import ZoneInfo
 
 from edge.clock import parse_rfc3339, rfc3339
 from edge.hub import Capability, NotFound, Refused
@@ -219,6 +228,89 @@ def same_card(started: "PaymentRecord", token: str | None, masked: str | None) -
     return False
 
 
+# ================================================== end-of-day (ZVT 06 50)
+# A closing refused by the terminal (77: not possible now) or failed is tried
+# again this often, at most this many times for one day, then reported.
+END_OF_DAY_RETRY = timedelta(minutes=10)
+END_OF_DAY_ATTEMPTS = 6
+# done; refused (tries left, next_attempt_at says when); failed (given up
+# for that day); baseline (the hub's first start: nothing to close before it).
+CLOSING_OUTCOMES = ("done", "refused", "failed", "baseline")
+
+
+@dataclass(frozen=True)
+class Closing:
+    """One end-of-day of one terminal, as the ledger keeps it."""
+
+    id: int
+    terminal: str
+    day: date  # the local day (hub's time zone) whose closing this is
+    outcome: str
+    attempts: int
+    at: datetime  # UTC, last change
+    trigger: str = "schedule"  # schedule | hubctl
+    total: Decimal | None = None  # what the terminal reported submitting
+    currency: str | None = None
+    transactions: int | None = None  # payments the hub settled on it since its previous closing
+    reason: str | None = None
+    result_code: int | None = None
+    next_attempt_at: datetime | None = None
+
+
+def closing_time(setting: str) -> time_of_day | None:
+    """``[[terminals]] end_of_day``: "HH:MM" (checked by the config), or "off"."""
+    if setting == "off":
+        return None
+    hours, minutes = setting.split(":")
+    return time_of_day(int(hours), int(minutes))
+
+
+def closing_slot(day: date, at: time_of_day, tz: ZoneInfo) -> datetime:
+    """When ``day``'s closing is due, in UTC. On the spring-forward day a time
+    the clock skips (02:30 in Europe/Berlin) comes an hour later; on the
+    fall-back day a time that happens twice is its first occurrence."""
+    return datetime.combine(day, at, tzinfo=tz).astimezone(timezone.utc)
+
+
+def latest_closing_day(at: time_of_day, tz: ZoneInfo, now: datetime) -> date:
+    """The local day of the latest closing time at or before ``now``."""
+    today = now.astimezone(tz).date()
+    return today if closing_slot(today, at, tz) <= now else today - timedelta(days=1)
+
+
+def _retry_pending(last: Closing | None, day: date) -> bool:
+    return last is not None and last.day == day and last.outcome == "refused" and last.attempts < END_OF_DAY_ATTEMPTS
+
+
+def end_of_day_due(at: time_of_day | None, tz: ZoneInfo, last: Closing | None, now: datetime) -> date | None:
+    """The local day whose closing is due at ``now``, or None.
+
+    ``last`` is the terminal's latest closing record. Without one nothing is
+    due: the caller records a baseline first, so the days before the hub ran
+    are not closed late. After days without the hub only the latest day is
+    due: one closing submits everything booked since the previous one."""
+    if at is None or last is None:
+        return None
+    day = latest_closing_day(at, tz, now)
+    if last.day < day:
+        return day
+    if _retry_pending(last, day) and (last.next_attempt_at is None or last.next_attempt_at <= now):
+        return day
+    return None
+
+
+def next_closing_at(at: time_of_day | None, tz: ZoneInfo, last: Closing | None, now: datetime) -> datetime | None:
+    """When the terminal's next closing (or retry) is due, UTC; None when off."""
+    if at is None:
+        return None
+    day = latest_closing_day(at, tz, now)
+    if last is not None and last.day < day:
+        return closing_slot(day, at, tz)
+    if _retry_pending(last, day):
+        return last.next_attempt_at or now
+    return closing_slot(max(day, last.day if last else day) + timedelta(days=1), at, tz)
+
+
 # =================================================================== ledger
 LEDGER_SCHEMA = """
 CREATE TABLE IF NOT EXISTS payment_holds (
@@ -266,6 +358,22 @@ CREATE TABLE IF NOT EXISTS payment_steps (
     finished_at TEXT,
     PRIMARY KEY (payment_id, n)
 );
+CREATE TABLE IF NOT EXISTS terminal_closings (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    terminal TEXT NOT NULL,
+    day TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    trigger TEXT NOT NULL,
+    total TEXT,
+    currency TEXT,
+    transactions INTEGER,
+    reason TEXT,
+    result_code INTEGER,
+    next_attempt_at TEXT,
+    at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS terminal_closings_terminal ON terminal_closings(terminal, id);
 """
 
 KINDS = ("session", "card_check", "unknown_hold")
@@ -489,6 +597,60 @@ class PaymentLedger:
             db.execute("UPDATE payment_steps SET outcome=?, detail=?, finished_at=? WHERE payment_id=? AND outcome IS NULL",
                        (outcome, detail[:500], rfc3339(now), payment_id))
 
+    # -- end-of-day
+    def closings(self, terminal: str, limit: int = 20, outcomes: Iterable[str] = CLOSING_OUTCOMES) -> list[Closing]:
+        """The terminal's closings, newest first."""
+        wanted = tuple(outcomes)
+        marks = ",".join("?" for _ in wanted)
+        cur = self.db.execute(f"SELECT * FROM terminal_closings WHERE terminal=? AND outcome IN ({marks}) "
+                              f"ORDER BY id DESC LIMIT ?", (terminal, *wanted, int(limit)))
+        cur.row_factory = sqlite3.Row
+        return [_closing_from_row(r) for r in cur.fetchall()]
+
+    def last_closing(self, terminal: str, outcomes: Iterable[str] = CLOSING_OUTCOMES) -> Closing | None:
+        rows = self.closings(terminal, 1, outcomes)
+        return rows[0] if rows else None
+
+    def record_closing(self, terminal: str, day: date, outcome: str, now: datetime, *, attempts: int = 0,
+                       trigger: str = "schedule", total: Decimal | None = None, currency: str | None = None,
+                       transactions: int | None = None, reason: str | None = None, result_code: int | None = None,
+                       next_attempt_at: datetime | None = None, closing_id: int | None = None) -> Closing:
+        """A new closing, or (``closing_id``) the next try of one still refused."""
+        if outcome not in CLOSING_OUTCOMES:
+            raise LedgerError(f"unknown closing outcome {outcome!r}")
+        row = {"terminal": terminal, "day": day.isoformat(), "outcome": outcome, "attempts": attempts,
+               "trigger": trigger, "total": str(total) if total is not None else None, "currency": currency,
+               "transactions": transactions, "reason": reason[:500] if reason else None, "result_code": result_code,
+               "next_attempt_at": rfc3339(next_attempt_at) if next_attempt_at else None, "at": rfc3339(now)}
+        with self.store.transaction() as db:
+            if closing_id is None:
+                cur = db.execute(f"INSERT INTO terminal_closings ({','.join(row)}) VALUES ({','.join(':' + k for k in row)})", row)
+                closing_id = cur.lastrowid
+            else:
+                cur = db.execute(f"UPDATE terminal_closings SET {','.join(f'{k}=:{k}' for k in row)} "
+                                 f"WHERE id=:id AND terminal=:terminal AND outcome='refused'", {**row, "id": closing_id})
+                if cur.rowcount != 1:
+                    raise LedgerError(f"closing {closing_id} of terminal {terminal} is no longer being retried")
+        return Closing(id=closing_id, terminal=terminal, day=day, outcome=outcome, attempts=attempts, at=now,
+                       trigger=trigger, total=total, currency=currency, transactions=transactions, reason=row["reason"],
+                       result_code=result_code, next_attempt_at=next_attempt_at)
+
+    def settled_since(self, terminal: str, since: datetime | None) -> int:
+        """Payments settled on the terminal after ``since``: what its next closing submits."""
+        row = self.db.execute("SELECT COUNT(*) FROM payment_holds WHERE terminal=? AND state='settled' AND closed_at > ?",
+                              (terminal, rfc3339(since) if since else "")).fetchone()
+        return row[0]
+
+
+def _closing_from_row(r: sqlite3.Row) -> Closing:
+    return Closing(
+        id=r["id"], terminal=r["terminal"], day=date.fromisoformat(r["day"]), outcome=r["outcome"],
+        attempts=r["attempts"], at=parse_rfc3339(r["at"]), trigger=r["trigger"],
+        total=Decimal(r["total"]) if r["total"] is not None else None, currency=r["currency"],
+        transactions=r["transactions"], reason=r["reason"], result_code=r["result_code"],
+        next_attempt_at=parse_rfc3339(r["next_attempt_at"]) if r["next_attempt_at"] else None,
+    )
+
 
 # ============================================================ terminal lane
 class TerminalLane:
@@ -523,6 +685,7 @@ class TerminalLane:
         self._wake: asyncio.Event | None = None
         self._texts = None  # where the terminal's screen texts go during an exchange
         self.serving: str | None = None  # the connector whose driver is at the terminal now
+        self.closing = False  # its end-of-day is running
 
     def _on_text(self, text: str):
         if self._texts is not None:
@@ -584,6 +747,7 @@ class TerminalLane:
                 if self.reconcile_due or time.monotonic() - self.last_reconcile > RECONCILE_EVERY_S:
                     await self.payments.reconcile(self)
                 await self.payments.run_due(self)
+                await self.payments.maybe_end_of_day(self)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -606,6 +770,7 @@ class TerminalLane:
             "connectors": ",".join(self.connectors),
             "open_holds": len(holds),
             "last_result": self.last_result or "-",
+            **self.payments.closing_view(self),
         }
 
 
@@ -634,6 +799,7 @@ class Payments(Capability):
     def __init__(self, hub):
         super().__init__(hub)
         self.ledger = PaymentLedger(hub.store)
+        self.tz = ZoneInfo(hub.cfg.hub.timezone)  # end-of-day times are local
         self.lanes: dict[str, TerminalLane] = {t.id: TerminalLane(self, t) for t in hub.cfg.terminals}
         self._watch: dict[str, CapWatch] = {}  # payment id -> cost-cap watch of a charging hold
         self._selecting: set[str] = set()  # connectors with a pre-authorisation running
@@ -646,6 +812,7 @@ class Payments(Capability):
             return
         self._recover()
         for lane in self.lanes.values():
+            self._last_closing(lane)
             self.hub.spawn(lane.run())
         self.hub.spawn(self._watch_costs())
 
@@ -730,6 +897,7 @@ class Payments(Capability):
             "arch_receipt": self._arch_receipt,
             "payments": self._list,
             "payment_retry": self._retry,
+            "terminal_end_of_day": self._terminal_end_of_day,
         }
 
     def _lane_for(self, args: dict) -> tuple[TerminalLane, str]:
@@ -1062,6 +1230,10 @@ class Payments(Capability):
         waits = [max(0.0, (r.next_attempt_at - now).total_seconds()) if r.next_attempt_at else 0.0
                  for r in self.ledger.open_records(lane.id) if r.state in PENDING_STATES]
         until_reconcile = max(1.0, RECONCILE_EVERY_S - (time.monotonic() - lane.last_reconcile))
+        closing = next_closing_at(closing_time(lane.cfg.end_of_day), self.tz, self.ledger.last_closing(lane.id), now)
+        if closing is not None:
+            # Due while a driver is at the terminal: look again each second.
+            waits.append(max(1.0, (closing - now).total_seconds()))
         return min([until_reconcile, 30.0] + waits)
 
     async def run_due(self, lane: TerminalLane) -> None:
@@ -1212,6 +1384,162 @@ class Payments(Capability):
         elif action.kind == "terminal_lost_hold":
             log.warning("payment.terminal_lost_hold payment=%s state=%s receipt=%s", rec.id, rec.state, rec.receipt_no)
         return False
+
+    # ---------------------------------------------------------- end-of-day
+    def _last_closing(self, lane: TerminalLane) -> Closing | None:
+        """The terminal's latest closing. On its very first start a baseline
+        for the latest closing time, so days before the hub ran are not
+        closed late."""
+        last = self.ledger.last_closing(lane.id)
+        at = closing_time(lane.cfg.end_of_day)
+        if last is None and at is not None:
+            now = self._now()
+            last = self.ledger.record_closing(lane.id, latest_closing_day(at, self.tz, now), "baseline", now)
+            log.info("terminal.end_of_day_baseline terminal=%s day=%s", lane.id, last.day)
+        return last
+
+    async def maybe_end_of_day(self, lane: TerminalLane) -> Closing | None:
+        """From the lane's loop: the scheduled end-of-day, when due and no
+        driver is at the terminal (else it waits for the next round)."""
+        at = closing_time(lane.cfg.end_of_day)
+        last = self._last_closing(lane)
+        day = end_of_day_due(at, self.tz, last, self._now())
+        if day is None or lane.serving is not None or lane.closing:
+            return None
+        pending = last if last.day == day and last.outcome == "refused" else None
+        attempts = (pending.attempts if pending else 0) + 1
+        result, error = await self._end_of_day_call(lane)
+        now = self._now()
+        if result is not None and result.ok:
+            return self._closed(lane, day, result, attempts, "schedule", pending)
+        reason = result.reason if result is not None else error
+        code = result.result_code if result is not None else None
+        if attempts < END_OF_DAY_ATTEMPTS:
+            closing = self.ledger.record_closing(
+                lane.id, day, "refused", now, attempts=attempts, reason=reason, result_code=code,
+                next_attempt_at=now + END_OF_DAY_RETRY, closing_id=pending.id if pending else None)
+            log.warning("terminal.end_of_day_retry terminal=%s day=%s attempts=%d in_s=%.0f reason=%s",
+                        lane.id, day, attempts, END_OF_DAY_RETRY.total_seconds(), reason)
+            return closing
+        message = (f"terminal {lane.id} did not close the day {day} after {attempts} tries ({reason}): its bookings are "
+                   f"not yet submitted to the acquirer; run `hubctl terminal end-of-day {lane.id}` when it is free, "
+                   f"and check it with `hubctl devices`")
+        with self.hub.store.transaction():
+            closing = self.ledger.record_closing(lane.id, day, "failed", now, attempts=attempts, reason=reason,
+                                                 result_code=code, closing_id=pending.id if pending else None)
+            self._emit_closing(closing, message)
+        log.error("terminal.end_of_day_failed terminal=%s day=%s attempts=%d reason=%s", lane.id, day, attempts, reason)
+        return closing
+
+    async def _end_of_day_call(self, lane: TerminalLane):
+        """(result, None) or (None, why). R-P4 first: the terminal's open
+        reservations are resolved and due bookings and releases made, so the
+        day's bookings are in the batch; holds of sessions still charging stay
+        open. Then 06 50 under the lane's lock: never during a card's
+        transaction."""
+        from drivers.zvt import TerminalError
+
+        lane.closing = True
+        try:
+            if lane.connected:
+                await self.reconcile(lane)
+                await self.run_due(lane)
+            async with lane.lock:
+                if not await lane.ensure_connected():
+                    return None, f"the terminal is not answering: {lane.last_result}"
+                lane.activity = "busy"
+                try:
+                    result = await lane.client.end_of_day()
+                except TerminalError as exc:
+                    lane.failed(exc)
+                    return None, str(exc)
+                finally:
+                    lane.activity = "idle" if lane.connected else "down"
+                lane.last_result = f"end-of-day: {result.reason}"
+                return result, None
+        finally:
+            lane.closing = False
+
+    def _closed(self, lane: TerminalLane, day: date, result, attempts: int, trigger: str,
+                pending: Closing | None) -> Closing:
+        now = self._now()
+        previous = self.ledger.last_closing(lane.id, ("done", "baseline"))
+        count = self.ledger.settled_since(lane.id, previous.at if previous else None)
+        with self.hub.store.transaction():
+            closing = self.ledger.record_closing(
+                lane.id, day, "done", now, attempts=attempts, trigger=trigger, total=result.amount,
+                currency=result.currency if result.amount is not None else None, transactions=count,
+                closing_id=pending.id if pending else None)
+            self._emit_closing(closing)
+        log.info("terminal.end_of_day terminal=%s day=%s transactions=%d total=%s trigger=%s",
+                 lane.id, day, count, result.amount, trigger)
+        return closing
+
+    def _emit_closing(self, c: Closing, message: str | None = None) -> None:
+        data: dict[str, Any] = {
+            "terminal": c.terminal, "day": c.day.isoformat(), "outcome": c.outcome, "attempts": c.attempts,
+            "trigger": c.trigger, "total": money(c.total, c.currency or self.hub.cfg.hub.currency),
+            "transactions": c.transactions,
+        }
+        if c.reason:
+            data["reason"] = c.reason
+        if c.result_code is not None:
+            data["result_code"] = c.result_code
+        if message:
+            data["message"] = message
+        self.hub.emit("payment.end_of_day", data)
+
+    async def _terminal_end_of_day(self, args: dict, caller, progress) -> dict:
+        """R-T3: a technician closes a terminal's day now. A closing still
+        being retried is the one closed; otherwise today's (local)."""
+        from edge.control import ControlError
+
+        ref = args.get("id")
+        if not isinstance(ref, str) or not ref:
+            raise ControlError("bad_request", "give the terminal id from [[terminals]], e.g. {\"id\": \"T1\"}")
+        lane = self.lanes.get(ref)
+        if lane is None:
+            raise NotFound(f"no terminal {ref!r} at this hub; configured: {', '.join(self.lanes) or 'none'}")
+        if lane.serving is not None or lane.closing:
+            why = "a driver is paying at it" if lane.serving is not None else "its end-of-day is already running"
+            raise Refused(f"terminal {lane.id} is busy ({why}): nothing was closed; try again in a few minutes",
+                          code="busy")
+        last = self.ledger.last_closing(lane.id)
+        pending = last if last is not None and last.outcome == "refused" else None
+        day = pending.day if pending else self._now().astimezone(self.tz).date()
+        result, error = await self._end_of_day_call(lane)
+        answer: dict[str, Any] = {"terminal": lane.id, "day": day.isoformat(), "total": None, "transactions": None,
+                                  "result_code": result.result_code if result is not None else None}
+        if result is not None and result.ok:
+            closing = self._closed(lane, day, result, (pending.attempts if pending else 0) + 1, "hubctl", pending)
+            total = money(closing.total, closing.currency)
+            n = closing.transactions
+            booked = f"{total['amount']} {total['currency']}" if total else "an amount the terminal did not report"
+            answer.update(outcome="done", total=total, transactions=n,
+                          message=f"terminal {lane.id} closed the day {day}: {n} transaction{'' if n == 1 else 's'}, "
+                                  f"{booked} booked, submitted to the acquirer")
+        elif result is not None:
+            answer.update(outcome="refused",
+                          message=f"terminal {lane.id} refused the end-of-day ({result.reason}): nothing was closed; "
+                                  f"try again in a few minutes")
+        else:
+            answer.update(outcome="failed",
+                          message=f"terminal {lane.id} did not complete the end-of-day ({error}): nothing was recorded "
+                                  f"as closed; check it with `hubctl devices`, then try again")
+        self.hub.audit(caller.user, "terminal.end_of_day", lane.id, "", answer["outcome"])
+        log.info("terminal.end_of_day_by_hand terminal=%s user=%s outcome=%s", lane.id, caller.user, answer["outcome"])
+        return answer
+
+    def closing_view(self, lane: TerminalLane) -> dict:
+        """For `hubctl status`: the last closing and when the next is due (local time)."""
+        last = self.ledger.last_closing(lane.id)
+        due = next_closing_at(closing_time(lane.cfg.end_of_day), self.tz, last, self._now())
+        shown = "-"
+        if last is not None and last.outcome != "baseline":
+            shown = f"{last.day} {last.outcome}" + (f" ({last.attempts} of {END_OF_DAY_ATTEMPTS} tries)"
+                                                    if last.outcome == "refused" else "")
+        return {"last_closing": shown,
+                "next_closing": due.astimezone(self.tz).strftime("%Y-%m-%d %H:%M %Z") if due else "off"}
 
     # ------------------------------------------------------------ cost cap
     def _cap_wh(self, rec: PaymentRecord) -> int | None:

@@ -1,13 +1,14 @@
 """hubctl commands of the payment part (R-T3): `hubctl payments` lists the
 holds at the arch terminals with their state; `hubctl payment retry ID`
-settles or releases a hold now instead of at its next retry. Kept light so
-hubctl starts fast: no daemon code is imported here."""
+settles or releases a hold now instead of at its next retry; `hubctl
+terminal end-of-day ID` closes a terminal's day now. Kept light so hubctl
+starts fast: no daemon code is imported here."""
 
 from __future__ import annotations
 
 import argparse
 
-from edge.hubctl import EXIT_OK, EXIT_REFUSED, PartCommand, Style, table
+from edge.hubctl import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, PartCommand, Style, table
 
 FINAL = ("declined", "settled", "released", "lapsed")
 
@@ -61,10 +62,51 @@ def _payment_exit(data: dict) -> int:
     return EXIT_OK if data.get("state") in FINAL else EXIT_REFUSED
 
 
+TERMINAL_DESCRIPTION = """\
+Run a terminal's end-of-day (ZVT 06 50) now: its open reservations are
+resolved first, then the day's bookings are submitted to the acquirer. The
+hub runs it by itself each day at [[terminals]] end_of_day (default 03:00
+local time); use this after a closing failed, or before a terminal is
+serviced. Audited."""
+
+TERMINAL_EPILOG = """\
+examples:
+  hubctl terminal end-of-day T1
+  hubctl --json terminal end-of-day T1
+
+exit status: 0 closed; 3 refused by the terminal, or a driver is paying at it
+(nothing was closed: try again in a few minutes); 1 the terminal did not
+answer; 2 bad arguments; 4 no such terminal; 5 daemon unreachable or not in
+the technicians' group."""
+
+
+def _configure_terminal(p: argparse.ArgumentParser) -> None:
+    p.description = TERMINAL_DESCRIPTION
+    p.epilog = TERMINAL_EPILOG
+    p.add_argument("action", choices=["end-of-day"], help="end-of-day: submit the day's bookings to the acquirer now")
+    p.add_argument("id", metavar="ID", help="terminal id from [[terminals]], e.g. T1")
+    p.add_argument("--timeout", type=int, default=120,
+                   help="seconds to wait for the terminal's answer (default 120); the closing goes on in the daemon")
+
+
+def _request_terminal(args: argparse.Namespace) -> tuple[str, dict]:
+    return "terminal_end_of_day", {"id": args.id, "timeout": args.timeout}
+
+
+def _render_terminal(data: dict, style: Style, args: argparse.Namespace) -> str:
+    return data["message"]
+
+
+def _terminal_exit(data: dict) -> int:
+    return {"done": EXIT_OK, "refused": EXIT_REFUSED}.get(data.get("outcome"), EXIT_FAILED)
+
+
 def hubctl_commands() -> list[PartCommand]:
     return [
         PartCommand("payments", "holds at the arch terminals: open and recent, with their state (R-P4)",
                     _configure_list, _request_list, _render_list),
         PartCommand("payment", "act on a payment: retry its settlement or release now (R-T3)",
                     _configure_payment, _request_payment, _render_payment, _payment_exit),
+        PartCommand("terminal", "act on an arch terminal: run its end-of-day now (R-T3)",
+                    _configure_terminal, _request_terminal, _render_terminal, _terminal_exit),
     ]

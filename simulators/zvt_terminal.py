@@ -2,8 +2,9 @@
 
 It speaks ZVT over a serial pty (DLE/STX framing, CRC, ACK/NAK) and over TCP
 (bare APDUs), holds its own reservations (receipt -> amount) like a real
-terminal, and can be told to misbehave: decline, keep the card holder slow,
-never answer, NAK or corrupt frames, drop the line mid-transaction.
+terminal, closes its booked transactions at an end-of-day, and can be told
+to misbehave: decline, keep the card holder slow, never answer, NAK or
+corrupt frames, drop the line mid-transaction, refuse an end-of-day.
 
     python -m simulators.zvt_terminal --tcp 0 --pty
 
@@ -56,6 +57,17 @@ class SimTransaction:
     state: str  # open | booked | reversed | declined | aborted
     booked: Decimal | None = None
     result_code: int = 0
+    closed: bool = False  # booked and submitted by an end-of-day
+
+
+@dataclass
+class SimClosing:
+    """One end-of-day the terminal ran: what it submitted to the acquirer."""
+
+    transactions: int
+    total: Decimal
+    currency: str
+    at: datetime
 
 
 class ChannelClosed(Exception):
@@ -235,10 +247,12 @@ class ZvtTerminalSimulator:
         self.disconnect_in_transaction = False  # drop the line during the next pre-authorisation
         self.read_card_supported = True  # False: answer 06 C0 with 84 83 like terminals without it
         self.book_delay = 0.0  # seconds a booking (06 23 / 06 24) takes before its result
+        self.end_of_day_refusals = 0  # refuse the next N end-of-days with 77 (not possible now)
         self.t2_ack = 1.0
         self.t3_ack = 5.0  # how long to wait for the controller's 80 00
         # what happened
         self.transactions: list[SimTransaction] = []
+        self.closings: list[SimClosing] = []
         self.commands: list[str] = []
         self.events: list[str] = []
         self._receipt = 0
@@ -416,17 +430,32 @@ class ZvtTerminalSimulator:
             tlv = (primitive(0x1F44, bytes.fromhex(self.terminal_id)),)
             await self._exchange_end(channel, m.enquiry_completion("hub-edge ZVT simulator 1.0", 0x00, tlv))
         elif c == m.END_OF_DAY:
-            await self._send(channel, m.ack())
-            total = sum((t.booked or Decimal(0) for t in self.transactions if t.state == "booked"), Decimal(0))
-            info = [(0x27, 0), (0x04, _minor(total, self.currency.minor_unit)), (0x0B, self._next_trace())]
-            if await self._exchange_end(channel, m.status_information(info)):
-                await self._exchange_end(channel, m.completion())
+            await self._end_of_day(channel)
         elif c == m.ABORT:
             await self._send(channel, m.ack())  # nothing running: nothing to cancel
         elif c == m.ACK:
             pass
         else:
             await self._send(channel, m.nak(0x83))
+
+    async def _end_of_day(self, channel: _Channel) -> None:
+        """06 50: submit every booked transaction not yet closed, and report
+        their total; reservations still open stay open."""
+        await self._send(channel, m.ack())
+        if self.end_of_day_refusals > 0:
+            self.end_of_day_refusals -= 1
+            self.events.append("end_of_day_refused")
+            await self._exchange_end(channel, m.abort_from_terminal(0x77))
+            return
+        batch = [t for t in self.transactions if t.state == "booked" and not t.closed]
+        total = sum((t.booked or Decimal(0) for t in batch), Decimal(0))
+        for t in batch:
+            t.closed = True
+        self.closings.append(SimClosing(len(batch), total, self.currency.alpha, datetime.now(timezone.utc)))
+        info = [(0x27, 0), (0x04, _minor(total, self.currency.minor_unit)), (0x49, self.currency.numeric),
+                (0x0B, self._next_trace())]
+        if await self._exchange_end(channel, m.status_information(info)):
+            await self._exchange_end(channel, m.completion())
 
     def card_token(self) -> bytes:
         """The card identification item (TLV 1F14) of the card presented now:
@@ -602,6 +631,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--currency", default="EUR")
     parser.add_argument("--decline", choices=sorted(DECLINES), help="decline every pre-authorisation")
     parser.add_argument("--card-delay", type=float, default=0.0, help="seconds the card holder takes")
+    parser.add_argument("--end-of-day-refusals", type=int, default=0, metavar="N",
+                        help="refuse the next N end-of-days (result 77, not possible now)")
     args = parser.parse_args(argv)
     if args.tcp is None and not args.pty:
         parser.error("give --tcp PORT, --pty, or both")
@@ -610,6 +641,7 @@ def main(argv: list[str] | None = None) -> None:
     async def run() -> None:
         sim = ZvtTerminalSimulator(currency=args.currency, host=args.host)
         sim.card_delay = args.card_delay
+        sim.end_of_day_refusals = args.end_of_day_refusals
         if args.decline:
             sim.decline_code = DECLINES[args.decline]
         await sim.start(tcp_port=args.tcp, pty=args.pty)

@@ -48,5 +48,7 @@ def test_every_command_has_help_text():
     for name, sp in sub.choices.items():
         text = sp.format_help()
         assert sp.description and "exit status:" in text, name
-    for name in ("status", "sessions", "connector", "session", "resync", "config"):
+    for name in ("status", "sessions", "connector", "session", "resync", "config", "terminal"):
         assert "examples:\n  hubctl" in sub.choices[name].format_help(), name
+    # a part's own epilog (its examples and exit codes) is kept, not replaced
+    assert "3 refused by the terminal" in sub.choices["terminal"].format_help()
