@@ -235,7 +235,7 @@ END_OF_DAY_RETRY = timedelta(minutes=10)
 END_OF_DAY_ATTEMPTS = 6
 # done; refused (tries left, next_attempt_at says when); failed (given up
 # for that day); baseline (the hub's first start: nothing to close before it).
-CLOSING_OUTCOMES = ("done", "refused", "failed", "baseline")
+CLOSING_OUTCOMES = ("done", "refused", "failed", "baseline", "superseded")
 
 
 @dataclass(frozen=True)
@@ -1406,6 +1406,8 @@ class Payments(Capability):
         day = end_of_day_due(at, self.tz, last, self._now())
         if day is None or lane.serving is not None or lane.closing:
             return None
+        if last.outcome == "refused" and last.day < day:
+            self._supersede(lane, last, day)
         pending = last if last.day == day and last.outcome == "refused" else None
         attempts = (pending.attempts if pending else 0) + 1
         result, error = await self._end_of_day_call(lane)
@@ -1430,6 +1432,18 @@ class Payments(Capability):
             self._emit_closing(closing, message)
         log.error("terminal.end_of_day_failed terminal=%s day=%s attempts=%d reason=%s", lane.id, day, attempts, reason)
         return closing
+
+    def _supersede(self, lane: TerminalLane, stale: Closing, day: date) -> None:
+        """A day still being retried when the next day's closing falls due (the
+        hub was off past it): that closing submits everything booked since the
+        last one, so the older day is finished as ``superseded``, not left
+        waiting for a retry that never comes."""
+        reason = f"{stale.reason or 'refused'}; its bookings go with the closing of {day}"
+        self.ledger.record_closing(lane.id, stale.day, "superseded", self._now(), attempts=stale.attempts,
+                                   trigger=stale.trigger, reason=reason, result_code=stale.result_code,
+                                   closing_id=stale.id)
+        log.warning("terminal.end_of_day_superseded terminal=%s day=%s by=%s attempts=%d",
+                    lane.id, stale.day, day, stale.attempts)
 
     async def _end_of_day_call(self, lane: TerminalLane):
         """(result, None) or (None, why). R-P4 first: the terminal's open

@@ -493,6 +493,29 @@ async def test_retry_state_survives_a_restart_and_missed_days_close_once(tmp_pat
         second.close()
 
 
+async def test_a_day_still_retried_when_the_next_falls_due_is_superseded_not_left_open(rig):
+    """The hub is off from a refused closing until past the next day's time:
+    the next closing submits both days' bookings, and the older row is
+    finished (superseded, its tries kept), never left waiting for a retry."""
+    await rig.payments.maybe_end_of_day(rig.lane)
+    rig.terminal.closings = [REFUSED, done("42.50")]
+    rig.at(utc(2026, 11, 25, 2, 0))
+    stale = await rig.payments.maybe_end_of_day(rig.lane)
+    assert (stale.outcome, stale.attempts) == ("refused", 1)
+    rig.at(utc(2026, 11, 26, 2, 30))  # down past the 26th's 03:00 CET
+    closed = await rig.payments.maybe_end_of_day(rig.lane)
+    assert (closed.day, closed.outcome, closed.attempts, closed.total) == (date(2026, 11, 26), "done", 1, Decimal("42.50"))
+    newest, older, _baseline = rig.closings()
+    assert newest.id == closed.id
+    assert (older.id, older.day, older.outcome, older.attempts) == (stale.id, date(2026, 11, 25), "superseded", 1)
+    assert older.result_code == 0x77 and "go with the closing of 2026-11-26" in older.reason
+    assert rig.terminal.calls.count("end_of_day") == 2
+    assert [e["day"] for e in rig.of("payment.end_of_day")] == ["2026-11-26"]
+    rig.clock.advance(3600)
+    assert await rig.payments.maybe_end_of_day(rig.lane) is None  # nothing left to retry
+    assert rig.lane.view(rig.payments.ledger)["last_closing"] == "2026-11-26 done"
+
+
 async def test_off_runs_no_closing_and_records_nothing(tmp_path):
     rig = Rig(tmp_path, FakeClock(NOW), end_of_day='"off"')
     try:
