@@ -141,16 +141,18 @@ camera = {{ listen = "127.0.0.1:{listen['G-OUT']}", vendor = "axis", secret = "{
         await wait(0.1 * HOUR)
         self._note("DM-1's truck arrives early, within its grace: in at once (R-G2)")
         await self._read("G-IN", PLATES["DM-1"])
-        for _ in range(20):
+        deadline = time.monotonic() + 15.0  # real seconds: the sync takes what it takes, whatever the speed
+        while time.monotonic() < deadline:
             self.taken = await self._bay_of("DM-2")
             if self.taken:
                 break
-            await wait(0.01 * HOUR)
+            await asyncio.sleep(0.05)
         if self.taken:
             self._note(f"a truck without a booking plugs in at {self.taken}, DM-2's bay")
             sim, i = self.demo.connector_sim(self.taken)
             sim.plug(i, soc=45, battery_kwh=500)
-            await wait(0.15 * HOUR)
+            await self._until_plugged(self.taken)
+            await wait(0.05 * HOUR)
         self._note("DM-2's truck arrives: its bay is taken, so it gets another (R-B4)")
         await self._read("G-IN", PLATES["DM-2"], 0.97)
         await wait(0.1 * HOUR)
@@ -167,6 +169,17 @@ camera = {{ listen = "127.0.0.1:{listen['G-OUT']}", vendor = "axis", secret = "{
         await wait(0.05 * HOUR)
         await self._read("G-OUT", PLATES["DM-2"], 0.93, direction="leave")
         self._note("DM-3, DM-4 and DM-5 never come: no-shows free their bays (R-B3)")
+
+    async def _until_plugged(self, connector: str, real_timeout_s: float = 15.0) -> None:
+        """Until the daemon has seen the plug (its next poll), whatever the
+        speed: DM-2 must find its bay taken, or the scene shows no move."""
+        deadline = time.monotonic() + real_timeout_s
+        while time.monotonic() < deadline:
+            status = await self.demo.ask("status")
+            if any(c["connector"] == connector and c["status"] not in ("Available", "Reserved")
+                   for c in status["connectors"]):
+                return
+            await asyncio.sleep(0.05)
 
     def _start_scene(self) -> None:
         self._scene_t0 = time.monotonic()
