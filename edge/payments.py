@@ -523,9 +523,11 @@ class PaymentLedger:
 
     def maybe_done(self, payment_id: str, action: str) -> bool:
         """Whether a call for ``action`` may have reached the terminal: one
-        was written as asked and never came back with a clear answer."""
+        was written as asked and never came back with a clear answer, or one
+        the terminal answered as done (or a later call confirmed)."""
         row = self.db.execute(
-            "SELECT COUNT(*) FROM payment_steps WHERE payment_id=? AND action=? AND (outcome IS NULL OR outcome='unknown')",
+            "SELECT COUNT(*) FROM payment_steps WHERE payment_id=? AND action=? "
+            "AND (outcome IS NULL OR outcome IN ('unknown', 'done', 'superseded'))",
             (payment_id, action),
         ).fetchone()
         return row[0] > 0
@@ -1274,7 +1276,6 @@ class Payments(Capability):
         lane.last_result = f"{action}: {result.reason}"
         now = self._now()
         if result.ok:
-            self.ledger.settle_open_steps(rec.id, "superseded", f"{action} confirmed by a later call", now)
             self._finish(rec, step, action, "done", f"{action} done by the terminal")
         elif result.result_code in NOT_OPEN_CODES:
             earlier = self._earlier_unknown(rec.id, action, step)
@@ -1301,10 +1302,16 @@ class Payments(Capability):
                     rec.id, rec.state, attempts, delay, outcome)
 
     def _finish(self, rec: PaymentRecord, step: int | None, action: str, outcome: str, detail: str) -> None:
+        """The hold is settled or released: the step's outcome, earlier calls
+        left open by a crash, the hold's state and its event in one commit. A
+        kill between them must not leave the call closed and the hold still
+        settling: the restart would no longer know the booking was sent, and
+        would take the terminal's empty list for a lapse."""
         now = self._now()
         with self.hub.store.transaction():
             if step is not None:
                 self.ledger.end_step(rec.id, step, outcome, detail, now)
+                self.ledger.settle_open_steps(rec.id, "superseded", f"{action} confirmed by a later call", now)
             else:
                 self.ledger.settle_open_steps(rec.id, outcome, detail, now)
             if action == "settle":

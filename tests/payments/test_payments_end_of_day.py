@@ -4,26 +4,21 @@ retries and giving up, never during a card's transaction, the terminal's
 open reservations resolved first (R-P4), the manual run (R-T3), the event
 and its schema, and the retry state kept across a restart (R-C9, R-D2).
 
-A hub core is built from a configuration and never started: terminal T1's
-ZVT client is replaced by a scripted terminal, charger CH1 by a stand-in
-that accepts every start."""
+The hub core of `payment_rig.py`: built from a configuration and never
+started, with a scripted terminal T1."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import time as time_module
-import tomllib
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
-from pathlib import Path
 from types import SimpleNamespace
 from zoneinfo import ZoneInfo
 
 import pytest
+from payment_rig import NOW, REFUSED, Rig, done, hub_config
 
-from drivers.zvt import PaymentResult, TerminalUnavailable
-from drivers.zvt.client import OpenPreauthorization
+from drivers.zvt import TerminalUnavailable
 from edge.clock import FakeClock
 from edge.config import ConfigError, parse_config
 from edge.envelope import validate_event
@@ -39,16 +34,10 @@ from edge.payments import (
     latest_closing_day,
     next_closing_at,
 )
-from edge.pricing import Tariff
 
-ROOT = Path(__file__).resolve().parents[2]
-MAPS = ROOT / "config" / "register-maps"
 BERLIN = ZoneInfo("Europe/Berlin")
 AT3 = time(3, 0)
 UTC = timezone.utc
-# 2026-11-24 10:00 in Berlin (CET, UTC+1): today's 03:00 closing time has passed.
-NOW = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
-TARIFF = Tariff("t1", "EUR", Decimal("0.399"), Decimal("0.19"), datetime(2025, 1, 1, tzinfo=UTC))
 TECHNICIAN = SimpleNamespace(user="tech1")
 
 
@@ -142,31 +131,6 @@ def test_off_is_never_due():
 
 
 # ============================================================ configuration
-def hub_config(tmp: Path, end_of_day: str | None = '"03:00"', extra: str = "") -> dict:
-    line = f"end_of_day = {end_of_day}\n" if end_of_day is not None else ""
-    return tomllib.loads(f"""
-[hub]
-id = "EOD-01"
-country = "DE"
-currency = "EUR"
-timezone = "Europe/Berlin"
-vat_rate = "0.19"
-[storage]
-state_dir = "{tmp / 'state'}"
-[control]
-socket = "{tmp / 'control.sock'}"
-[[chargers]]
-id = "CH1"
-address = "127.0.0.1:9"
-register_map = "{MAPS / 'hubcharge-mcs1200.toml'}"
-connectors = [ {{ id = "C1", index = 1 }}, {{ id = "C2", index = 2 }} ]
-[[terminals]]
-id = "T1"
-port = "tcp://127.0.0.1:9"
-connectors = ["C1", "C2"]
-{line}{extra}
-""")
-
 
 def test_config_end_of_day_default_off_and_toml_time(tmp_path):
     assert parse_config(hub_config(tmp_path, None), tmp_path / "hub.toml").terminals[0].end_of_day == "03:00"
@@ -185,131 +149,6 @@ def test_config_bad_end_of_day_is_a_clear_error(tmp_path, value):
 
 
 # ================================================================ the part
-class ScriptedTerminal:
-    """Stands in for T1's ZvtClient: records every call, holds reservations,
-    answers end-of-days from a script (a PaymentResult or an exception)."""
-
-    def __init__(self, health):
-        self.health = health
-        self.calls: list[str] = []
-        self.open: dict[int, Decimal] = {}
-        self.closings: list[PaymentResult | Exception] = []
-        self.preauth_gate: asyncio.Event | None = None  # set: the card holder is still typing
-        self._receipt = 0
-
-    async def connect(self):
-        self.calls.append("connect")
-
-    async def close(self):
-        pass
-
-    async def register(self):
-        return PaymentResult("registration", True, 0, "done")
-
-    async def preauthorize(self, amount, currency=None):
-        self.calls.append("preauthorize")
-        if self.preauth_gate is not None:
-            await self.preauth_gate.wait()
-        self._receipt += 1
-        self.open[self._receipt] = amount
-        self.calls.append("preauthorize_done")
-        return PaymentResult("pre-authorisation", True, 0, "approved", receipt_no=self._receipt, amount=amount,
-                             currency="EUR", card_token="aa11", masked_pan="411111******1111")
-
-    async def open_preauthorizations(self):
-        self.calls.append("open_preauthorizations")
-        return [OpenPreauthorization(r) for r in sorted(self.open)]
-
-    async def book_preauth(self, receipt_no, amount, *, preauthorized, currency=None):
-        self.calls.append(f"book {receipt_no}")
-        self.open.pop(receipt_no)
-        return PaymentResult("partial reversal", True, 0, "done", receipt_no=receipt_no, amount=amount)
-
-    async def reverse_preauth(self, receipt_no, currency=None):
-        self.calls.append(f"release {receipt_no}")
-        self.open.pop(receipt_no, None)
-        return PaymentResult("pre-authorisation reversal", True, 0, "done", receipt_no=receipt_no)
-
-    async def end_of_day(self):
-        self.calls.append("end_of_day")
-        answer = self.closings.pop(0) if self.closings else done("0.00")
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-
-def done(total: str) -> PaymentResult:
-    return PaymentResult("end-of-day", True, 0, "done", amount=Decimal(total), currency="EUR")
-
-
-REFUSED = PaymentResult("end-of-day", False, 0x77, "end-of-day not possible now: the operator must retry later")
-
-
-class FakeCharger:
-    async def start(self, cid):
-        pass
-
-    async def stop(self, cid):
-        pass
-
-    async def unlock(self, cid):
-        return True
-
-    async def close(self):
-        pass
-
-
-class Rig:
-    def __init__(self, tmp: Path, clock: FakeClock, end_of_day: str = '"03:00"'):
-        from edge.hub import Hub
-
-        self.clock = clock
-        self.hub = Hub(parse_config(hub_config(tmp, end_of_day), tmp / "hub.toml"), clock=clock)
-        self.hub.chargers["CH1"] = FakeCharger()
-        self.payments = next(p for p in self.hub.capabilities if p.name == "payments")
-        self.lane = self.payments.lanes["T1"]
-        self.terminal = ScriptedTerminal(self.lane.client.health)
-        self.lane.client = self.terminal
-        self.lane.connected = True
-        self.lane.last_reconcile = time_module.monotonic()  # the loop's own reconciliation is not due
-        self.events: list[tuple[str, dict]] = []
-        original = self.hub.emit
-
-        def emit(type_, data):
-            self.events.append((type_, data))
-            original(type_, data)
-
-        self.hub.emit = emit
-
-    def of(self, type_: str) -> list[dict]:
-        return [d for t, d in self.events if t == type_]
-
-    def envelopes(self, type_: str) -> list[dict]:
-        rows = [json.loads(r[0]) for r in self.hub.store.db.execute("SELECT body FROM outbox ORDER BY pos")]
-        return [e for e in rows if e.get("type") == type_]
-
-    def at(self, when: datetime) -> None:
-        self.clock.advance((when - self.clock.now()).total_seconds())
-
-    def closings(self) -> list[Closing]:
-        return self.payments.ledger.closings("T1")
-
-    def settling_hold(self, receipt: int, amount: str) -> str:
-        """A session's hold whose settlement is due: what the day's closing must include."""
-        ledger, now = self.payments.ledger, self.clock.now()
-        rec = ledger.create(terminal="T1", connector="C1", kind="session", currency="EUR", hold=Decimal("236.81"),
-                            now=now, tariff=TARIFF)
-        ledger.change(rec, now, "approve", receipt_no=receipt, held_at=now)
-        ledger.change(rec, now, "begin_charging", session_id=f"S{receipt}")
-        ledger.change(rec, now, "bill", settle_amount=Decimal(amount), cost_net=Decimal(amount), cost_vat=Decimal("0"),
-                      cost_gross=Decimal(amount), next_attempt_at=now)
-        self.terminal.open[receipt] = Decimal("236.81")
-        return rec.id
-
-    def close(self) -> None:
-        self.hub.store.close()
-
-
 @pytest.fixture
 def rig(tmp_path):
     made = Rig(tmp_path, FakeClock(NOW))

@@ -133,6 +133,29 @@ def test_r_p4_reconcile_settling_gone_from_terminal_confirmed_only_if_we_asked(l
                     charging.id: "terminal_lost_hold"}
 
 
+@pytest.mark.parametrize("outcome", ["done", "superseded"])
+def test_r_p4_reconcile_settling_whose_booking_the_terminal_answered_is_confirmed_not_lapsed(ledger, outcome):
+    """Found by the full chaos run: a booking answered done (or confirmed by a
+    later call) reached the terminal; gone from its open list, the hold was
+    settled, whatever state a crash left the hold in."""
+    rec = held(ledger, 7)
+    ledger.change(rec, T0, "bill", session_id="S7", settle_amount=Decimal("59.28"))
+    step = ledger.begin_step(rec.id, "settle", Decimal("59.28"), T0)
+    ledger.end_step(rec.id, step, outcome, "settle done by the terminal", T0)
+    plan = reconcile_plan([], ledger.open_records("T1"), ledger.maybe_done)
+    assert [(a.kind, a.payment_id) for a in plan] == [("confirm_settled", rec.id)]
+
+
+def test_r_p4_reconcile_settling_whose_booking_failed_before_the_terminal_lapses(ledger):
+    rec = held(ledger, 8)
+    ledger.change(rec, T0, "bill", session_id="S8", settle_amount=Decimal("5.00"))
+    for outcome in ("failed", "refused"):
+        step = ledger.begin_step(rec.id, "settle", Decimal("5.00"), T0)
+        ledger.end_step(rec.id, step, outcome, "not sent", T0)
+    plan = reconcile_plan([], ledger.open_records("T1"), ledger.maybe_done)
+    assert [(a.kind, a.payment_id) for a in plan] == [("lapse", rec.id)]
+
+
 def test_r_p4_reconcile_leaves_other_terminals_alone(ledger):
     held(ledger, 1, terminal="T2")
     assert reconcile_plan([], ledger.open_records("T1"), ledger.maybe_done) == []
