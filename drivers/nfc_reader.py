@@ -26,6 +26,30 @@ log = logging.getLogger("hubedge.reader")
 # reader that has vanished shows itself on nfcpy's udp frontend.
 _IP_RECVERR = 11
 
+_UDP_PATCH_LOCK = threading.Lock()
+
+
+def _numeric_udp_port() -> None:
+    """nfcpy's udp frontend passes its port through getnameinfo() without
+    NI_NUMERICSERV and then int(): a port with a name in /etc/services
+    (60177 is "tfido") cannot be opened, and the reader would stay in fault
+    for good. Its device keeps the address as given instead."""
+    import nfc.clf.udp as udp
+
+    with _UDP_PATCH_LOCK:
+        if getattr(udp.Device, "_hubedge_numeric_port", False):
+            return
+
+        def numeric_init(device, host, port):
+            device.addr = (socket.gethostbyname(host), int(port))
+            device._path = "%s:%d" % device.addr
+            device.socket = None
+            device._create_socket()
+
+        udp.Device.__init__ = numeric_init
+        udp.Device._hubedge_numeric_port = True
+
+
 TECHNOLOGIES = ("106A", "106B", "212F")
 
 
@@ -138,6 +162,7 @@ class CardReader:
         import nfc
         import nfc.clf
 
+        _numeric_udp_port()
         targets = [nfc.clf.RemoteTarget(t) for t in self.technologies]
         while not self._stop.is_set():
             clf = self._open(nfc)

@@ -1,6 +1,7 @@
 """Card reader driver vs card simulator on nfcpy's UDP frontend (R-H1, R-A4)."""
 
 import asyncio
+import socket
 import time
 
 import pytest
@@ -89,3 +90,44 @@ async def test_reader_that_cannot_be_opened_is_its_own_fault(make_rig):
     finally:
         started = time.monotonic()
         assert reader.stop(3.0) and time.monotonic() - started < 3.0
+
+
+def named_udp_port() -> int | None:
+    """A port above 1023 that has a name in this machine's services database
+    and is free for UDP on 127.0.0.1, or None."""
+    for port in range(1024, 65536):
+        try:
+            socket.getservbyport(port, "tcp")
+        except OSError:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    return None
+
+
+async def test_reader_on_a_port_with_a_service_name_opens_and_reads():
+    """Found in CI: a simulator's random port was 60177 ("tfido" in
+    /etc/services); nfcpy turned it into that name and int() failed, so the
+    reader was in fault from its start and never read a card."""
+    port = named_udp_port()
+    if port is None:
+        pytest.skip("no named port above 1023 in this machine's services database is free")
+    assert socket.getnameinfo(("127.0.0.1", port), socket.NI_NUMERICHOST)[1] != str(port)
+    events: asyncio.Queue = asyncio.Queue()
+    sim = CardSimulator(port)
+    reader = CardReader("reader-7", f"udp:127.0.0.1:{port}", asyncio.get_running_loop(), events.put_nowait,
+                        debounce_s=1.0)
+    reader.start()
+    try:
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(sim.tap, "04A1B2C3", 0.5)
+        event = await asyncio.wait_for(events.get(), 5.0)
+        assert isinstance(event, CardTap) and event.uid_hex == "04A1B2C3", event
+        assert reader.health.state == "ok", reader.health.last_error
+    finally:
+        assert reader.stop(3.0)
+        sim.close()
