@@ -126,9 +126,7 @@ end_of_day = "03:00"
                     await self.demo.sim_sleep(0.05 * HOUR)
                     continue
                 if answer.get("outcome") == "done":
-                    total = answer.get("total") or {"amount": "0.00", "currency": "EUR"}
-                    self.notes.append(f"terminal T1 closed the day: {answer['transactions']} transactions, "
-                                      f"{total['amount']} {total['currency']} booked")
+                    self.notes.append(answer["message"])  # the daemon's own words, as hubctl shows them
                     return
                 break
             self.notes.append(f"terminal T1 end-of-day: {answer.get('message')}")

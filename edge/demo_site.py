@@ -131,27 +131,20 @@ camera = {{ listen = "127.0.0.1:{listen['G-OUT']}", vendor = "axis", secret = "{
         """The bookings scene, each action after the one before has had its
         effect (a poll, a tick), whatever the demo speed."""
         wait = self.demo.sim_sleep
-        for _ in range(60):  # the other parts' last trucks may still be leaving
-            status = await self.demo.ask("status")
-            if all(c["status"] == "Available" for c in status["connectors"]):
-                break
-            await wait(0.01 * HOUR)
+        # The other parts' last trucks leave until about 4.4 h: wait for them
+        # (that long in demo time, and at least 15 real seconds).
+        await self._until(self._all_free, real_timeout_s=max(15.0, 0.6 * HOUR / self.demo.speed))
         self._note("the cloud sends bookings DM-1..DM-5: every bay is held (R-B2, R-B3)")
         self._send_bookings()
         await wait(0.1 * HOUR)
         self._note("DM-1's truck arrives early, within its grace: in at once (R-G2)")
         await self._read("G-IN", PLATES["DM-1"])
-        deadline = time.monotonic() + 15.0  # real seconds: the sync takes what it takes, whatever the speed
-        while time.monotonic() < deadline:
-            self.taken = await self._bay_of("DM-2")
-            if self.taken:
-                break
-            await asyncio.sleep(0.05)
+        self.taken = await self._until(lambda: self._bay_of("DM-2"))
         if self.taken:
             self._note(f"a truck without a booking plugs in at {self.taken}, DM-2's bay")
             sim, i = self.demo.connector_sim(self.taken)
             sim.plug(i, soc=45, battery_kwh=500)
-            await self._until_plugged(self.taken)
+            await self._until(lambda: self._plugged(self.taken))  # DM-2 must find its bay taken
             await wait(0.05 * HOUR)
         self._note("DM-2's truck arrives: its bay is taken, so it gets another (R-B4)")
         await self._read("G-IN", PLATES["DM-2"], 0.97)
@@ -170,16 +163,28 @@ camera = {{ listen = "127.0.0.1:{listen['G-OUT']}", vendor = "axis", secret = "{
         await self._read("G-OUT", PLATES["DM-2"], 0.93, direction="leave")
         self._note("DM-3, DM-4 and DM-5 never come: no-shows free their bays (R-B3)")
 
-    async def _until_plugged(self, connector: str, real_timeout_s: float = 15.0) -> None:
-        """Until the daemon has seen the plug (its next poll), whatever the
-        speed: DM-2 must find its bay taken, or the scene shows no move."""
+    @staticmethod
+    async def _until(check, real_timeout_s: float = 15.0):
+        """``check()``'s first truthy answer, asked every 50 ms for up to
+        ``real_timeout_s`` real seconds (a sync or a poll takes what it takes,
+        whatever the demo's speed); None when it never comes."""
         deadline = time.monotonic() + real_timeout_s
         while time.monotonic() < deadline:
-            status = await self.demo.ask("status")
-            if any(c["connector"] == connector and c["status"] not in ("Available", "Reserved")
-                   for c in status["connectors"]):
-                return
+            answer = await check()
+            if answer:
+                return answer
             await asyncio.sleep(0.05)
+        return None
+
+    async def _all_free(self) -> bool:
+        status = await self.demo.ask("status")
+        return all(c["status"] == "Available" for c in status["connectors"])
+
+    async def _plugged(self, connector: str) -> bool:
+        """The daemon has seen a vehicle at the connector (its next poll)."""
+        status = await self.demo.ask("status")
+        return any(c["connector"] == connector and c["status"] not in ("Available", "Reserved")
+                   for c in status["connectors"])
 
     def _start_scene(self) -> None:
         self._scene_t0 = time.monotonic()

@@ -234,7 +234,9 @@ def same_card(started: "PaymentRecord", token: str | None, masked: str | None) -
 END_OF_DAY_RETRY = timedelta(minutes=10)
 END_OF_DAY_ATTEMPTS = 6
 # done; refused (tries left, next_attempt_at says when); failed (given up
-# for that day); baseline (the hub's first start: nothing to close before it).
+# for that day); baseline (the hub's first start: nothing to close before it);
+# superseded (still refused when the next day's closing fell due, which
+# carries its bookings).
 CLOSING_OUTCOMES = ("done", "refused", "failed", "baseline", "superseded")
 
 
