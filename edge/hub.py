@@ -506,6 +506,7 @@ class Hub:
             self.sessions.insert(s, now)
             self._persist(c)
         log.info("session.starting session=%s connector=%s method=%s", s.id, connector_id, method)
+        await self.store.durable()
         try:
             await self.chargers[place.charger_id].start(connector_id)
         except Exception as exc:

@@ -978,6 +978,7 @@ class Payments(Capability):
             rec = self.ledger.create(terminal=lane.id, connector=connector, kind="session", currency=tariff.currency,
                                      hold=hold, now=now, tariff=tariff)
             step = self.ledger.begin_step(rec.id, "preauthorize", hold, now)
+            await self.hub.store.durable()
             log.info("payment.requested payment=%s terminal=%s connector=%s hold=%s", rec.id, lane.id, connector, hold)
             crash_point("payments.preauth_sent")
             result, error = await self._with_screen(lane, progress, lane.client.preauthorize(hold, tariff.currency))
@@ -1139,6 +1140,7 @@ class Payments(Capability):
         rec = self.ledger.create(terminal=lane.id, connector=None, kind="card_check", currency=cur,
                                  hold=CARD_CHECK_AMOUNT, now=now)
         step = self.ledger.begin_step(rec.id, "preauthorize", CARD_CHECK_AMOUNT, now)
+        await self.hub.store.durable()
         result, error = await self._with_screen(lane, progress, lane.client.preauthorize(CARD_CHECK_AMOUNT, cur))
         now = self._now()
         if error is not None or not result.ok:
@@ -1260,6 +1262,7 @@ class Payments(Capability):
         amount = rec.settle_amount if settle else rec.hold
         now = self._now()
         step = self.ledger.begin_step(rec.id, action, amount, now)
+        await self.hub.store.durable()
         crash_point(f"payments.before_{action}_call")
         lane.activity = "busy"
         try:

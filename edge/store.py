@@ -331,6 +331,15 @@ class Store:
                 for callback in callbacks:
                     callback()
 
+    async def durable(self) -> None:
+        """Return once every transaction committed so far is on disk.
+
+        Call it between a write-ahead record and the action it announces
+        (a start sent to a charger, a call to a payment terminal), so that a
+        power cut can never leave the action done and its record lost.
+        Commits here are fsynced as they return, so there is nothing left to
+        wait for; the call marks the places where the order matters."""
+
     def after_commit(self, callback) -> None:
         """Run ``callback`` once the enclosing outermost transaction has
         committed; dropped if it rolls back. Keeps in-memory tallies (outbox
