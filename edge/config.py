@@ -108,6 +108,9 @@ class StorageSection(Section):
     state_dir: str = "/var/lib/hubedge"
     outbox_quota_mb: float = Field(default=256, gt=0)
     outbox_near_ratio: float = Field(default=0.8, gt=0, lt=1)
+    # An online copy of each database (sqlite's backup API) this often; a
+    # database found damaged at start is restored from it. 0: no copies.
+    backup_interval_min: float = Field(default=60, ge=0, le=7 * 24 * 60)
 
 
 class ControlSection(Section):

@@ -191,7 +191,7 @@ class Hub:
         self._build_connectors()
         self._open_sync_stores()
         self.capabilities: list[Capability] = load_capabilities(self)
-        for alarm in self.store.alarms:
+        for alarm in self.store.alarms + self.tokens.alarms:
             self.emit("device.alarm", {"alarm": "store_recovered", "message": alarm})
 
     # ------------------------------------------------------------------ setup
@@ -959,7 +959,7 @@ class Hub:
         from edge.bookings import Bay, BookingBook, BookingRules
         from edge.tokens import TokenStore
 
-        self.tokens = TokenStore(self.state_dir / "tokens.sqlite3")
+        self.tokens = TokenStore(self.state_dir / "tokens.sqlite3", clock=self.clock)
         bays = [
             Bay(b.id, b.connector_type, b.side, b.length_m, b.bookable, b.connector)
             for b in self.cfg.bays
@@ -1166,8 +1166,31 @@ class Hub:
         for charger_id in self.chargers:
             self._spawn(self._poll_loop(charger_id))
         self._spawn(self._tick_loop())
+        if self.cfg.storage.backup_interval_min:
+            self._spawn(self._backup_loop(self.cfg.storage.backup_interval_min * 60))
         for part in self.capabilities:
             await part.start()
+
+    async def _backup_loop(self, interval_s: float) -> None:
+        """Online copies of the databases ([storage] backup_interval_min), in
+        a thread: what a damaged file found at start is restored from. The
+        first soon after start, so a hub that keeps crashing still has one."""
+        import sqlite3
+
+        delay = min(interval_s, 60.0)
+        while not self.stopping:
+            await asyncio.sleep(delay)
+            delay = interval_s
+            for name, backup in (("hub.sqlite3", self.store.backup), ("tokens.sqlite3", self.tokens.backup)):
+                try:
+                    await asyncio.to_thread(backup)
+                except sqlite3.DatabaseError as exc:
+                    log.error("store.backup_refused file=%s error=%s", name, exc)
+                    self.emit("device.alarm", {"alarm": "store_damaged", "message": f"{exc}; the hub runs on, "
+                               f"restart it to move the damaged file aside and restore that backup"})
+                except OSError as exc:
+                    log.error("store.backup_failed file=%s error=%s action=%r", name, exc,
+                              "check free space on the state directory")
 
     async def wait_ready(self, timeout: float) -> bool:
         if not self.chargers:
