@@ -246,3 +246,67 @@ async def test_fleet_control_daemon_refuses_outsiders_even_when_the_socket_mode_
     assert [(a["user"], a["action"], a["result"].split(":")[0]) for a in hub.audits()] == [(OUTSIDER, "control.connect", "refused")]
     assert f"control.refused user={OUTSIDER}" in hub.log.read_text()
     assert not unclear, unclear  # the refusal reaches the user every time
+
+
+# ------------------------------------------------- the deployed layout (R-T1)
+@pytest.fixture
+def daemon_user(technicians):
+    """A throw-away user playing `hubedge`: its own primary group, and the
+    technicians' group as a supplementary one (the unit's SupplementaryGroups)."""
+    group, _ = technicians
+    name = f"hubedge-d{uuid.uuid4().hex[:6]}"
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group", name],
+                   check=True, capture_output=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["userdel", name], capture_output=True)
+        subprocess.run(["groupdel", name], capture_output=True)
+
+
+async def test_fleet_technicians_reach_the_socket_in_the_runtime_directory_systemd_makes_R_T1(
+        technicians, daemon_user, socket_dir):
+    """As deployed: the daemon runs as its own user, and systemd makes its
+    runtime directory (RuntimeDirectory=hubedge, RuntimeDirectoryMode=0750)
+    owned by that user and *its* group. The socket inside was 0660 to the
+    technicians' group, but the directory kept them out ("permission
+    denied"): the daemon now gives the directory to the technicians' group,
+    and still to nobody else."""
+    group, member = technicians
+    user = daemon_user
+    python = sys.executable
+    probe = subprocess.run(["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", python, "-c",
+                            "import edge.daemon, paho.mqtt.client"], cwd=str(ROOT), capture_output=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"user {user} cannot run this checkout's Python ({python}): {probe.stderr.decode()[-300:]}")
+    hub_gid = pwd.getpwnam(user).pw_gid
+    home = socket_dir / "home"  # the state directory, the hub's user's own
+    run = socket_dir / "run-hubedge"  # what systemd creates before ExecStart
+    for d in (home, run):
+        d.mkdir()
+        os.chown(d, pwd.getpwnam(user).pw_uid, hub_gid)
+        d.chmod(0o750)
+    config = home / "hub.toml"
+    config.write_text(f'[hub]\nid = "RUN-01"\ncountry = "NL"\nvat_rate = "0.21"\n[storage]\nstate_dir = "{home / "state"}"\n'
+                      f'[control]\nsocket = "{run / "control.sock"}"\ngroup = "{group}"\n')
+    log = socket_dir / "hubedge.log"
+    env = {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1", "RUNTIME_DIRECTORY": str(run)}
+    with open(log, "ab") as f:
+        proc = subprocess.Popen(["setpriv", f"--reuid={user}", f"--regid={user}", f"--groups={group}", python,
+                                 "-m", "edge.cli", "run", "--config", str(config)],
+                                cwd=str(ROOT), env=env, stdout=f, stderr=f)
+    hub = ControlledHub.__new__(ControlledHub)
+    hub.sock, hub.group, hub.member, hub.python = run / "control.sock", group, member, python
+    hub.outsider_group = grp.getgrgid(pwd.getpwnam(OUTSIDER).pw_gid).gr_name
+    hub.proc, hub.log, hub.state = proc, log, home / "state"
+    try:
+        await hub.wait_ready()
+        st = os.stat(run)
+        assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o750, grp.getgrnam(group).gr_gid), (oct(st.st_mode), st.st_gid)
+        out = await hubctl_checked(hub, member, "--json", "status")
+        assert out.returncode == 0, out
+        assert json.loads(out.stdout)["hub"] == "RUN-01"
+        out = await hubctl_checked(hub, OUTSIDER, "status")
+        assert out.returncode == 5 and "not allowed to open" in out.stderr, out
+    finally:
+        await hub.stop()
