@@ -108,15 +108,20 @@ async def test_a_command_from_the_future_is_refused_on_a_synchronised_clock(rig)
 
 
 async def test_a_handled_command_replayed_after_its_id_is_forgotten_is_not_run(rig):
-    """The finding: a handled command replayed after 14 days (its id pruned)
-    applied again. Its expiry, bounded by the cap, now refuses it."""
-    cmd = rig.command("c1", lives=3600)
-    assert (await rig.send("cmd/open_gate", cmd))["code"] == "ok"
+    """The finding: a command signed to live 30 days, handled, then replayed
+    after 14 days (its id pruned) ran again. Such a command is refused from
+    the start now, and a 1-hour one replayed then has expired."""
+    month = rig.command("c-month", lives=30 * 24 * 3600)
+    hour = rig.command("c-hour", lives=3600)
+    first = [(await rig.send("cmd/open_gate", m))["code"] for m in (month, hour)]
+    assert first == ["too_long_lived", "ok"]
     rig.clock.advance(15 * 24 * 3600)
     await rig.send("cmd/open_gate", rig.command("c-prune"))  # prunes ids older than 14 days
-    assert rig.store.db.execute("SELECT count(*) FROM downlink_handled WHERE id = 'c1'").fetchone()[0] == 0
-    reply = await rig.send("cmd/open_gate", cmd)
-    assert reply["code"] == "expired" and rig.gates == ["G-IN", "G-IN"], reply
+    assert rig.store.db.execute("SELECT count(*) FROM downlink_handled WHERE id LIKE 'c-%' AND id != 'c-prune'"
+                                ).fetchone()[0] == 0
+    again = [(await rig.send("cmd/open_gate", m))["code"] for m in (month, hour)]
+    assert again == ["too_long_lived", "expired"], again
+    assert rig.gates == ["G-IN", "G-IN"]  # c-hour once, c-prune once: nothing replayed ran
 
 
 async def test_an_unsynchronised_clock_is_not_trusted_for_skew_but_a_later_command_shows_expiry(tmp_path):
