@@ -63,6 +63,9 @@ class HubSection(Section):
     receipt_base_url: str = "https://receipts.example.invalid/r/"
     price_per_kwh: Decimal = Field(default=Decimal("0.399"), gt=0, description="default ad-hoc tariff excl. VAT (R-P8)")
     plate_secret_file: str | None = None
+    # A battery-backed real-time clock: the hub's clock is trusted from boot.
+    # Without one (a Raspberry Pi) it is trusted once NTP has synchronised it.
+    rtc: bool = False
 
     @field_validator("timezone")
     @classmethod
@@ -82,8 +85,16 @@ class CloudSection(Section):
     key_file: str | None = None
     keepalive_s: int = Field(default=30, ge=5, le=600)
     # The cloud's keys for signed downlink messages (edge/signing.py); unset:
-    # unsigned messages are accepted and the hub warns at start.
+    # every sync and command is refused, unless allow_unsigned says otherwise.
     command_key_file: str | None = None
+    # Obey unsigned syncs and commands: a test bench or a broker no one else
+    # can reach, never a site on a shared broker.
+    allow_unsigned: bool = False
+    # A command is obeyed for at most this long after the cloud made it
+    # (expires - ts), and is refused when its ts is this far ahead of the
+    # hub's clock (docs/threat-model.md).
+    command_max_age_s: int = Field(default=3600, ge=10, le=7 * 24 * 3600)
+    clock_skew_s: int = Field(default=300, ge=0, le=3600)
 
     @field_validator("broker")
     @classmethod
@@ -97,6 +108,9 @@ class StorageSection(Section):
     state_dir: str = "/var/lib/hubedge"
     outbox_quota_mb: float = Field(default=256, gt=0)
     outbox_near_ratio: float = Field(default=0.8, gt=0, lt=1)
+    # An online copy of each database (sqlite's backup API) this often; a
+    # database found damaged at start is restored from it. 0: no copies.
+    backup_interval_min: float = Field(default=60, ge=0, le=7 * 24 * 60)
 
 
 class ControlSection(Section):
@@ -376,13 +390,23 @@ def _cross_check(cfg: HubConfig) -> list[str]:
         v = getattr(cfg.cloud, key)
         if v and not _is_file(cfg.resolve(v)):
             problems.append(f"cloud.{key}: file {v!r} not found")
-    if cfg.cloud.command_key_file:
-        from edge.signing import KeyFileError, load_keys
+    from edge.signing import KeyFileError, load_keys, read_private_file
 
+    if cfg.cloud.command_key_file:
         try:
             load_keys(cfg.resolve(cfg.cloud.command_key_file))
         except KeyFileError as exc:
             problems.append(f"cloud.command_key_file: {exc}")
+        if cfg.cloud.allow_unsigned:
+            problems.append("cloud.allow_unsigned: true beside a command_key_file; a hub with the cloud's key obeys "
+                            "only signed messages, so remove allow_unsigned")
+    if cfg.cloud.key_file and _is_file(cfg.resolve(cfg.cloud.key_file)):
+        # The client certificate's private key proves to the broker that this
+        # is the hub: as secret as the command key, checked the same way.
+        try:
+            read_private_file(cfg.resolve(cfg.cloud.key_file), "TLS key file", "key_file")
+        except KeyFileError as exc:
+            problems.append(f"cloud.key_file: {exc}")
     if cfg.hub.plate_secret_file and not _is_file(cfg.resolve(cfg.hub.plate_secret_file)):
         problems.append(f"hub.plate_secret_file: file {cfg.hub.plate_secret_file!r} not found")
     return problems

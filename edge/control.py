@@ -11,6 +11,13 @@ Who may talk: the socket file is mode 0660, owned by the daemon's user and
 the technicians' group; the daemon also checks the peer's credentials
 (SO_PEERCRED), so a user outside the group gets a clear refusal even if the
 file mode were loosened. The Unix user becomes the `who` of every audit event.
+
+The socket's directory must let the group through too. systemd creates
+/run/hubedge (RuntimeDirectory=, mode 0750) owned by the daemon's user *and
+group*, so a technician could not even reach the socket; the daemon gives
+that directory - and one it creates itself - to the technicians' group
+(0750: they may enter, nobody else may). A directory someone else provided is
+left as it is, with a warning when the group cannot pass it.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import logging
 import os
 import pwd
 import socket
+import stat
 import struct
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -78,9 +86,12 @@ class ControlServer:
         self.handlers = handlers
         self.on_refused = on_refused  # called with the Caller a refusal went to
         self._server: asyncio.AbstractServer | None = None
+        self._own_directory = False  # the socket's directory is ours to give to the group
 
     async def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        directory = self.path.parent
+        self._own_directory = not directory.exists() or _runtime_directory(directory)
+        directory.mkdir(mode=0o750, parents=True, exist_ok=True)
         if self.path.exists() or self.path.is_symlink():
             self.path.unlink()
         old = os.umask(0o117)
@@ -88,15 +99,38 @@ class ControlServer:
             self._server = await asyncio.start_unix_server(self._serve, path=str(self.path), limit=MAX_REQUEST + 2)
         finally:
             os.umask(old)
-        try:
-            gid = grp.getgrnam(self.group).gr_gid
-            os.chown(self.path, -1, gid)
-        except KeyError:
-            log.warning("control.group_missing group=%s effect=owner_only", self.group)
-        except PermissionError:
-            log.warning("control.chown_refused group=%s effect=owner_only", self.group)
         os.chmod(self.path, 0o660)
+        self.set_group(self.group)
         log.info("control.listening path=%s", self.path)
+
+    def set_group(self, group: str) -> None:
+        """Give the socket (and the directory the daemon owns for it) to the
+        technicians' ``group``; at start and again on a reload."""
+        self.group = group
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            log.warning("control.group_missing group=%s effect=owner_only action=%r", group,
+                        f"create it (groupadd {group}) or set [control] group")
+            return
+        try:
+            os.chown(self.path, -1, gid)
+        except PermissionError:
+            log.warning("control.chown_refused group=%s effect=owner_only action=%r", group,
+                        f"make the daemon's user a member of {group} (SupplementaryGroups=)")
+            return
+        directory = self.path.parent
+        if self._own_directory:
+            try:
+                os.chown(directory, -1, gid)
+                os.chmod(directory, 0o750)
+            except PermissionError:
+                log.warning("control.chown_refused path=%s group=%s", directory, group)
+        st = directory.stat()
+        if not (st.st_mode & stat.S_IXOTH or st.st_gid == gid and st.st_mode & stat.S_IXGRP):
+            log.warning("control.socket_unreachable dir=%s group=%s action=%r", directory, group,
+                        f"members of {group} cannot reach the socket: chgrp {group} {directory} and chmod g+x it, "
+                        f"or set [control] socket to a path under the daemon's runtime directory")
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -170,6 +204,16 @@ class ControlServer:
             log.exception("control.command_failed cmd=%s", cmd)
             return _error("internal", f"{cmd} failed inside the daemon ({type(exc).__name__}); see the journal: journalctl -u hubedge")
         return {"v": PROTOCOL_VERSION, "ok": True, "data": data}
+
+
+def _runtime_directory(directory: Path) -> bool:
+    """Whether systemd made ``directory`` for this daemon (RuntimeDirectory=,
+    named in $RUNTIME_DIRECTORY, several separated by colons)."""
+    made = os.environ.get("RUNTIME_DIRECTORY", "")
+    try:
+        return any(d and Path(d).resolve() == directory.resolve() for d in made.split(":"))
+    except OSError:
+        return False
 
 
 def _error(code: str, message: str) -> dict:

@@ -140,11 +140,30 @@ async def serve(cfg: HubConfig, *, ready_timeout: float = 10.0) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    running, ready = cfg, False
+
+    def reload() -> None:
+        # SIGHUP (systemctl reload): without a handler it ended the daemon,
+        # and systemd did not restart a clean signal exit (edge/reload.py).
+        nonlocal running
+        from edge.reload import reload_config
+
+        if ready:
+            systemd.notify("RELOADING=1")
+        try:
+            running = reload_config(running, hub, control)
+        except Exception:
+            log.exception("daemon.reload_failed action=%r", "the daemon runs on as before; see the error above")
+        if ready:
+            systemd.notify(f"READY=1\nSTATUS=hub {cfg.hub.id}: {len(hub.connectors)} connectors")
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     t0 = time.monotonic()
     await control.start()
     await hub.start()
     polled = await hub.wait_ready(ready_timeout)
     systemd.notify(f"READY=1\nSTATUS=hub {cfg.hub.id}: {len(hub.connectors)} connectors")
+    ready = True
     log.info(
         "daemon.ready hub=%s connectors=%d chargers_polled=%s ready_s=%.3f",
         cfg.hub.id, len(hub.connectors), polled, time.monotonic() - t0,

@@ -12,6 +12,7 @@ with `--broker` the daemon syncs to that broker exactly as in the field.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import re
 import os
@@ -20,6 +21,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,66 @@ from edge.hubctl import Style, render_status
 
 ROOT = Path(__file__).resolve().parent.parent
 MAPS = ROOT / "config" / "register-maps"
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+class Children:
+    """The demo's child processes - the daemon and mosquitto - in one process
+    group of their own, each told by the kernel to stop (SIGTERM) when the
+    demo dies, however it dies: a SIGKILL leaves no handler to run, so only
+    the parent-death signal reaches them then (R-D3). Being in their own
+    group, a Ctrl-C at the terminal reaches the demo alone, which stops them
+    in order (the daemon first, so it can say goodbye to the broker)."""
+
+    def __init__(self) -> None:
+        self.pgid: int | None = None
+        self._procs: list[subprocess.Popen] = []
+        try:
+            self._prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork
+        except (OSError, AttributeError):
+            self._prctl = None  # not Linux: the signal handlers still stop the children
+
+    def popen_options(self) -> dict:
+        """Options for subprocess.Popen, asked for at each start. The kernel
+        sends the parent-death signal when the *thread* that forked exits,
+        so it is asked for only from the main thread, which lives as long as
+        the demo does."""
+        bind = self._prctl is not None and threading.current_thread() is threading.main_thread()
+        # Join the group while one of ours still holds it (its number cannot
+        # have passed to anyone else then); otherwise lead a new one.
+        pgid = self.pgid if any(p.poll() is None for p in self._procs) else 0
+        parent, prctl = os.getpid(), self._prctl
+
+        def in_child() -> None:  # between fork and exec: nothing that takes a lock
+            if bind:
+                prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+                if os.getppid() != parent:  # the demo died before the line above
+                    os.kill(os.getpid(), signal.SIGTERM)
+            try:
+                os.setpgid(0, pgid)
+            except OSError:  # the group emptied just now
+                os.setpgid(0, 0)
+
+        return {"preexec_fn": in_child}
+
+    def started(self, proc: subprocess.Popen) -> subprocess.Popen:
+        self._procs = [p for p in self._procs if p.poll() is None]
+        if not self._procs:  # the group died with its last member: this child leads a new one
+            self.pgid = os.getpgid(proc.pid)
+        self._procs.append(proc)
+        return proc
+
+    def kill_all(self) -> None:
+        """The last resort once each child was asked to stop: nothing of the
+        group outlives the demo. Only while one of ours is still in it, so
+        the number can never name someone else's group."""
+        if self.pgid is not None and any(p.poll() is None for p in self._procs):
+            try:
+                os.killpg(self.pgid, signal.SIGKILL)
+            except OSError:
+                pass
 
 
 @dataclass
@@ -83,6 +145,7 @@ class DemoHub:
     private_broker: object | None = None  # the demo's own mosquitto when no --broker was given
     command_key_file: Path | None = None  # the cloud's signing key, shared by the hub and the simulated cloud
     config_path: Path | None = None
+    children: Children = field(default_factory=Children)
 
     def connector_sim(self, connector_id: str):
         """(charger simulator, 0-based index) of a demo connector."""
@@ -106,7 +169,9 @@ class DemoHub:
         elif mosquitto_available():
             # The demo brings its own broker and a simulated cloud on
             # loopback, so roaming checks, token lists and bookings take part.
-            self.private_broker = Broker(self.state_dir / "broker", persistence=True).start()
+            self.private_broker = Broker(self.state_dir / "broker", persistence=True,
+                                         spawn=self.children.popen_options).start()
+            self.children.started(self.private_broker.proc)
             self.broker = self.private_broker.url
         else:
             notes.append("mosquitto is not installed, so the day runs without a cloud "
@@ -135,10 +200,10 @@ class DemoHub:
     def start_daemon(self, env_extra: dict | None = None) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **(env_extra or {}))
         with open(self.log_path, "ab") as logf:
-            self.daemon = subprocess.Popen(
+            self.daemon = self.children.started(subprocess.Popen(
                 [sys.executable, "-m", "edge.cli", "run", "--config", str(self.config_path)],
-                stdout=logf, stderr=logf, env=env, cwd=str(ROOT),
-            )
+                stdout=logf, stderr=logf, env=env, cwd=str(ROOT), **self.children.popen_options(),
+            ))
 
     def kill_daemon(self) -> None:
         """A power cut, as far as the daemon can tell (SIGKILL)."""
@@ -175,6 +240,7 @@ class DemoHub:
             self.cloud.stop()
         if self.private_broker is not None:
             self.private_broker.kill()
+        self.children.kill_all()
 
     async def unplug_when_unlocked(self, connector_id: str, tries: int = 50) -> bool:
         """The driver pulls the cable once the hub has unlocked it."""
@@ -397,6 +463,12 @@ async def _run(args) -> int:
     state_dir = Path(args.state_dir or tempfile.mkdtemp(prefix="hubedge-demo-")).resolve()
     socket = Path(args.socket).resolve() if args.socket else state_dir / "control.sock"
     hub = DemoHub(state_dir=state_dir, socket=socket, speed=speed)
+    # SIGTERM (and SIGHUP, a closed terminal) end the demo as Ctrl-C does:
+    # through the finally below, which stops every child.
+    main = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, main.cancel)
     tty = sys.stdout.isatty() and not args.no_view
     style = Style(tty and os.environ.get("NO_COLOR") is None)
     try:
@@ -511,6 +583,8 @@ def run_demo(args) -> int:
         return asyncio.run(_run(args))
     except KeyboardInterrupt:
         return 130
+    except asyncio.CancelledError:  # SIGTERM or SIGHUP: stopped cleanly all the same
+        return 143
     except RuntimeError as exc:
         print(f"hub-edge demo: {exc}", file=sys.stderr)
         return 1

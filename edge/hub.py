@@ -148,7 +148,7 @@ class Hub:
 
         self.cfg = cfg
         self.hub_id = cfg.hub.id
-        self.clock = clock or Clock()
+        self.clock = clock or Clock(rtc=cfg.hub.rtc)
         self.state_dir = cfg.resolve(cfg.storage.state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(self.state_dir, clock=self.clock)
@@ -191,7 +191,7 @@ class Hub:
         self._build_connectors()
         self._open_sync_stores()
         self.capabilities: list[Capability] = load_capabilities(self)
-        for alarm in self.store.alarms:
+        for alarm in self.store.alarms + self.tokens.alarms:
             self.emit("device.alarm", {"alarm": "store_recovered", "message": alarm})
 
     # ------------------------------------------------------------------ setup
@@ -801,16 +801,25 @@ class Hub:
 
         loop = asyncio.get_running_loop()
         keys = self._command_keys()
+        from datetime import timedelta
+
+        cloud = self.cfg.cloud
         self.downlink = Downlink(self.hub_id, self.store, clock=self.clock, reply=self._reply, on_event=self.emit,
-                                 keys=keys, currency=self.cfg.hub.currency)
+                                 keys=keys, allow_unsigned=cloud.allow_unsigned, currency=self.cfg.hub.currency,
+                                 command_max_age=timedelta(seconds=cloud.command_max_age_s),
+                                 clock_skew=timedelta(seconds=cloud.clock_skew_s))
         self._register_commands()
         if not self.cfg.cloud.broker:
             log.info("cloud.disabled reason=no_broker_configured")
             return
-        if not keys:
-            log.warning("cloud.commands_unverified reason=no_command_key_file action=%r",
-                        "syncs and commands from the broker are obeyed unsigned: set [cloud] command_key_file "
-                        "to the cloud's command key for this hub (docs/deploy.md)")
+        if not keys and cloud.allow_unsigned:
+            log.warning("cloud.commands_unverified reason=allow_unsigned action=%r",
+                        "syncs and commands from the broker are obeyed unsigned: for a test bench only; on a site "
+                        "set [cloud] command_key_file to the cloud's command key for this hub (docs/deploy.md)")
+        elif not keys:
+            log.warning("cloud.commands_refused reason=no_command_key_file action=%r",
+                        "every sync and command from the cloud is refused (bad_signature): set [cloud] "
+                        "command_key_file to the cloud's command key for this hub (docs/deploy.md)")
         from edge.uplink import Uplink
 
         tls = None
@@ -830,6 +839,7 @@ class Hub:
             version=VERSION,
             on_message=self._on_cloud_message,
             on_link=self._on_link,
+            on_session=self._on_cloud_session,
             loop=loop,
             keepalive=self.cfg.cloud.keepalive_s,
         )
@@ -855,9 +865,18 @@ class Hub:
         if self.uplink is not None:
             self.uplink.publish_reply(payload)
 
-    def _on_cloud_message(self, topic: str, payload: bytes, sig: str | None) -> None:
+    def _on_cloud_message(self, topic: str, payload: bytes, sig: str | None) -> asyncio.Task | None:
+        # The uplink acknowledges the message to the broker once this task
+        # has applied and recorded it durably (edge/uplink.py).
         if self.downlink is not None:
-            self._spawn(self.downlink.handle(topic, payload, sig))
+            return self._spawn(self.downlink.handle(topic, payload, sig))
+        return None
+
+    def _on_cloud_session(self, reason: str) -> None:
+        # At start and after the link was away, the cloud resends what the
+        # broker may not have kept (edge/downlink.py: ask_resync).
+        if self.downlink is not None:
+            self.downlink.ask_resync(reason, held={"tokens": {"version": self.tokens.version}})
 
     def _on_link(self, up: bool) -> None:
         self.link_up = up
@@ -940,7 +959,7 @@ class Hub:
         from edge.bookings import Bay, BookingBook, BookingRules
         from edge.tokens import TokenStore
 
-        self.tokens = TokenStore(self.state_dir / "tokens.sqlite3")
+        self.tokens = TokenStore(self.state_dir / "tokens.sqlite3", clock=self.clock)
         bays = [
             Bay(b.id, b.connector_type, b.side, b.length_m, b.bookable, b.connector)
             for b in self.cfg.bays
@@ -1074,7 +1093,10 @@ class Hub:
         from edge.downlink import SYNC_KINDS
 
         asked_at = self.clock.now()
-        self.emit("sync.resync_requested", {"kinds": list(SYNC_KINDS), "requested_by": user})
+        if self.downlink is not None:
+            self.downlink.ask_resync("technician", requested_by=user, held={"tokens": {"version": self.tokens.version}})
+        else:
+            self.emit("sync.resync_requested", {"kinds": list(SYNC_KINDS), "requested_by": user, "reason": "technician"})
         self.audit(user, "hub.resync", self.hub_id, "", "requested")
         deadline = time.monotonic() + timeout
         done: list[str] = []
@@ -1109,6 +1131,7 @@ class Hub:
             "ts": rfc3339(now),
             "uptime_s": round(time.monotonic() - self.started_mono),
             "ready": self.ready.is_set(),
+            "clock": self.clock.view(),
             "connectors": connectors,
             "devices": [d.as_dict() for d in self.devices.values()],
             "cloud": self.cloud_view(),
@@ -1143,8 +1166,31 @@ class Hub:
         for charger_id in self.chargers:
             self._spawn(self._poll_loop(charger_id))
         self._spawn(self._tick_loop())
+        if self.cfg.storage.backup_interval_min:
+            self._spawn(self._backup_loop(self.cfg.storage.backup_interval_min * 60))
         for part in self.capabilities:
             await part.start()
+
+    async def _backup_loop(self, interval_s: float) -> None:
+        """Online copies of the databases ([storage] backup_interval_min), in
+        a thread: what a damaged file found at start is restored from. The
+        first soon after start, so a hub that keeps crashing still has one."""
+        import sqlite3
+
+        delay = min(interval_s, 60.0)
+        while not self.stopping:
+            await asyncio.sleep(delay)
+            delay = interval_s
+            for name, backup in (("hub.sqlite3", self.store.backup), ("tokens.sqlite3", self.tokens.backup)):
+                try:
+                    await asyncio.to_thread(backup)
+                except sqlite3.DatabaseError as exc:
+                    log.error("store.backup_refused file=%s error=%s", name, exc)
+                    self.emit("device.alarm", {"alarm": "store_damaged", "message": f"{exc}; the hub runs on, "
+                               f"restart it to move the damaged file aside and restore that backup"})
+                except OSError as exc:
+                    log.error("store.backup_failed file=%s error=%s action=%r", name, exc,
+                              "check free space on the state directory")
 
     async def wait_ready(self, timeout: float) -> bool:
         if not self.chargers:

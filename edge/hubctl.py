@@ -174,6 +174,11 @@ def render_status(d: dict, style: Style) -> str:
     else:
         link = f"cloud: {'connected' if cloud.get('connected') else style.state('fault') + ' disconnected'} {cloud.get('broker', '')}"
     lines.append(f"{link}; outbox {ob.get('depth', 0)} waiting, oldest {_duration(ob.get('oldest_age_s'))}, quota {(ob.get('quota') or {}).get('state', '?')}")
+    clock = d.get("clock")
+    if clock is not None:
+        lines.append(f"clock: synchronised ({clock.get('source')})" if clock.get("synced") else
+                     f"clock: {style.bold('not synchronised')} - date-based decisions (24 h release, command "
+                     f"expiry) wait for NTP: check the network and `timedatectl timesync-status`")
     return "\n".join(lines)
 
 

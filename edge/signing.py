@@ -85,28 +85,38 @@ def parse_keys(text: str, where: str = "key file") -> tuple[bytes, ...]:
     return tuple(keys)
 
 
-def load_keys(path: str | Path) -> tuple[bytes, ...]:
-    """The command keys in ``path``. Refuses a file that others may read or
-    write, an empty file and a malformed line."""
+def read_private_file(path: str | Path, what: str, setting: str) -> bytes:
+    """The bytes of a secret file (a command key, a TLS private key), at most
+    MAX_FILE_BYTES + 1 of them. Refuses a file its group or others may read
+    or write, and anything but a regular file; ``setting`` names the key of
+    the configuration that points at it, for the message."""
     path = Path(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # non-blocking: a FIFO must not hang the start
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
         reason = exc.strerror if isinstance(exc, OSError) else "not a usable file name"
-        raise KeyFileError(f"command key file {path}: cannot read it ({reason}); check the path, and that "
+        raise KeyFileError(f"{what} {path}: cannot read it ({reason}); check the path, and that "
                            f"the hub's user owns the file") from None
     try:
         # The mode of what was opened, not of whatever the path names now.
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise KeyFileError(f"command key file {path} is not a regular file: point command_key_file at the key file")
+            raise KeyFileError(f"{what} {path} is not a regular file: point {setting} at the file itself")
         if mode & 0o077:
-            raise KeyFileError(f"command key file {path} gives its group or others access (mode "
-                               f"{stat.S_IMODE(mode):04o}): whoever reads it can command the hub; run chmod 600 {path}")
+            raise KeyFileError(f"{what} {path} gives its group or others access (mode "
+                               f"{stat.S_IMODE(mode):04o}): whoever reads it can act as this hub or its cloud; "
+                               f"run chmod 600 {path}")
         with os.fdopen(fd, "rb", closefd=False) as f:
-            raw = f.read(MAX_FILE_BYTES + 1)
+            return f.read(MAX_FILE_BYTES + 1)
     finally:
         os.close(fd)
+
+
+def load_keys(path: str | Path) -> tuple[bytes, ...]:
+    """The command keys in ``path``. Refuses a file that others may read or
+    write, an empty file and a malformed line."""
+    path = Path(path)
+    raw = read_private_file(path, "command key file", "command_key_file")
     if len(raw) > MAX_FILE_BYTES:
         raise KeyFileError(f"command key file {path} is over {MAX_FILE_BYTES} bytes, not a key file: it holds one key "
                            f"a line, 64 hex digits")

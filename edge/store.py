@@ -13,7 +13,10 @@ Two kinds of storage, each where it fits (reference.md, "Storage: tinydb"):
 Opening never raises because a file is damaged: a corrupt part is moved aside
 (``name.corrupt-<UTC time>``), the last good copy (``.bak``) or an empty store
 takes its place, and ``Store.alarms`` says what happened, so the daemon raises
-a device alarm instead of crash-looping on a bad file.
+a device alarm instead of crash-looping on a bad file. A database's ``.bak``
+is an online copy made while the hub runs (``online_backup``, sqlite's backup
+API, scheduled by the hub); a database found empty (0 bytes) counts as
+damaged, so a lost file never passes for a fresh one.
 """
 
 from __future__ import annotations
@@ -23,17 +26,19 @@ import json
 import logging
 import os
 import re
+import shutil
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from tinydb import TinyDB
 from tinydb.storages import Storage
 
-from edge.clock import Clock
+from edge.clock import Clock, rfc3339
 
 log = logging.getLogger("hubedge.store")
 
@@ -86,6 +91,112 @@ def atomic_write(path: Path | str, data: bytes, *, backup: bool = False, mode: i
 def _corrupt_name(path: Path, clock: Clock) -> Path:
     stamp = clock.now().strftime("%Y%m%dT%H%M%S.%fZ")
     return path.with_name(f"{path.name}.corrupt-{stamp}")
+
+
+def quick_check(db: sqlite3.Connection) -> None:
+    """Raise sqlite3.DatabaseError unless sqlite finds the database sound."""
+    rows = db.execute("PRAGMA quick_check").fetchall()
+    if rows != [("ok",)]:
+        raise sqlite3.DatabaseError("quick_check: " + "; ".join(str(r[0]) for r in rows[:3]))
+
+
+def move_db_aside(path: Path, clock: Clock) -> Path:
+    """Rename a damaged database and its -wal/-shm to ``name.corrupt-<UTC time>``."""
+    aside = _corrupt_name(path, clock)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            os.replace(side, aside.with_name(aside.name + suffix))
+    os.replace(path, aside)
+    return aside
+
+
+def _copy_durably(source: Path, target: Path) -> None:
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.copyfile(source, tmp)  # streamed: a database may be larger than the memory to spare
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+    _fsync_dir(target.parent)
+
+
+def open_database(path: Path, connect: Callable[[Path], sqlite3.Connection], *, clock: Clock,
+                  lost_since_backup: str, lost_if_empty: str) -> tuple[sqlite3.Connection, str | None]:
+    """Open the database at ``path`` with ``connect`` once sqlite's
+    quick_check finds it sound. A damaged one - or one found empty (0 bytes),
+    which a database this hub has opened never is - is moved aside and its
+    last backup (``<name>.bak``) restored if that is sound, else an empty one
+    started. Returns the connection and the alarm to raise (None when the
+    file was sound); the alarm says what may be lost: ``lost_since_backup``
+    or ``lost_if_empty``."""
+    bak = path.with_name(path.name + ".bak")
+    if not path.exists():
+        return connect(path), None
+    if path.stat().st_size == 0:
+        aside = move_db_aside(path, clock)
+        problem = f"{path.name} was found empty (0 bytes) and was moved to {aside.name}"
+    else:
+        db = None
+        try:
+            db = connect(path)
+            quick_check(db)
+            return db, None
+        except sqlite3.DatabaseError as e:
+            if db is not None:
+                db.close()
+            aside = move_db_aside(path, clock)
+            problem = f"{path.name} is damaged ({e}) and was moved to {aside.name}"
+    if bak.exists():
+        try:
+            check = sqlite3.connect(f"file:{bak}?mode=ro", uri=True)
+            try:
+                quick_check(check)
+            finally:
+                check.close()
+            made = rfc3339(datetime.fromtimestamp(bak.stat().st_mtime, timezone.utc))
+            _copy_durably(bak, path)
+            db = connect(path)
+            quick_check(db)
+            return db, f"{problem}; restored the backup {bak.name} made at {made}: {lost_since_backup}"
+        except sqlite3.DatabaseError:
+            db = None
+            for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+                stale.unlink(missing_ok=True)
+            problem += "; its backup was damaged too"
+    return connect(path), f"{problem}; started empty: {lost_if_empty}"
+
+
+def online_backup(source: Path, bak: Path) -> Path:
+    """Copy the live database ``source`` to ``bak`` with sqlite's backup API,
+    from a connection of its own: in WAL mode that is one consistent snapshot,
+    and the hub's writers go on meanwhile. The copy is checked before it
+    replaces the previous one, so a database damaged unnoticed never
+    overwrites the last good copy (sqlite3.DatabaseError then). Blocking:
+    run it in a thread."""
+    tmp = bak.with_name(f".{bak.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    src = sqlite3.connect(source)
+    target = sqlite3.connect(tmp)
+    try:
+        src.execute("PRAGMA query_only=ON")
+        src.backup(target)
+        target.execute("PRAGMA journal_mode=DELETE")
+        try:
+            quick_check(target)
+        except sqlite3.DatabaseError as e:
+            raise sqlite3.DatabaseError(f"{source.name} is damaged, its backup {bak.name} was left as it was: {e}") from None
+    except BaseException:
+        target.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        src.close()
+    target.close()
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, bak)
+    _fsync_dir(bak.parent)
+    return bak
 
 
 class AtomicJSONStorage(Storage):
@@ -215,50 +326,16 @@ class Store:
         db.execute("PRAGMA foreign_keys=ON")
         return db
 
-    def _check(self, path: Path) -> sqlite3.Connection:
-        db = self._connect(path)
-        try:
-            rows = db.execute("PRAGMA quick_check").fetchall()
-            if rows != [("ok",)]:
-                raise sqlite3.DatabaseError("quick_check: " + "; ".join(str(r[0]) for r in rows[:3]))
-        except BaseException:
-            db.close()
-            raise
-        return db
-
-    def _move_db_aside(self, path: Path) -> Path:
-        aside = _corrupt_name(path, self.clock)
-        for suffix in ("-wal", "-shm"):
-            side = path.with_name(path.name + suffix)
-            if side.exists():
-                os.replace(side, aside.with_name(aside.name + suffix))
-        os.replace(path, aside)
-        return aside
-
     def _open_db(self) -> sqlite3.Connection:
-        path = self.db_path
-        bak = path.with_name(path.name + ".bak")
-        if not path.exists():
-            return self._connect(path)
-        try:
-            return self._check(path)
-        except sqlite3.DatabaseError as e:
-            aside = self._move_db_aside(path)
-            problem = f"{path.name} is damaged ({e}) and was moved to {aside.name}"
-        if bak.exists():
-            try:
-                self._check(bak).close()
-                atomic_write(path, bak.read_bytes())
-                db = self._check(path)
-                self._alarm(f"{problem}; restored the last backup {bak.name}: events, sessions and ledger "
-                            f"entries since that backup are lost, check the cloud's records")
-                return db
-            except sqlite3.DatabaseError:
-                path.unlink(missing_ok=True)
-                problem += "; its backup was damaged too"
-        self._alarm(f"{problem}; started an empty database: queued events, sessions and ledger entries "
-                    f"since the last sync are lost, check the cloud's records")
-        return self._connect(path)
+        db, alarm = open_database(
+            self.db_path, self._connect, clock=self.clock,
+            lost_since_backup="events, sessions and ledger entries since that backup are lost, check the cloud's "
+                              "records",
+            lost_if_empty="queued events, sessions and ledger entries since the last sync are lost, check the "
+                          "cloud's records")
+        if alarm:
+            self._alarm(alarm)
+        return db
 
     def _alarm(self, message: str) -> None:
         self.alarms.append(message)
@@ -349,23 +426,10 @@ class Store:
         self._on_commit[-1].append(callback)
 
     def backup(self) -> Path:
-        """Copy the database to hub.sqlite3.bak (consistent, online), the copy
-        used if the live file is found damaged at the next start."""
-        bak = self.db_path.with_name(DB_NAME + ".bak")
-        tmp = self.state_dir / f".{DB_NAME}.bak.tmp-{os.getpid()}"
-        tmp.unlink(missing_ok=True)
-        target = sqlite3.connect(tmp)
-        try:
-            with self._lock:
-                self.db.backup(target)
-            target.execute("PRAGMA journal_mode=DELETE")
-        finally:
-            target.close()
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, bak)
-        _fsync_dir(self.state_dir)
-        return bak
+        """Copy the database to hub.sqlite3.bak (consistent, online, checked),
+        the copy used if the live file is found damaged at the next start.
+        Blocking: the hub runs it in a thread."""
+        return online_backup(self.db_path, self.db_path.with_name(DB_NAME + ".bak"))
 
     # -- documents
     def documents(self, name: str) -> TinyDB:

@@ -11,6 +11,16 @@ nothing, and WAL with synchronous=FULL survives a power cut on an SD card.
 The authorisation cache keeps the cloud's answers for roaming cards
 (OCPP-style: valid and invalid ids, with an expiry) in the same file, so it
 survives a reboot. The local list wins over the cache.
+
+A damaged file never stops the hub: at open it is moved aside and the last
+online backup (``tokens.sqlite3.bak``, made by ``backup`` while the hub runs)
+restored, or an empty list started; ``alarms`` says which, and the hub then
+asks the cloud for what it lacks (the version held says how much).
+
+The id of the last message applied is kept with the list, in the same
+commit: the broker delivers a message again when the hub died before
+acknowledging it, and that copy must not be judged against the version it
+has itself brought (a delta would look stale).
 """
 
 from __future__ import annotations
@@ -24,8 +34,10 @@ import threading
 from operator import itemgetter, methodcaller
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
-from edge.clock import parse_rfc3339
+from edge.clock import Clock, parse_rfc3339
+from edge.store import online_backup, open_database
 
 log = logging.getLogger("hubedge.tokens")
 
@@ -84,9 +96,12 @@ class ApplyResult:
     upserted: int = 0
     removed: int = 0
     reasons: list[str] = field(default_factory=list)
+    again: bool = False  # this message had been applied already: nothing changed
 
     @property
     def message(self) -> str:
+        if self.again:
+            return f"token list message applied already: version {self.version} held, nothing changed"
         if self.ok:
             return f"token list {self.kind} applied: now at version {self.version}"
         return "token list refused, nothing changed: " + "; ".join(self.reasons)
@@ -301,33 +316,65 @@ class TokenStore:
     sees the last committed list while an apply is in progress, so a card
     tap never waits for a sync."""
 
-    def __init__(self, path: str, *, cache_kib: int = 4096):
-        self.path = path
+    def __init__(self, path: str | Path, *, cache_kib: int = 4096, clock: Clock | None = None):
+        self.path = str(path)
+        self._cache_kib = cache_kib
         self._lock = threading.Lock()  # apply may run in a worker thread
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
-        self._db.executescript(
-            """
-            CREATE TABLE IF NOT EXISTS token (
-                uid TEXT PRIMARY KEY, status TEXT NOT NULL, type TEXT NOT NULL,
-                grp TEXT, reference TEXT, expires INTEGER
-            ) WITHOUT ROWID;
-            CREATE TABLE IF NOT EXISTS token_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-            CREATE TABLE IF NOT EXISTS auth_cache (
-                uid TEXT PRIMARY KEY, status TEXT NOT NULL, expires INTEGER NOT NULL,
-                grp TEXT, reference TEXT, stored INTEGER NOT NULL
-            ) WITHOUT ROWID;
-            """
-        )
+        self.alarms: list[str] = []
+        self._db, alarm = open_database(
+            Path(path), self._connect, clock=clock or Clock(),
+            lost_since_backup="token list changes since then are missing until the cloud resends them (the hub "
+                              "asks for them at its next connection)",
+            lost_if_empty="the token list is empty until the cloud sends it again (the hub asks for it at its next "
+                          "connection); meanwhile own cards are decided as unknown ([auth] unknown_offline)")
+        if alarm:
+            self.alarms.append(alarm)
+            log.error("tokens.recovered problem=%r", alarm)
         self._read_lock = threading.Lock()
         self._reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._reader.execute("PRAGMA query_only=ON")
         self._reader.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
         row = self._db.execute("SELECT value FROM token_meta WHERE key='version'").fetchone()
         self._version = row[0] if row else 0
+        row = self._db.execute("SELECT id FROM token_message").fetchone()
+        self._message_id = row[0] if row else None
         self._count = self._db.execute("SELECT count(*) FROM token").fetchone()[0]
+        self._backed_up: int | None = None  # version of the last backup made by this process
+
+    def _connect(self, path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute(f"PRAGMA cache_size=-{int(self._cache_kib)}")
+        db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS token (
+                uid TEXT PRIMARY KEY, status TEXT NOT NULL, type TEXT NOT NULL,
+                grp TEXT, reference TEXT, expires INTEGER
+            ) WITHOUT ROWID;
+            CREATE TABLE IF NOT EXISTS token_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+            CREATE TABLE IF NOT EXISTS token_message (slot INTEGER PRIMARY KEY CHECK (slot = 0), id TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS auth_cache (
+                uid TEXT PRIMARY KEY, status TEXT NOT NULL, expires INTEGER NOT NULL,
+                grp TEXT, reference TEXT, stored INTEGER NOT NULL
+            ) WITHOUT ROWID;
+            """
+        )
+        return db
+
+    def backup(self) -> bool:
+        """An online copy of the file to ``tokens.sqlite3.bak`` when the list
+        changed since the last one (a million tokens are tens of MB: an SD
+        card is not rewritten for nothing). Blocking: run it in a thread.
+        True when a copy was made."""
+        path = Path(self.path)
+        bak = path.with_name(path.name + ".bak")
+        version = self._version
+        if version == self._backed_up and bak.exists():
+            return False
+        online_backup(path, bak)
+        self._backed_up = version
+        return True
 
     @property
     def version(self) -> int:
@@ -372,8 +419,12 @@ class TokenStore:
                     gc.enable()
 
     def _apply_locked(self, message: dict) -> ApplyResult:
-        rows, removes, reasons = validate_tokens_message(message, self._version)
         kind = message.get("kind") if isinstance(message, dict) else None
+        message_id = message.get("id") if isinstance(message, dict) and isinstance(message.get("id"), str) else None
+        if message_id is not None and message_id == self._message_id:
+            log.info("tokens.applied_already version=%d", self._version)
+            return ApplyResult(True, self._version, kind, again=True)
+        rows, removes, reasons = validate_tokens_message(message, self._version)
         if reasons:
             return self._refused(message, kind, reasons)
         version = message["version"]
@@ -393,6 +444,8 @@ class TokenStore:
                 db.executemany("DELETE FROM token WHERE uid=?", ((u,) for u in removes))
                 count = self._count + len(rows) - known - (db.total_changes - before)
             db.execute("INSERT OR REPLACE INTO token_meta VALUES ('version', ?)", (version,))
+            if message_id is not None:
+                db.execute("INSERT OR REPLACE INTO token_message VALUES (0, ?)", (message_id,))
             db.execute("COMMIT")
         except sqlite3.IntegrityError:
             db.execute("ROLLBACK")
@@ -408,7 +461,7 @@ class TokenStore:
                 False, self._version, kind,
                 reasons=[f"storage error ({exc}); nothing changed, check free space on the state directory and resend"],
             )
-        self._version, self._count = version, count
+        self._version, self._count, self._message_id = version, count, message_id or self._message_id
         log.info("tokens.applied kind=%s version=%d upserted=%d removed=%d count=%d", kind, version, len(rows), len(removes), count)
         return ApplyResult(True, version, kind, upserted=len(rows), removed=len(removes))
 

@@ -12,6 +12,17 @@ the drain starts again from the oldest undelivered entry, with the same ids.
 The broker session itself is persistent (same client id, clean start off,
 session expiry) so QoS 1 downlink messages wait while the hub is away.
 
+Downlink messages are acknowledged by hand (paho's manual ack): a PUBACK
+goes to the broker only once ``on_message``'s work - applying the message
+and recording its answer, made durable - is done. A crash, or a lost link,
+before that leaves the message unacknowledged, and the broker delivers it
+again on the next connection; the downlink's record of handled ids makes
+that second delivery a duplicate when the first had been applied. Because a
+broker keeps only so much (a session may expire, a queue may overflow),
+``on_session`` is told of every connection - the first since the start, one
+where the broker kept no session, a reconnect - so the hub can ask the cloud
+for a resync of what it may have missed.
+
 Threads: paho runs its network loop on its own thread; every callback only
 hands its arguments to the asyncio loop (call_soon_threadsafe). Connecting
 (DNS, TCP, TLS handshake) runs in an executor, so a dead broker never blocks
@@ -28,7 +39,7 @@ import json
 import logging
 import random
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -78,6 +89,7 @@ class _Connection:
         self.inflight: dict[int, tuple[int, str]] = {}  # mid -> (outbox pos, entry id)
         self.waiters: dict[int, asyncio.Future] = {}  # mid -> future, for messages someone awaits
         self.cursor = 0  # outbox position of the last entry handed to paho
+        self.session_present = False  # the broker kept our session (CONNACK flag)
         # PUBACKs gathered on paho's thread and handed over in bunches: one
         # wake-up of the loop per bunch instead of one per message.
         self.acks: collections.deque = collections.deque()
@@ -86,10 +98,11 @@ class _Connection:
 
 class Uplink:
     def __init__(self, hub_id: str, broker_url: str, *, client_id: str, outbox: Outbox, clock: Clock | None = None,
-                 tls: dict[str, str] | None = None, version: str, on_message: Callable[[str, bytes, str | None], None],
+                 tls: dict[str, str] | None = None, version: str,
+                 on_message: Callable[[str, bytes, str | None], Awaitable | None],
                  on_link: Callable[[bool], None], loop: asyncio.AbstractEventLoop, keepalive: int = 30,
                  window: int = 1000, max_inflight: int = 100, backoff: tuple[float, float] = (1.0, 60.0), connect_timeout: float = 10.0,
-                 session_expiry_s: int = 7 * 24 * 3600):
+                 session_expiry_s: int = 7 * 24 * 3600, on_session: Callable[[str], None] | None = None):
         self.hub_id = hub_id
         self.broker_url = broker_url
         self._broker = parse_broker_url(broker_url)
@@ -98,8 +111,12 @@ class Uplink:
         self.clock = clock or Clock()
         self.tls = tls
         self.version = version
+        # Returns what to wait for before the message is acknowledged (the
+        # task applying it), or None to acknowledge at once.
         self.on_message = on_message
         self.on_link = on_link
+        self.on_session = on_session  # called with "start", "session_lost" or "reconnect"
+        self._sessions = 0
         self.loop = loop
         self.keepalive = keepalive
         # ``window`` entries are handed to paho at most; paho keeps up to
@@ -216,7 +233,7 @@ class Uplink:
 
     def _make_client(self) -> _Connection:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5,
-                             reconnect_on_failure=False)
+                             reconnect_on_failure=False, manual_ack=True)
         client.max_inflight_messages_set(self.max_inflight)
         client.max_queued_messages_set(0)
         if self._broker["username"]:
@@ -229,7 +246,8 @@ class Uplink:
         conn = _Connection(client, self.loop)
         call = self.loop.call_soon_threadsafe
 
-        def on_connect(_c, _u, _flags, reason_code, _props):
+        def on_connect(_c, _u, flags, reason_code, _props):
+            conn.session_present = bool(getattr(flags, "session_present", False))
             call(self._on_connack, conn, reason_code)
 
         def on_disconnect(_c, _u, _flags, reason_code, _props):
@@ -242,7 +260,8 @@ class Uplink:
                 call(self._on_acks, conn)
 
         def on_message(_c, _u, message):
-            call(self._deliver, message.topic, bytes(message.payload), _signature(message))
+            call(self._deliver, conn, message.mid, message.qos, message.topic, bytes(message.payload),
+                 _signature(message))
 
         client.on_connect = on_connect
         client.on_disconnect = on_disconnect
@@ -313,6 +332,13 @@ class Uplink:
         await self._flush_acks()
         self._set_link(True)
         self._last_error = None
+        self._sessions += 1
+        if self.on_session is not None:
+            reason = "start" if self._sessions == 1 else "reconnect" if conn.session_present else "session_lost"
+            try:
+                self.on_session(reason)
+            except Exception:
+                log.exception("uplink.on_session_failed reason=%s", reason)
         while not conn.lost.is_set():
             self._wake.clear()
             room = self.window - len(conn.inflight)
@@ -419,11 +445,29 @@ class Uplink:
                 # duplicate the cloud drops, never a loss.
                 log.exception("uplink.mark_delivered_failed count=%d", len(positions))
 
-    def _deliver(self, topic: str, payload: bytes, sig: str | None) -> None:
+    def _deliver(self, conn: _Connection, mid: int, qos: int, topic: str, payload: bytes, sig: str | None) -> None:
         try:
-            self.on_message(topic, payload, sig)
+            pending = self.on_message(topic, payload, sig)
         except Exception:
+            # Not acknowledged: the broker delivers it again on the next connection.
             log.exception("uplink.on_message_failed topic=%s", topic)
+            return
+        if pending is None:
+            self._ack(conn, mid, qos)
+            return
+        asyncio.ensure_future(pending).add_done_callback(
+            lambda done: self._ack(conn, mid, qos) if not done.cancelled() and done.exception() is None
+            else log.warning("uplink.message_unacknowledged topic=%s reason=%s action=%r", topic,
+                             "cancelled" if done.cancelled() else type(done.exception()).__name__,
+                             "the broker delivers it again on the next connection"))
+
+    def _ack(self, conn: _Connection, mid: int, qos: int) -> None:
+        """PUBACK a message whose work is done. A message that came on an
+        earlier connection is left alone: the broker has it back in the
+        session and delivers it again (a duplicate the downlink answers)."""
+        if qos == 0 or conn is not self._conn or conn.lost.is_set():
+            return
+        conn.client.ack(mid, qos)
 
 
 def _signature(message: mqtt.MQTTMessage) -> str | None:

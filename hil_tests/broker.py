@@ -14,6 +14,7 @@ Used by hil_tests/sync/conftest.py (the ``broker`` fixture) and bench/uplink.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -180,3 +181,20 @@ class CloudClient:
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+@contextlib.contextmanager
+def cloud_clients():
+    """A factory of started CloudClients, make(url, **kw), each stopped on leaving."""
+    made: list[CloudClient] = []
+
+    def make(url: str, **kw) -> CloudClient:
+        c = CloudClient(url, **kw).start()
+        made.append(c)
+        return c
+
+    try:
+        yield make
+    finally:
+        for c in made:
+            c.stop()

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +35,17 @@ def free_port() -> int:
 
 class Broker:
     def __init__(self, directory: Path, *, pki: Any = None, acl: str | None = None,
-                 persistence: bool = True, tls_only: bool = False):
+                 persistence: bool = True, tls_only: bool = False,
+                 spawn: Callable[[], dict[str, Any]] | None = None):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.pki = pki
         self.acl = acl
         self.persistence = persistence
         self.tls_only = tls_only
+        # Popen options for the broker process, asked at each start; default:
+        # a session of its own, so a Ctrl-C meant for its owner spares it.
+        self.spawn = spawn or (lambda: {"start_new_session": True})
         self.port = free_port()
         self.tls_port = free_port() if pki else None
         self.proc: subprocess.Popen | None = None
@@ -93,7 +98,7 @@ class Broker:
         if self.running:
             return self
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, start_new_session=True)
+                                     stderr=subprocess.PIPE, **self.spawn())
         deadline = time.monotonic() + timeout
         ports = [p for p in (None if self.tls_only else self.port, self.tls_port) if p]
         while time.monotonic() < deadline:

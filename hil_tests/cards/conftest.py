@@ -63,6 +63,7 @@ vat_rate = "0.21"
 [cloud]
 broker = "{broker.url}"
 client_id = "hubedge-{HUB_ID}"
+allow_unsigned = true
 
 [storage]
 state_dir = "{tmp / 'state'}"

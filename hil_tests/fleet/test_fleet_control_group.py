@@ -108,7 +108,10 @@ class ControlledHub:
     """A daemon whose control socket belongs to a throw-away technicians'
     group, and hubctl run as other users against it."""
 
-    def __init__(self, tmp: Path, sock: Path, group: str, member: str, python: str, sim: ChargerSimulator):
+    def __init__(self, tmp: Path, sock: Path, group: str, member: str, python: str, sim: ChargerSimulator | None,
+                 *, run_as: list[str] = (), env: dict[str, str] | None = None):
+        """``run_as``: a command the daemon runs under (setpriv to another
+        user); ``env``: the daemon's environment on top of this one's."""
         self.sock, self.group, self.member, self.python = sock, group, member, python
         self.outsider_group = grp.getgrgid(pwd.getpwnam(OUTSIDER).pw_gid).gr_name
         self.state = tmp / "state"
@@ -126,16 +129,17 @@ socket = "{sock}"
 group = "{group}"
 [charging]
 poll_interval_s = 0.2
-[[chargers]]
+""" + (f"""[[chargers]]
 id = "CH1"
 address = "127.0.0.1:{sim.port}"
 register_map = "{MAP}"
 connectors = [ {{ id = "C1", index = 1 }} ]
-""")
-        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+""" if sim else ""))
+        environ = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
         with open(self.log, "ab") as f:
-            self.proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(self.config)],
-                                         stdout=f, stderr=f, cwd=str(ROOT), env={**env, "PYTHONUNBUFFERED": "1"})
+            self.proc = subprocess.Popen([*run_as, python if run_as else sys.executable, "-m", "edge.cli", "run",
+                                          "--config", str(self.config)], stdout=f, stderr=f, cwd=str(ROOT),
+                                         env={**environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 
     async def wait_ready(self) -> None:
         deadline = time.monotonic() + 20
@@ -246,3 +250,56 @@ async def test_fleet_control_daemon_refuses_outsiders_even_when_the_socket_mode_
     assert [(a["user"], a["action"], a["result"].split(":")[0]) for a in hub.audits()] == [(OUTSIDER, "control.connect", "refused")]
     assert f"control.refused user={OUTSIDER}" in hub.log.read_text()
     assert not unclear, unclear  # the refusal reaches the user every time
+
+
+# ------------------------------------------------- the deployed layout (R-T1)
+@pytest.fixture
+def daemon_user(technicians):
+    """A throw-away user playing `hubedge`: its own primary group, and the
+    technicians' group as a supplementary one (the unit's SupplementaryGroups)."""
+    group, _ = technicians
+    name = f"hubedge-d{uuid.uuid4().hex[:6]}"
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group", name],
+                   check=True, capture_output=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["userdel", name], capture_output=True)
+        subprocess.run(["groupdel", name], capture_output=True)
+
+
+async def test_fleet_technicians_reach_the_socket_in_the_runtime_directory_systemd_makes_R_T1(
+        technicians, daemon_user, socket_dir):
+    """As deployed: the daemon runs as its own user, and systemd makes its
+    runtime directory (RuntimeDirectory=hubedge, RuntimeDirectoryMode=0750)
+    owned by that user and *its* group. The socket inside was 0660 to the
+    technicians' group, but the directory kept them out ("permission
+    denied"): the daemon now gives the directory to the technicians' group,
+    and still to nobody else."""
+    group, member = technicians
+    user = daemon_user
+    python = sys.executable
+    probe = subprocess.run(["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", python, "-c",
+                            "import edge.daemon, paho.mqtt.client"], cwd=str(ROOT), capture_output=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"user {user} cannot run this checkout's Python ({python}): {probe.stderr.decode()[-300:]}")
+    home = socket_dir / "home"  # the hub's user's own: configuration, state, log
+    run = socket_dir / "run-hubedge"  # what systemd creates before ExecStart
+    for d in (home, run):
+        d.mkdir()
+        os.chown(d, pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid)
+        d.chmod(0o750)
+    hub = ControlledHub(home, run / "control.sock", group, member, python, None,
+                        run_as=["setpriv", f"--reuid={user}", f"--regid={user}", f"--groups={group}"],
+                        env={"RUNTIME_DIRECTORY": str(run)})
+    try:
+        await hub.wait_ready()
+        st = os.stat(run)
+        assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o750, grp.getgrnam(group).gr_gid), (oct(st.st_mode), st.st_gid)
+        out = await hubctl_checked(hub, member, "--json", "status")
+        assert out.returncode == 0, out
+        assert json.loads(out.stdout)["hub"] == "CTL-01"
+        out = await hubctl_checked(hub, OUTSIDER, "status")
+        assert out.returncode == 5 and "not allowed to open" in out.stderr, out
+    finally:
+        await hub.stop()

@@ -84,6 +84,7 @@ vat_rate = "0.21"
 [cloud]
 broker = "{broker.hub_url}"
 client_id = "hubedge-{self.id}"
+allow_unsigned = true
 ca_file = "{tls['ca']}"
 cert_file = "{tls['cert']}"
 key_file = "{tls['key']}"

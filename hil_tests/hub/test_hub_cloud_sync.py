@@ -38,7 +38,8 @@ async def test_sync_messages_are_stored_refused_and_resynced(tmp_path, sims):
     cloud = CloudClient(broker.url, client_id="cloud-hub-test", topics=("hub/HIL-01/#",)).start()
     d = DaemonUnderTest(tmp_path, sims)
     # [cloud] goes before the arrays of tables.
-    d.config.write_text(f'[cloud]\nbroker = "{broker.url}"\nclient_id = "hil-01"\n' + d.config.read_text())
+    d.config.write_text(f'[cloud]\nbroker = "{broker.url}"\nclient_id = "hil-01"\nallow_unsigned = true\n'
+                        + d.config.read_text())
     d.needs_cloud = True  # ready means connected to the broker too
     d.start()
     try:
@@ -73,7 +74,8 @@ async def test_sync_messages_are_stored_refused_and_resynced(tmp_path, sims):
         # hubctl resync: the cloud sees the request and resends every kind.
         task = asyncio.create_task(d.hubctl("resync", "--timeout", "20"))
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not any(b"sync.resync_requested" in p for _t, p, _r in cloud.received("hub/HIL-01/event/sync")):
+        while time.monotonic() < deadline and not any(b"sync.resync_requested" in p and b'"technician"' in p
+                                                      for _t, p, _r in cloud.received("hub/HIL-01/event/sync")):
             await asyncio.sleep(0.1)
         eff = rfc3339(now - timedelta(days=1))
         cloud.publish("hub/HIL-01/sync/tokens", _msg(version=2, kind="full", upsert=[{"uid": "04A1B2C3", "status": "Blocked", "type": "own"}], remove=[]))

@@ -18,7 +18,7 @@ async def test_r_c7_a_maintenance_window_makes_a_connector_unavailable_then_avai
     broker = Broker(tmp_path / "broker", persistence=False).start()
     cloud = CloudSimulator(broker.url, "HIL-01").start()
     d = DaemonUnderTest(tmp_path, sims)
-    d.config.write_text(f'[cloud]\nbroker = "{broker.url}"\n' + d.config.read_text())
+    d.config.write_text(f'[cloud]\nbroker = "{broker.url}"\nallow_unsigned = true\n' + d.config.read_text())
     d.start()
     try:
         await d.wait_ready()
@@ -53,7 +53,7 @@ async def test_r_m3_a_bad_maintenance_message_changes_nothing(tmp_path, sims):
     broker = Broker(tmp_path / "broker", persistence=False).start()
     cloud = CloudSimulator(broker.url, "HIL-01").start()
     d = DaemonUnderTest(tmp_path, sims)
-    d.config.write_text(f'[cloud]\nbroker = "{broker.url}"\n' + d.config.read_text())
+    d.config.write_text(f'[cloud]\nbroker = "{broker.url}"\nallow_unsigned = true\n' + d.config.read_text())
     d.start()
     try:
         await d.wait_ready()

@@ -131,7 +131,7 @@ async def test_a_key_file_open_to_others_stops_the_start_with_the_fix(tmp_path, 
     assert "cloud.command_key_file" in log and f"chmod 600 {key_file}" in log and NEW_KEY.hex() not in log
 
 
-async def test_without_a_key_file_the_hub_warns_once_that_commands_are_unverified(tmp_path, sims):
+async def test_without_a_key_file_the_hub_warns_once_that_it_refuses_every_command(tmp_path, sims):
     d = DaemonUnderTest(tmp_path, sims)
     d.config.write_text('[cloud]\nbroker = "mqtt://127.0.0.1:1"\n' + d.config.read_text())
     d.start()
@@ -140,4 +140,4 @@ async def test_without_a_key_file_the_hub_warns_once_that_commands_are_unverifie
     finally:
         d.terminate()
     log = d.log_text()
-    assert log.count("cloud.commands_unverified") == 1 and "command_key_file" in log
+    assert log.count("cloud.commands_refused") == 1 and "command_key_file" in log

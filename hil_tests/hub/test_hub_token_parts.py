@@ -22,7 +22,7 @@ async def test_r_a3_a_chunked_full_list_applies_whole_on_its_last_part(tmp_path,
     broker = Broker(tmp_path / "broker", persistence=False).start()
     cloud = CloudSimulator(broker.url, "HIL-01").start()
     d = DaemonUnderTest(tmp_path, sims)
-    d.config.write_text(f'[cloud]\nbroker = "{broker.url}"\n' + d.config.read_text())
+    d.config.write_text(f'[cloud]\nbroker = "{broker.url}"\nallow_unsigned = true\n' + d.config.read_text())
     d.start()
     try:
         await d.wait_ready()

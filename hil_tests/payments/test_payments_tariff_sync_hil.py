@@ -60,7 +60,7 @@ def cloud_hub(broker, cloud, make_hub):
     answers on it (so its subscription is in place)."""
 
     async def make():
-        hub = await make_hub("tcp", extra=f'[cloud]\nbroker = "{broker.url}"\nclient_id = "pay-01"\n')
+        hub = await make_hub("tcp", extra=f'[cloud]\nbroker = "{broker.url}"\nclient_id = "pay-01"\nallow_unsigned = true\n')
         await linked(hub, cloud)
         return hub
 

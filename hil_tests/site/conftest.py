@@ -73,6 +73,7 @@ timezone = "Europe/Amsterdam"
 [cloud]
 broker = "{self.broker.url}"
 client_id = "hubedge-{HUB}"
+allow_unsigned = true
 [storage]
 state_dir = "{self.tmp / 'state'}"
 [control]

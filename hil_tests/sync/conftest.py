@@ -11,7 +11,7 @@ _ROOT = Path(__file__).resolve().parents[2]
 if str(_ROOT) not in sys.path:  # so that hil_tests.broker imports as a namespace package
     sys.path.insert(0, str(_ROOT))
 
-from hil_tests.broker import Broker, CloudClient, PKI, make_pki  # noqa: E402
+from hil_tests.broker import Broker, PKI, cloud_clients, make_pki  # noqa: E402
 
 
 @pytest.fixture
@@ -31,13 +31,5 @@ def pki(tmp_path_factory) -> PKI:
 @pytest.fixture
 def cloud_client():
     """Factory: cloud_client(url, **kw) -> started CloudClient, stopped at teardown."""
-    made: list[CloudClient] = []
-
-    def make(url: str, **kw) -> CloudClient:
-        c = CloudClient(url, **kw).start()
-        made.append(c)
-        return c
-
-    yield make
-    for c in made:
-        c.stop()
+    with cloud_clients() as make:
+        yield make

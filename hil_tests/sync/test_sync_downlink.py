@@ -41,7 +41,8 @@ async def test_sync_malformed_downlink_refused_with_reply_R_M3(tmp_path, broker,
     uplink = Uplink(HUB, broker.url, client_id=f"hub-{HUB}", outbox=outbox, clock=clock, version="t",
                     on_message=lambda t, p, s: tasks.append(loop.create_task(downlink.handle(t, p, s))),
                     on_link=lambda up: None, loop=loop, backoff=(0.05, 0.5))
-    downlink = Downlink(HUB, store, clock=clock, reply=uplink.publish_reply, on_event=outbox.put)
+    downlink = Downlink(HUB, store, clock=clock, reply=uplink.publish_reply, on_event=outbox.put,
+                        allow_unsigned=True)
     gate_opened: list[dict] = []
     downlink.register("cmd:open_gate", lambda m: gate_opened.append(m) or {"gate": m["args"].get("gate")})
     uplink.start()

@@ -235,11 +235,20 @@ async def test_rotation_any_listed_key_verifies(tmp_path):
         rig.store.close()
 
 
-async def test_without_keys_unsigned_messages_are_accepted_as_before(tmp_path):
+async def test_without_keys_unsigned_messages_are_refused_unless_allowed(tmp_path):
+    """No command key: nothing unsigned is obeyed (it used to be, with a
+    warning); only [cloud] allow_unsigned = true lets it through."""
     rig = Rig(tmp_path, keys=())
     try:
+        reply = await rig.downlink.handle(TARIFFS, tariffs_msg("m1"))
+        assert reply["code"] == "bad_signature" and "command_key_file" in reply["message"]
+        assert rig.tariffs() == [] and rig.handled() == 0
+        rig.downlink.set_keys((), allow_unsigned=True)
         assert (await rig.downlink.handle(TARIFFS, tariffs_msg("m1")))["code"] == "ok"
         assert (await rig.downlink.handle(TARIFFS, tariffs_msg("m2"), "hmac-sha256=00"))["code"] == "ok"
+        # With keys, allow_unsigned has no say: only signed messages pass.
+        rig.downlink.set_keys((K1,), allow_unsigned=True)
+        assert (await rig.downlink.handle(TARIFFS, tariffs_msg("m3")))["code"] == "bad_signature"
     finally:
         rig.store.close()
 

@@ -22,7 +22,8 @@ def hub(tmp_path):
     store = Store(tmp_path, clock=clock)
     replies: list[dict] = []
     events: list[tuple[str, dict]] = []
-    downlink = Downlink(HUB, store, clock=clock, reply=replies.append, on_event=lambda t, d: events.append((t, d)))
+    downlink = Downlink(HUB, store, clock=clock, reply=replies.append, on_event=lambda t, d: events.append((t, d)),
+                        allow_unsigned=True)
     yield downlink, store, clock, replies, events
     store.close()
 
@@ -49,21 +50,23 @@ async def test_store_downlink_every_refusal_code_and_no_change_R_M3(hub, tmp_pat
         ("sync/tariffs", b"x" * (256 * 1024 + 1), "too_large"),
         ("sync/tariffs", b"\xc3\x28", "invalid_json"),
         ("sync/tariffs", b"[1,2]", "invalid_json"),
-        ("sync/tariffs", body({"v": "1", "id": "a", "tariffs": []}), "wrong_version"),
-        ("sync/tariffs", body({"id": "a", "tariffs": []}), "wrong_version"),
-        ("sync/tariffs", body({"v": 1, "id": "a", "tariffs": [tariff(currency="euro")]}), "schema"),
-        ("sync/tariffs", body({"v": 1, "id": "a", "tariffs": [tariff(effective_from="tomorrow")]}), "schema"),
-        ("sync/tariffs", body({"v": 1, "id": "a", "tariffs": [tariff(id="t2"), tariff(id="t2")]}), "rejected"),
+        ("sync/tariffs", body({"v": "1", "id": "a1", "tariffs": []}), "wrong_version"),
+        ("sync/tariffs", body({"id": "a2", "tariffs": []}), "wrong_version"),
+        ("sync/tariffs", body({"v": 1, "id": "a3", "tariffs": [tariff(currency="euro")]}), "schema"),
+        ("sync/tariffs", body({"v": 1, "id": "a4", "tariffs": [tariff(effective_from="tomorrow")]}), "schema"),
+        ("sync/tariffs", body({"v": 1, "id": "a5", "tariffs": [tariff(id="t2"), tariff(id="t2")]}), "rejected"),
         ("sync/tariffs", body({"v": 1, "id": "b", "tariffs": [tariff(id="t3"), tariff(id="t4", vat_rate="1.5")]}),
          "rejected"),
-        ("sync/tokens", body({"v": 1, "id": "a", "version": 1, "kind": "full", "upsert": [{"uid": "x"}],
+        ("sync/tokens", body({"v": 1, "id": "a6", "version": 1, "kind": "full", "upsert": [{"uid": "x"}],
                               "remove": []}), "schema"),
-        ("sync/tokens", body({"v": 1, "id": "a", "version": 1, "kind": "full", "upsert": [], "remove": []}),
+        ("sync/tokens", body({"v": 1, "id": "a7", "version": 1, "kind": "full", "upsert": [], "remove": []}),
          "unknown_kind"),  # valid, but nobody registered a tokens handler here
-        ("sync/weather", body({"v": 1, "id": "a"}), "unknown_kind"),
+        ("sync/weather", body({"v": 1, "id": "a8"}), "unknown_kind"),
         ("cmd/reboot", body(cmd), "unknown_command"),
-        ("cmd/resync", body(cmd), "unknown_command"),  # known name, no handler registered
+        ("cmd/resync", body(dict(cmd, id="c2")), "unknown_command"),  # known name, no handler registered
         ("sync/tariffs", body({"v": 1, "id": "ok1", "tariffs": [tariff(price_per_kwh="9.99")]}), "duplicate"),
+        # A refusal is remembered too: the same id, corrected, is not applied.
+        ("sync/tariffs", body({"v": 1, "id": "a5", "tariffs": [tariff(id="t2")]}), "duplicate"),
     ]
     for topic, payload, code in cases:
         reply = await downlink.handle(f"hub/{HUB}/{topic}", payload)
@@ -72,7 +75,8 @@ async def test_store_downlink_every_refusal_code_and_no_change_R_M3(hub, tmp_pat
         assert list(validator("reply").iter_errors(reply)) == []
         assert reply["message"]
     assert (tmp_path / "tariffs.json").read_bytes() == snapshot
-    assert replies[-1]["ok"] is True and replies[-1]["data"]["original"]["code"] == "ok"
+    assert replies[-2]["ok"] is True and replies[-2]["data"]["original"]["code"] == "ok"
+    assert replies[-1]["ok"] is False and replies[-1]["data"]["original"]["code"] == "rejected"
     assert [t for t, _ in events].count("sync.applied") == 1
     assert all(t == "sync.rejected" for t, _ in events[1:])
 
@@ -103,7 +107,7 @@ async def test_store_downlink_command_once_and_expiry_R_M3(hub):
     assert r4["code"] == "rejected" and "hubctl" in r4["message"]
     # handled ids survive a restart, and are pruned by age
     store2 = Store(store.state_dir, clock=clock)
-    d2 = Downlink(HUB, store2, clock=clock, reply=replies.append)
+    d2 = Downlink(HUB, store2, clock=clock, reply=replies.append, allow_unsigned=True)
     d2.register("cmd:stop_session", stop_session)
     cmd_late = dict(cmd, expires=rfc3339(clock.now() + timedelta(days=30)))
     assert (await d2.handle(f"hub/{HUB}/cmd/stop_session", body(cmd_late)))["code"] == "duplicate"
@@ -191,7 +195,7 @@ async def test_store_tariff_in_a_currency_the_site_cannot_price_is_refused_R_P8(
     clock = FakeClock()
     store = Store(tmp_path, clock=clock)
     replies: list[dict] = []
-    downlink = Downlink(HUB, store, clock=clock, reply=replies.append, currency="EUR")
+    downlink = Downlink(HUB, store, clock=clock, reply=replies.append, currency="EUR", allow_unsigned=True)
     try:
         for n, code in enumerate(("XYZ", "GBP")):
             await downlink.handle(f"hub/{HUB}/sync/tariffs",
