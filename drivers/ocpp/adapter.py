@@ -109,6 +109,55 @@ class Adapter:
     def _profile_id(limit: PowerLimit) -> int:
         return limit.profile_id if limit.profile_id is not None else PROFILE_IDS[limit.purpose] + limit.evse
 
+    def _schedule(self, limit: PowerLimit) -> tuple[str, dict]:
+        """(chargingProfileKind, chargingSchedule) of one period holding ``limit`` from now on."""
+        unit, value, phases = self._rate(limit.watts)
+        kind, start = self._schedule_fields()
+        period = {"start_period": 0, "limit": value}
+        if phases:
+            period["number_phases"] = phases
+        schedule = {"charging_rate_unit": unit, "charging_schedule_period": [period]}
+        if start:
+            schedule["start_schedule"] = start
+        return kind, schedule
+
+    @staticmethod
+    def _check_limit(limit: PowerLimit) -> None:
+        if limit.purpose == "station_max" and limit.evse != 0:
+            raise ValueError("a station-wide limit (ChargePointMaxProfile / ChargingStationMaxProfile) applies to "
+                             "evse 0 only")
+        if limit.purpose == "tx" and (limit.evse == 0 or limit.transaction_id is None):
+            raise ValueError("a TxProfile needs an evse and its running transaction id")
+
+    def _answer_status(self, action: str, result) -> tuple[str | None, str | None]:
+        """(status, reason code) of a station's answer."""
+        info = getattr(result, "status_info", None)
+        return getattr(result, "status", None), info.get("reason_code") if isinstance(info, dict) else None
+
+    def outcome(self, action: str, result) -> CallOutcome:
+        status, reason = self._answer_status(action, result)
+        outcome = status_outcome(action, self.station, status, accepted=ACCEPTED_AS.get(action, ("Accepted",)),
+                                 not_supported=("NotSupported", "NotImplemented", *NOT_SUPPORTED_AS.get(action, ())),
+                                 explain=EXPLAIN, result=result)
+        if reason and outcome.kind != "Accepted":
+            outcome = CallOutcome(outcome.kind, action, f"{outcome.message} ({reason})", status, result)
+        return outcome
+
+
+# Status words that mean the call did what was asked, per action (default: Accepted).
+ACCEPTED_AS = {"UnlockConnector": ("Unlocked",), "ChangeAvailability": ("Accepted", "Scheduled"),
+               "ClearChargingProfile": ("Accepted", "Unknown"), "ChangeConfiguration": ("Accepted", "RebootRequired"),
+               "SetVariables": ("Accepted", "RebootRequired")}
+NOT_SUPPORTED_AS = {"SetVariables": ("UnknownComponent", "UnknownVariable", "NotSupportedAttributeType")}
+EXPLAIN = {"UnlockFailed": "the lock did not release; retry, then send a technician",
+           "OngoingAuthorizedTransaction": "a transaction still runs on it",
+           "UnknownConnector": "the station has no such connector",
+           "Scheduled": "applied when the running transaction ends",
+           "Unknown": "no such profile was installed",
+           "RebootRequired": "takes effect after the station reboots",
+           "Occupied": "the connector is in use", "Faulted": "the connector is faulted",
+           "Unavailable": "the connector is unavailable"}
+
 
 def status_outcome(action: str, station: str, status: str | None, *, accepted=("Accepted",),
                    not_supported=("NotSupported", "NotImplemented"), explain: dict | None = None,

@@ -11,10 +11,9 @@ from datetime import datetime
 from ocpp.v16 import call
 
 from drivers.ocpp import meter
-from drivers.ocpp.adapter import Adapter, HubBug, status_outcome
+from drivers.ocpp.adapter import Adapter, HubBug
 from drivers.ocpp.events import (
     AuthoriseRequest,
-    CallOutcome,
     ConnectorStatus,
     IdTokenDecision,
     MeterValues,
@@ -141,14 +140,7 @@ class Adapter16(Adapter):
         return call.CancelReservation(reservation_id=reservation_id)
 
     def _profile(self, limit: PowerLimit) -> dict:
-        unit, value, phases = self._rate(limit.watts)
-        kind, start = self._schedule_fields()
-        period = {"start_period": 0, "limit": value}
-        if phases:
-            period["number_phases"] = phases
-        schedule = {"charging_rate_unit": unit, "charging_schedule_period": [period]}
-        if start:
-            schedule["start_schedule"] = start
+        kind, schedule = self._schedule(limit)
         profile = {"charging_profile_id": self._profile_id(limit), "stack_level": self._stack_level(limit),
                    "charging_profile_purpose": PURPOSE[limit.purpose], "charging_profile_kind": kind,
                    "charging_schedule": schedule}
@@ -157,10 +149,7 @@ class Adapter16(Adapter):
         return profile
 
     def set_limit(self, limit: PowerLimit):
-        if limit.purpose == "station_max" and limit.evse != 0:
-            raise ValueError("a ChargePointMaxProfile applies to connectorId 0 only")
-        if limit.purpose == "tx" and (limit.evse == 0 or limit.transaction_id is None):
-            raise ValueError("a TxProfile needs a connector and its running transaction id")
+        self._check_limit(limit)
         return call.SetChargingProfile(connector_id=limit.evse, cs_charging_profiles=self._profile(limit))
 
     def clear_limit(self, purpose: str, evse: int | None = None, profile_id: int | None = None):
@@ -173,23 +162,3 @@ class Adapter16(Adapter):
 
     def configure(self, what: str, seconds: int):
         return call.ChangeConfiguration(key=CONFIG_KEYS[what], value=str(int(seconds)))
-
-    def outcome(self, action: str, result) -> CallOutcome:
-        status = getattr(result, "status", None)
-        if action == "UnlockConnector":
-            return status_outcome(action, self.station, status, accepted=("Unlocked",), result=result,
-                                  explain={"UnlockFailed": "the lock did not release; retry, then send a technician"})
-        if action == "ChangeAvailability":
-            return status_outcome(action, self.station, status, accepted=("Accepted", "Scheduled"), result=result,
-                                  explain={"Scheduled": "applied when the running transaction ends"})
-        if action == "ClearChargingProfile":
-            return status_outcome(action, self.station, status, accepted=("Accepted", "Unknown"), result=result,
-                                  explain={"Unknown": "no such profile was installed"})
-        if action == "ChangeConfiguration":
-            return status_outcome(action, self.station, status, accepted=("Accepted", "RebootRequired"),
-                                  result=result, explain={"RebootRequired": "takes effect after the station reboots"})
-        if action == "ReserveNow":
-            return status_outcome(action, self.station, status, result=result,
-                                  explain={"Occupied": "the connector is in use", "Faulted": "the connector is faulted",
-                                           "Unavailable": "the connector is unavailable"})
-        return status_outcome(action, self.station, status, result=result)

@@ -14,10 +14,9 @@ from datetime import datetime
 from ocpp.v201 import call
 
 from drivers.ocpp import meter
-from drivers.ocpp.adapter import Adapter, status_outcome
+from drivers.ocpp.adapter import Adapter
 from drivers.ocpp.events import (
     AuthoriseRequest,
-    CallOutcome,
     ConnectorStatus,
     IdTokenDecision,
     MeterValues,
@@ -267,27 +266,17 @@ class Adapter201(Adapter):
         return call.CancelReservation(reservation_id=reservation_id)
 
     def _profile(self, limit: PowerLimit) -> dict:
-        unit, value, phases = self._rate(limit.watts)
-        kind, start = self._schedule_fields()
-        period = {"start_period": 0, "limit": value}
-        if phases:
-            period["number_phases"] = phases
+        kind, schedule = self._schedule(limit)
         profile_id = self._profile_id(limit)
-        schedule = {"id": profile_id, "charging_rate_unit": unit, "charging_schedule_period": [period]}
-        if start:
-            schedule["start_schedule"] = start
         profile = {"id": profile_id, "stack_level": self._stack_level(limit),
                    "charging_profile_purpose": PURPOSE[limit.purpose], "charging_profile_kind": kind,
-                   "charging_schedule": [schedule]}
+                   "charging_schedule": [{"id": profile_id, **schedule}]}
         if limit.purpose == "tx" and limit.transaction_id is not None:
             profile["transaction_id"] = limit.transaction_id
         return profile
 
     def set_limit(self, limit: PowerLimit):
-        if limit.purpose == "station_max" and limit.evse != 0:
-            raise ValueError("a ChargingStationMaxProfile applies to evse 0 only")
-        if limit.purpose == "tx" and (limit.evse == 0 or limit.transaction_id is None):
-            raise ValueError("a TxProfile needs an evse and its running transaction id")
+        self._check_limit(limit)
         return call.SetChargingProfile(evse_id=limit.evse, charging_profile=self._profile(limit))
 
     def clear_limit(self, purpose: str, evse: int | None = None, profile_id: int | None = None):
@@ -309,35 +298,12 @@ class Adapter201(Adapter):
                                                      "component": {"name": component},
                                                      "variable": {"name": variable}}])
 
-    def outcome(self, action: str, result) -> CallOutcome:
+    def _answer_status(self, action: str, result) -> tuple[str | None, str | None]:
         if action == "SetVariables":
             results = getattr(result, "set_variable_result", None) or [{}]
-            status = results[0].get("attribute_status")
-            return status_outcome(action, self.station, status, accepted=("Accepted", "RebootRequired"),
-                                  not_supported=("UnknownComponent", "UnknownVariable", "NotSupportedAttributeType"),
-                                  result=result, explain={"RebootRequired": "takes effect after the station reboots"})
-        status = getattr(result, "status", None)
-        if action == "UnlockConnector":
-            return status_outcome(action, self.station, status, accepted=("Unlocked",), result=result,
-                                  explain={"UnlockFailed": "the lock did not release; retry, then send a technician",
-                                           "OngoingAuthorizedTransaction": "a transaction still runs on it",
-                                           "UnknownConnector": "the station has no such connector"})
-        if action == "ChangeAvailability":
-            return status_outcome(action, self.station, status, accepted=("Accepted", "Scheduled"), result=result,
-                                  explain={"Scheduled": "applied when the running transaction ends"})
-        if action == "ClearChargingProfile":
-            return status_outcome(action, self.station, status, accepted=("Accepted", "Unknown"), result=result,
-                                  explain={"Unknown": "no such profile was installed"})
-        reason = None
-        info = getattr(result, "status_info", None)
-        if isinstance(info, dict):
-            reason = info.get("reason_code")
-        outcome = status_outcome(action, self.station, status, result=result,
-                                 explain={"Occupied": "the connector is in use", "Faulted": "the connector is faulted",
-                                          "Unavailable": "the connector is unavailable"})
-        if reason and outcome.kind != "Accepted":
-            outcome = CallOutcome(outcome.kind, action, f"{outcome.message} ({reason})", status, result)
-        return outcome
+            info = results[0].get("attribute_status_info") or {}
+            return results[0].get("attribute_status"), info.get("reason_code")
+        return super()._answer_status(action, result)
 
 
 def _energy(readings) -> float | None:
