@@ -90,7 +90,7 @@ class OcppStation:
                  meter_interval_s: float = 10.0, tick_s: float = 0.2, signed: bool = False,
                  local_list: dict[str, str] | None = None, subprotocol: str | None = "same",
                  ramp_w_per_s: float = 100_000, meter_start_wh: int = 1_000_000, vendor: str = "SimCharge",
-                 model: str = "SIM-MCS-1200"):
+                 model: str = "SIM-MCS-1200", ssl=None):
         if version not in ("ocpp1.6", "ocpp2.0.1"):
             raise ValueError(f"version {version!r}: use ocpp1.6 or ocpp2.0.1")
         self.id, self.version, self.url = station_id, version, url.rstrip("/")
@@ -102,6 +102,7 @@ class OcppStation:
         self.heartbeat_interval_s = 300.0
         self.signed, self.local_list = signed, dict(local_list or {})
         self.vendor, self.model = vendor, model
+        self.ssl = ssl  # an ssl.SSLContext trusting the central system's certificate, for wss://
         # faults and habits
         self.reject_remote_start = False
         self.slow_answers_s = 0.0
@@ -139,7 +140,7 @@ class OcppStation:
         try:
             self._ws = await self._session.ws_connect(f"{self.url}/{quote(self.id, safe='')}", protocols=protocols,
                                                       headers=headers, heartbeat=None, autoping=True,
-                                                      max_msg_size=1 << 20)
+                                                      max_msg_size=1 << 20, ssl=self.ssl if self.ssl else True)
         except aiohttp.WSServerHandshakeError as exc:
             self.handshake_status = exc.status
             raise

@@ -158,9 +158,11 @@ class OcppListener:
             if offered or "assume_subprotocol" not in station.config.leniencies:
                 # OCPP-J: no common subprotocol -> complete the handshake without one, then close.
                 await ws.prepare(request)
+                await self._report(HandshakeRefused(cid[:100], remote, 101, f"subprotocol mismatch: offered "
+                                                    f"{','.join(offered) or 'none'}, configured {version}",
+                                                    self.clock()))
                 await ws.close(code=1002, message=f"subprotocol {version} required".encode())
-                return await self._refused_after(cid, remote, f"subprotocol mismatch: offered "
-                                                 f"{','.join(offered) or 'none'}, configured {version}", ws)
+                return ws
             log.warning("ocpp_leniency station=%s leniency=assume_subprotocol repaired=no subprotocol offered, "
                         "taken as %s", cid, version)
         await ws.prepare(request)
@@ -201,10 +203,6 @@ class OcppListener:
         await self._report(HandshakeRefused(cid[:100], remote, 401, reason, self.clock()))
         return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="hub-edge OCPP"'},
                             text="401: unknown station or wrong password\n")
-
-    async def _refused_after(self, cid: str, remote: str, reason: str, ws: web.WebSocketResponse):
-        await self._report(HandshakeRefused(cid[:100], remote, 101, reason, self.clock()))
-        return ws
 
     async def _report(self, event: HandshakeRefused) -> None:
         self.refused += 1

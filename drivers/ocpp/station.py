@@ -244,7 +244,7 @@ class Connection:
 
 def _why(exc: BaseException | None, limit: int) -> str:
     text = str(exc) if exc else "connection error"
-    if "too big" in text.lower() or "1009" in text:
+    if getattr(exc, "code", None) == 1009 or "exceeds limit" in text:
         return f"a frame over {limit} bytes (closed 1009)"
     return f"connection error: {text[:120]}"
 

@@ -122,3 +122,36 @@ class OcppRig:
             await sim.close()
         if self.listener is not None:
             await self.listener.stop()
+
+
+class RawStation:
+    """A bare websocket to the listener: frames exactly as a test writes them."""
+
+    def __init__(self, rig: OcppRig, station_id: str, version: str):
+        self.rig, self.id, self.version = rig, station_id, version
+        self.session = None
+        self.ws = None
+
+    async def __aenter__(self):
+        import aiohttp
+        self.session = aiohttp.ClientSession()
+        headers = {"Authorization": aiohttp.encode_basic_auth(self.id, PASSWORD)}
+        self.ws = await self.session.ws_connect(f"{self.rig.base_url}/{self.id}", protocols=(self.version,),
+                                                headers=headers)
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.ws.close()
+        await self.session.close()
+
+    async def send(self, text: str) -> None:
+        await self.ws.send_str(text)
+
+    async def reply(self, timeout: float = 5.0):
+        import json
+        msg = await self.ws.receive(timeout=timeout)
+        return json.loads(msg.data)
+
+    async def exchange(self, text: str, timeout: float = 5.0):
+        await self.send(text)
+        return await self.reply(timeout)
