@@ -105,6 +105,8 @@ class OcppStation:
         self.ssl = ssl  # an ssl.SSLContext trusting the central system's certificate, for wss://
         # faults and habits
         self.reject_remote_start = False
+        self.unsupported: set[str] = set()  # actions answered with a CALLERROR NotSupported (a station without them)
+        self.retry_interval_s = 2.0  # a transaction message the central system refused is tried again
         self.slow_answers_s = 0.0
         self.voltage_v, self.phases = 400.0, 3
         # what happened (for tests)
@@ -169,12 +171,13 @@ class OcppStation:
     async def disconnect(self) -> None:
         """A clean close, as at a planned shutdown."""
         await self._stop_tasks()
-        if self._ws is not None:
-            await self._ws.close()
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            await ws.close()
 
     async def drop(self) -> None:
         """The network goes away: the TCP connection is cut, no close frame."""
-        ws = self._ws
+        ws, self._ws = self._ws, None
         if ws is not None and ws._conn is not None and ws._conn.transport is not None:
             ws._conn.transport.abort()
         await self._stop_tasks()
@@ -348,7 +351,9 @@ class OcppStation:
             offline = not self.connected
             ev = self._event(i, tx, "Started", "RemoteStart" if remote_start_id is not None else "Authorized",
                              offline, context="Transaction.Begin", id_token=token)
-            await self.send_tx("TransactionEvent", ev)
+            answer = await self.send_tx("TransactionEvent", ev)
+            if answer is not None:
+                self._answered_TransactionEvent(ev, answer)
         await self.send_status(i)
 
     def _started_16(self, tx: LocalTx, answer: dict) -> None:
@@ -360,6 +365,14 @@ class OcppStation:
 
     def _answered_StartTransaction(self, build, answer: dict) -> None:
         self._started_16(build.tx, answer)
+
+    def _answered_TransactionEvent(self, build, answer: dict) -> None:
+        """A token the central system does not accept stops its transaction (TxCtrlr.StopTxOnInvalidId)."""
+        info = answer.get("idTokenInfo")
+        if info and info.get("status") != "Accepted":
+            for i, c in enumerate(self.connectors):
+                if c.tx is build.tx:
+                    self._soon(self.stop(i, "DeAuthorized"))
 
     async def stop(self, i: int, reason: str = "Local") -> None:
         c = self.connectors[i]
@@ -479,7 +492,7 @@ class OcppStation:
         energy, power, soc = c.energy_wh, c.power_w, (c.truck.soc if c.truck else None)
         if self.version == "ocpp1.6":
             def build(_replay):
-                values = [{"value": f"{energy:.0f}", "context": context, "measurand": "Energy.Active.Import.Register",
+                values = [{"value": str(int(energy)), "context": context, "measurand": "Energy.Active.Import.Register",
                            "unit": "Wh"},
                           {"value": f"{power / 1000:.3f}", "context": context, "measurand": "Power.Active.Import",
                            "unit": "kW"}]
@@ -520,13 +533,17 @@ class OcppStation:
                     c.truck.soc = min(100.0, c.truck.soc + energy / c.truck.battery_wh * 100.0)
 
     async def _tick(self) -> None:
-        since_meter = since_heartbeat = 0.0
+        since_meter = since_heartbeat = since_retry = 0.0
         while True:
             await asyncio.sleep(self.tick_s)
             sim = self.tick_s * self.time_scale
             self.advance(sim)
             since_meter += sim
             since_heartbeat += self.tick_s
+            since_retry += self.tick_s
+            if self.queue and not self._replaying and since_retry >= self.retry_interval_s:
+                since_retry = 0.0  # TransactionMessageRetryInterval: try the queue again
+                await self.replay()
             if self.meter_interval_s and since_meter >= self.meter_interval_s:
                 since_meter = 0.0
                 for i, c in enumerate(self.connectors):
@@ -550,7 +567,7 @@ class OcppStation:
             reply = [4, mid, "FormationViolation" if self.version == "ocpp1.6" else "FormatViolation",
                      "payload does not match the schema", {}]
         else:
-            handler = getattr(self, "_on_" + action, None)
+            handler = getattr(self, "_on_" + action, None) if action not in self.unsupported else None
             if handler is None:
                 reply = [4, mid, "NotSupported", f"{action} is not supported by this station", {}]
             else:

@@ -6,7 +6,7 @@ from dataclasses import asdict
 from datetime import timedelta
 
 import pytest
-from conftest import NOW, make
+from ocpp_units import NOW, make
 from ocpp.messages import Call as LibCall, _validate_payload
 from ocpp.charge_point import remove_nones, serialize_as_dict, snake_to_camel_case
 

@@ -5,7 +5,7 @@ specification says (R-O6, R-O7)."""
 import json
 
 import pytest
-from conftest import NOW
+from ocpp_units import NOW
 
 from drivers.ocpp import StationConfig, rpc
 from drivers.ocpp.leniency import LENIENCIES, check_names, repairs_for
