@@ -90,6 +90,15 @@ class Recorder:
         return [e for e in self.recorded.values() if isinstance(e, kind)]
 
 
+async def until(check, timeout: float = 10.0) -> None:
+    """Wait until ``check()`` holds (real seconds)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
 class OcppRig:
     def __init__(self, recorder: Recorder | None = None):
         self.recorder = recorder or Recorder()

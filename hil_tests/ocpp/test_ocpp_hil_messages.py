@@ -6,6 +6,7 @@ import asyncio
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from ocpp_rig import until
 
 from drivers.ocpp import PowerLimit, StationConfig
 from drivers.ocpp.events import (AuthoriseRequest, ConnectorStatus, MeterValues, Notification, StationBooted,
@@ -14,14 +15,6 @@ from drivers.ocpp.events import (AuthoriseRequest, ConnectorStatus, MeterValues,
 pytestmark = [pytest.mark.hil, pytest.mark.charger]
 VERSIONS = ["ocpp1.6", "ocpp2.0.1"]
 T = "2026-03-02T12:00:00Z"
-
-
-async def until(check, timeout=10.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -6,22 +6,15 @@ decided; the offline clock runs on every frame."""
 import asyncio
 
 import pytest
+from ocpp_rig import until
 
 from drivers.ocpp import ListenerSettings, OcppListener, StationConfig, password_check
 from drivers.ocpp.events import (ConnectorStatus, MeterValues, StationBooted, StationConnected, StationDisconnected,
                                  TransactionEnded, TransactionStarted, TransactionUpdated)
-from hil_tests.ocpp.ocpp_rig import PASSWORD
+from ocpp_rig import PASSWORD
 
 pytestmark = [pytest.mark.hil, pytest.mark.charger]
 VERSIONS = ["ocpp1.6", "ocpp2.0.1"]
-
-
-async def until(check, timeout=10.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
