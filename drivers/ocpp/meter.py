@@ -66,6 +66,18 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _scaled(number: float, multiplier: int, factor: float) -> float | None:
+    """number x 10^multiplier x factor, or None when it is no finite float
+    (a 2.0.1 multiplier is any integer the schema allows)."""
+    if not -300 <= multiplier <= 300:
+        return None
+    try:
+        value = number * 10.0 ** multiplier * factor
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
+
+
 def reading(meter_value: dict, version: str, problems: list[str]) -> MeterReading:
     """One MeterValue element (timestamp + sampledValue list)."""
     at: datetime = parse_time(meter_value["timestamp"])
@@ -91,10 +103,12 @@ def reading(meter_value: dict, version: str, problems: list[str]) -> MeterReadin
         if number is None:
             problems.append(f"{measurand} value {str(raw.get('value'))[:30]!r} is not a number: skipped")
             continue
-        if multiplier:
-            number *= 10.0 ** multiplier
         base, factor = _SCALE.get(unit, (unit, 1.0))
-        samples.append(SampledValue(measurand, number * factor, base, raw.get("phase"), raw.get("context"),
+        scaled = _scaled(number, multiplier, factor)
+        if scaled is None:
+            problems.append(f"{measurand} value {number!r} x 10^{multiplier} {unit} is out of range: skipped")
+            continue
+        samples.append(SampledValue(measurand, scaled, base, raw.get("phase"), raw.get("context"),
                                     raw.get("location")))
     return MeterReading(at, context, _figure(samples, ENERGY, "Wh"), _figure(samples, POWER, "W"),
                         _figure(samples, SOC, "Percent"), tuple(samples), tuple(signed))

@@ -95,7 +95,10 @@ def parse_time(text: str) -> datetime:
         frac = "." + digits[:6].ljust(6, "0")
         rest = rest[1 + len(digits):]
     zone = "+00:00" if rest in ("Z", "z") else rest
-    return datetime.fromisoformat(head.replace("t", "T") + frac + zone).astimezone(timezone.utc)
+    try:
+        return datetime.fromisoformat(head.replace("t", "T") + frac + zone).astimezone(timezone.utc)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is before the first UTC instant Python has
+        raise ValueError(f"{text!r} is outside the range of dates") from None
 
 
 def rfc3339(dt: datetime) -> str:
