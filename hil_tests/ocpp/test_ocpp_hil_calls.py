@@ -116,3 +116,13 @@ async def test_r_o6_binary_frames_get_a_callerror_and_the_connection_stays(ocpp_
         assert (await raw.reply())[:3] == [4, "-1", "RpcFrameworkError"]
         assert (await raw.exchange('[2,"m2","Heartbeat",{}]'))[:2] == [3, "m2"]
     assert len(ocpp_rig.recorder.of(Heartbeat)) == 1
+
+
+async def test_r_o6_empty_frames_answered_unless_the_station_has_ignore_empty_frames(ocpp_rig):
+    await ocpp_rig.start([StationConfig("CS-1", "ocpp1.6"),
+                          StationConfig("CS-2", "ocpp1.6", leniencies=frozenset({"ignore_empty_frames"}))])
+    async with RawStation(ocpp_rig, "CS-1", "ocpp1.6") as raw:
+        assert (await raw.exchange(""))[:3] == [4, "-1", "FormationViolation"]
+    async with RawStation(ocpp_rig, "CS-2", "ocpp1.6") as raw:
+        await raw.send("")
+        assert (await raw.exchange('[2,"m1","Heartbeat",{}]'))[:2] == [3, "m1"]  # the empty frame got nothing

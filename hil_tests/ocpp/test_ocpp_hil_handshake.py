@@ -127,3 +127,19 @@ def test_r_o1_profile_2_without_tls_is_a_config_error():
     with pytest.raises(ValueError, match="security_profile 2"):
         OcppListener(ListenerSettings(), [StationConfig("CS-1", "ocpp1.6", security_profile=2)], None,
                      password_check({}))
+
+
+async def test_r_o1_hex_form_of_a_1_6_key_only_with_hex_basic_password(ocpp_rig, caplog):
+    """1.6: the key is bytes; a station sending its hex form is let in only
+    with the leniency, and the repair is logged."""
+    caplog.set_level(logging.WARNING, logger="hubedge.ocpp")
+    await ocpp_rig.start([StationConfig("CS-1", "ocpp1.6"),
+                          StationConfig("CS-2", "ocpp1.6", leniencies=frozenset({"hex_basic_password"}))])
+    hex_form = PASSWORD.encode().hex()
+    strict = ocpp_rig.station("CS-1", "ocpp1.6", password=hex_form)
+    with pytest.raises(aiohttp.WSServerHandshakeError):
+        await strict.connect()
+    lenient = ocpp_rig.station("CS-2", "ocpp1.6", password=hex_form)
+    await lenient.connect()
+    assert lenient.boot_status == "Accepted"
+    assert "leniency=hex_basic_password" in caplog.text and hex_form not in caplog.text
