@@ -44,6 +44,7 @@ log = logging.getLogger("hubedge.ocpp")
 # data); ours logs what happened instead.
 wire_log = logging.getLogger("hubedge.ocpp.wire")
 wire_log.setLevel(logging.WARNING)
+REPLACE_WAIT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -308,7 +309,11 @@ class Station:
         old = self.connection
         if old is not None:
             await old.close("replaced by a new connection of the same station", 1000)
-            await old.done.wait()
+            try:  # a hub handler stuck in the old connection must not keep the station out
+                await asyncio.wait_for(old.done.wait(), REPLACE_WAIT_S)
+            except asyncio.TimeoutError:
+                log.warning("ocpp_replace_slow station=%s: the old connection did not end within %g s; the new one "
+                            "is taken anyway", self.id, REPLACE_WAIT_S)
         conn = Connection(self, ws, remote)
         self.connection = conn
         self._stamp()
