@@ -45,6 +45,7 @@ class Adapter:
         self.voltage_v = voltage_v
         self.phases = phases
         self.problems: list[str] = []  # readings skipped etc., drained by the connection into its log
+        self.applied: list[tuple[str, str]] = []  # leniencies applied to commands, drained into the log the same way
 
     async def answer(self, action: str, payload: dict) -> dict:
         """The answer payload to a checked CALL. Raises what the hub's handler raised."""
@@ -95,15 +96,22 @@ class Adapter:
             return "W", round(float(watts), 1), None
         if not self.voltage_v or not self.phases:
             raise ValueError(f"{self.station} takes limits in A: its config needs voltage_v and phases")
-        return "A", round(float(watts) / (self.voltage_v * self.phases), 1), self.phases
+        amps = round(float(watts) / (self.voltage_v * self.phases), 1)
+        self.applied.append(("limits_in_amps", f"{watts:g} W sent as {amps:g} A at {self.voltage_v:g} V x "
+                                               f"{self.phases} phases"))
+        return "A", amps, self.phases
 
     def _schedule_fields(self) -> tuple[str, str | None]:
         if "profile_kind_relative" in self.leniencies:
+            self.applied.append(("profile_kind_relative", "charging profile sent Relative, without startSchedule"))
             return "Relative", None
         return "Absolute", rfc3339(self.clock() - PROFILE_START_BACK)
 
     def _stack_level(self, limit: PowerLimit) -> int:
-        return 0 if "stack_level_zero" in self.leniencies else limit.stack_level
+        if "stack_level_zero" in self.leniencies:
+            self.applied.append(("stack_level_zero", f"stackLevel {limit.stack_level} sent as 0"))
+            return 0
+        return limit.stack_level
 
     @staticmethod
     def _profile_id(limit: PowerLimit) -> int:

@@ -347,6 +347,11 @@ class Station:
         except (ValueError, TypeError) as exc:
             future.set_result(CallOutcome("Error", kind, f"{self.id}: not sent, {exc}"))
             return future
+        finally:
+            applied, self.adapter.applied = self.adapter.applied, []
+        for name, what in applied:
+            if conn is not None:
+                conn._repaired(name, what)
         action = type(payload).__name__
         if conn is None:
             future.set_result(CallOutcome("Error", action, f"{self.id} is not connected; {action} not sent"))

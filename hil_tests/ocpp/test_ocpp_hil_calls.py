@@ -126,3 +126,20 @@ async def test_r_o6_empty_frames_answered_unless_the_station_has_ignore_empty_fr
     async with RawStation(ocpp_rig, "CS-2", "ocpp1.6") as raw:
         await raw.send("")
         assert (await raw.exchange('[2,"m1","Heartbeat",{}]'))[:2] == [3, "m1"]  # the empty frame got nothing
+
+
+async def test_r_e4_smart_charging_leniencies_are_logged_once_per_connection(ocpp_rig, caplog):
+    caplog.set_level(logging.WARNING, logger="hubedge.ocpp")
+    await ocpp_rig.start([StationConfig("CS-1", "ocpp1.6", voltage_v=400, phases=3,
+                                        leniencies=frozenset({"limits_in_amps", "stack_level_zero"}))])
+    sim = ocpp_rig.station("CS-1", "ocpp1.6")
+    await sim.connect()
+    station = ocpp_rig.listener.station("CS-1")
+    for watts in (48_000, 24_000):
+        assert (await station.set_power_limit(PowerLimit(watts, "station_max"))).kind == "Accepted"
+    profile = [p for a, p in sim.received if a == "SetChargingProfile"][-1]["csChargingProfiles"]
+    assert profile["chargingSchedule"]["chargingSchedulePeriod"][0] == {"startPeriod": 0, "limit": 20.0,
+                                                                        "numberPhases": 3}
+    assert sim.connectors[0].limit_w == 24_000
+    lines = [r.getMessage() for r in caplog.records if "ocpp_leniency" in r.getMessage()]
+    assert len(lines) == 2 and "48000 W sent as 40 A at 400 V x 3 phases" in " ".join(lines)
