@@ -75,8 +75,10 @@ class _Socket:
 
     def __init__(self, ws: web.WebSocketResponse):
         self.ws = ws
+        self.sent = 0  # CALLs sent: a call that failed before this moved was never on the wire
 
     async def send(self, text: str) -> None:
+        self.sent += 1
         await self.ws.send_str(text)
 
     async def recv(self) -> str:  # never used: the station's task reads
@@ -100,7 +102,8 @@ class Connection:
         self.ws = ws
         self.remote = remote
         link = _Link16 if station.config.version == "ocpp1.6" else _Link201
-        self.link = link(station.id, _Socket(ws), response_timeout=3600, logger=wire_log)
+        self.socket = _Socket(ws)
+        self.link = link(station.id, self.socket, response_timeout=3600, logger=wire_log)
         self.queue = CallQueue(station.id, self._send_call)
         self.awaiting: str | None = None  # the message id of the one CALL in flight
         self.answer_error: rpc.Error | None = None
@@ -200,12 +203,18 @@ class Connection:
     async def _send_call(self, action: str, payload) -> CallOutcome:
         message_id = str(uuid.uuid4())
         self.awaiting, self.answer_error = message_id, None
+        sent_before = self.socket.sent
         try:
             result = await self.link.call(payload, suppress=False, unique_id=message_id)
         except Exception as exc:
             error = self.answer_error
             if error is not None and error.message_id == message_id:
                 return error_outcome(action, self.station.id, error.code, error.description)
+            if isinstance(exc, OCPPError) and self.socket.sent == sent_before:
+                log.error("ocpp_request_invalid station=%s action=%s %s: not sent (a bug of the hub's command)",
+                          self.station.id, action, exc.details)
+                return CallOutcome("Error", action, f"{self.station.id}: {action} not sent, the request breaks the "
+                                   f"OCPP schema ({exc.code}: {str(exc.details)[:120]})")
             if isinstance(exc, OCPPError):
                 return CallOutcome("Error", action, f"{self.station.id}: {action} answer breaks the OCPP schema "
                                    f"({exc.code}: {str(exc.details)[:120]})")

@@ -143,3 +143,27 @@ async def test_r_e4_smart_charging_leniencies_are_logged_once_per_connection(ocp
     assert sim.connectors[0].limit_w == 24_000
     lines = [r.getMessage() for r in caplog.records if "ocpp_leniency" in r.getMessage()]
     assert len(lines) == 2 and "48000 W sent as 40 A at 400 V x 3 phases" in " ".join(lines)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_r_o7_a_request_that_breaks_the_schema_is_never_sent(ocpp_rig, version):
+    await ocpp_rig.start([StationConfig("CS-1", version)])
+    sim = ocpp_rig.station("CS-1", version)
+    await sim.connect()
+    station = ocpp_rig.listener.station("CS-1")
+    from datetime import datetime, timezone
+    outcome = await station.reserve(1, "not-a-number", "CARD-OK", datetime.now(timezone.utc))
+    assert outcome.kind == "Error" and "not sent, the request breaks the OCPP schema" in outcome.message
+    await asyncio.sleep(0.05)
+    assert not sim.received
+    assert (await station.trigger_status()).kind == "Accepted"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_r_o7_an_answer_that_breaks_the_schema_is_an_error_outcome(ocpp_rig, version):
+    await ocpp_rig.start([StationConfig("CS-1", version)])
+    sim = ocpp_rig.station("CS-1", version)
+    await sim.connect()
+    sim._on_TriggerMessage = lambda payload: {"status": "Maybe"}
+    outcome = await ocpp_rig.listener.station("CS-1").trigger_status()
+    assert outcome.kind == "Error" and "answer breaks the OCPP schema" in outcome.message
