@@ -115,6 +115,11 @@ class OcppListener:
     def station(self, station_id: str) -> Station:
         return self.stations[station_id]
 
+    def offline(self) -> list[str]:
+        """Stations silent longer than ``offline_after_s`` (or never heard):
+        their connectors are Unavailable, reason charger offline (R-O5)."""
+        return [sid for sid, st in self.stations.items() if st.offline(self.settings.offline_after_s)]
+
     async def start(self) -> int:
         """Listen; returns the port (a free one when settings.port is 0)."""
         app = web.Application(handler_args={"max_field_size": 8190})
@@ -143,6 +148,7 @@ class OcppListener:
         remote = _remote(request)
         station = self.stations.get(cid)
         if station is None:
+            self._password(cid, request)  # checked all the same: an unknown id answers as slowly as a wrong password
             return await self._refuse(cid, remote, "unknown station")
         why = self._authenticate(station, request)
         if why:
@@ -174,6 +180,13 @@ class OcppListener:
             await station.detach(conn)
             log.info("ocpp_disconnected station=%s remote=%s reason=%s", cid, remote, conn.end_reason)
         return ws
+
+    def _password(self, station_id: str, request: web.Request) -> bool:
+        try:
+            auth = BasicAuth.decode(request.headers.get(hdrs.AUTHORIZATION, ""), encoding="latin1")
+        except ValueError:
+            return False
+        return self.credentials(station_id, auth.password.encode("latin1"))
 
     def _authenticate(self, station: Station, request: web.Request) -> str | None:
         if station.config.security_profile == 0:

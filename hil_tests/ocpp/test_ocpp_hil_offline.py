@@ -134,8 +134,9 @@ async def test_r_o5_the_offline_clock_and_status_asked_again_after_reconnection(
     sim = ocpp_rig.station("CS-1", version, meter_interval_s=0)
     await sim.connect()
     assert station.silent_for() < 0.3 and not station.offline(0.3)
+    assert ocpp_rig.listener.offline() == []
     await asyncio.sleep(0.4)  # connected but silent: offline all the same
-    assert station.offline(0.3) and station.connected
+    assert station.offline(0.3) and station.connected and ocpp_rig.listener.offline() == ["CS-1"]
     await sim.call("Heartbeat", {})
     assert not station.offline(0.3)
     await sim.drop()
