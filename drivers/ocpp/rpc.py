@@ -31,6 +31,7 @@ MAX_DESCRIPTION = 255  # 2.0.1 Part 4 §4.2.3: ErrorDescription string[255]
 # 2.0.1: OCPP-J 2.0.1 Part 4 Table 8.
 _CODES_16 = {
     "not_json": "FormationViolation",
+    "not_json_no_id": "FormationViolation",
     "not_rpc": "FormationViolation",
     "payload_shape": "FormationViolation",
     "extra_property": "FormationViolation",
@@ -46,7 +47,8 @@ _CODES_16 = {
 }
 CODES: dict[str, dict[str, str]] = {
     "ocpp1.6": _CODES_16,
-    "ocpp2.0.1": {**_CODES_16, "not_json": "FormatViolation", "not_rpc": "RpcFrameworkError",
+    "ocpp2.0.1": {**_CODES_16, "not_json": "FormatViolation", "not_json_no_id": "RpcFrameworkError",
+                  "not_rpc": "RpcFrameworkError",
                   "payload_shape": "FormatViolation", "extra_property": "FormatViolation",
                   "missing_property": "OccurrenceConstraintViolation", "items": "OccurrenceConstraintViolation",
                   "message_type": "MessageTypeNotSupported"},
@@ -188,8 +190,11 @@ def read_frame(raw: str, version: str, *, ignore_empty: bool = False) -> Frame:
         msg = json.loads(raw, parse_constant=_no_constants)
     except (ValueError, RecursionError):
         found = _ID_AT_START.match(raw)
-        return refusal(version, "not_json", found.group(1) if found else "-1",
-                       "The frame is not valid JSON: an OCPP-J message is a JSON array")
+        if found:  # syntactically broken, but the station can match the answer to its CALL
+            return refusal(version, "not_json", found.group(1),
+                           "The frame is not valid JSON: an OCPP-J message is a JSON array")
+        return refusal(version, "not_json_no_id", "-1", "The frame is not valid JSON and its MessageId cannot be "
+                       "read: an OCPP-J message is a JSON array [MessageTypeId, MessageId, ...]")
     if not isinstance(msg, list) or not msg:
         return refusal(version, "not_rpc", "-1", "The frame is not an OCPP-J message: expected a JSON array "
                        "[MessageTypeId, MessageId, ...]")

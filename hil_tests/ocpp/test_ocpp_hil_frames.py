@@ -34,11 +34,11 @@ async def test_r_o6_oversize_frame_closes_only_that_station_with_1009(ocpp_rig):
 
 
 @pytest.mark.parametrize("version,codes", [
-    ("ocpp1.6", ["FormationViolation", "FormationViolation", "FormationViolation", "NotImplemented",
-                 "OccurenceConstraintViolation", "TypeConstraintViolation", "PropertyConstraintViolation",
+    ("ocpp1.6", ["FormationViolation", "FormationViolation", "FormationViolation", "FormationViolation",
+                 "NotImplemented", "OccurenceConstraintViolation", "TypeConstraintViolation", "PropertyConstraintViolation",
                  "FormationViolation", "NotSupported"]),
-    ("ocpp2.0.1", ["FormatViolation", "RpcFrameworkError", "RpcFrameworkError", "NotImplemented",
-                   "OccurrenceConstraintViolation", "TypeConstraintViolation", "PropertyConstraintViolation",
+    ("ocpp2.0.1", ["FormatViolation", "RpcFrameworkError", "RpcFrameworkError", "RpcFrameworkError",
+                   "NotImplemented", "OccurrenceConstraintViolation", "TypeConstraintViolation", "PropertyConstraintViolation",
                    "FormatViolation", "NotSupported"]),
 ])
 async def test_r_o6_garbage_is_answered_with_the_code_the_version_names(ocpp_rig, version, codes):
@@ -48,7 +48,7 @@ async def test_r_o6_garbage_is_answered_with_the_code_the_version_names(ocpp_rig
     bad_type = ({"connectorId": "1", "errorCode": "NoError", "status": "Available"} if version == "ocpp1.6" else
                 {"timestamp": "2026-03-02T12:00:00Z", "connectorStatus": "Available", "evseId": "1", "connectorId": 1})
     reset = {"type": "Hard"} if version == "ocpp1.6" else {"type": "Immediate"}
-    frames = [('[2,"g1","Heartbeat",{}', "g1"), ('{"hello":1}', "-1"), ('[2,7,"Heartbeat",{}]', "-1"),
+    frames = [('[2,"g1","Heartbeat",{}', "g1"), ("garbage!", "-1"), ('{"hello":1}', "-1"), ('[2,7,"Heartbeat",{}]', "-1"),
               ('[2,"g4","FooBar",{}]', "g4"), ('[2,"g5","Authorize",{}]', "g5"),
               (json.dumps([2, "g6", "StatusNotification", bad_type]), "g6"),
               (json.dumps([2, "g7", "StatusNotification", status]), "g7"),

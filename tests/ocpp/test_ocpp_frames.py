@@ -35,9 +35,9 @@ def call(mid, action, payload) -> str:
 
 # (case, frame, 1.6 code, 2.0.1 code, message id answered)
 FRAME_CASES = [
-    ("not JSON", "not json", "FormationViolation", "FormatViolation", "-1"),
+    ("not JSON, no readable id", "not json", "FormationViolation", "RpcFrameworkError", "-1"),
     ("cut JSON keeps a readable id", '[2,"m1","Heartbeat",{}', "FormationViolation", "FormatViolation", "m1"),
-    ("empty frame", "", "FormationViolation", "FormatViolation", "-1"),
+    ("empty frame", "", "FormationViolation", "RpcFrameworkError", "-1"),
     ("NaN is not JSON", '[2,"m1","Heartbeat",{"x":NaN}]', "FormationViolation", "FormatViolation", "m1"),
     ("an object, not an array", '{"a":1}', "FormationViolation", "RpcFrameworkError", "-1"),
     ("empty array", "[]", "FormationViolation", "RpcFrameworkError", "-1"),
