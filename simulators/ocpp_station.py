@@ -231,7 +231,9 @@ class OcppStation:
                 try:
                     frame = json.loads(msg.data)
                 except ValueError:
-                    self.violations.append(f"central system sent invalid JSON: {msg.data[:80]!r}")
+                    frame = None
+                if not isinstance(frame, list) or len(frame) < 3 or (frame[0] == 2 and len(frame) != 4):
+                    self.violations.append(f"central system sent a malformed frame: {msg.data[:80]!r}")
                     continue
                 if frame[0] == 2:
                     asyncio.create_task(self._answer(frame[1], frame[2], frame[3]))
@@ -605,18 +607,14 @@ class OcppStation:
             self._soon(self.start(i, token, remote_start_id))
         return {"status": "Accepted"}
 
-    def _on_RemoteStopTransaction(self, p: dict) -> dict:
-        return self._remote_stop(p["transactionId"])
-
-    def _on_RequestStopTransaction(self, p: dict) -> dict:
-        return self._remote_stop(p["transactionId"])
-
-    def _remote_stop(self, tx_id) -> dict:
-        i = self._tx_index(tx_id)
+    def _on_RemoteStopTransaction(self, p: dict) -> dict:  # 2.0.1 RequestStopTransaction is the same
+        i = self._tx_index(p["transactionId"])
         if i is None:
             return {"status": "Rejected"}
         self._soon(self.stop(i, "Remote"))
         return {"status": "Accepted"}
+
+    _on_RequestStopTransaction = _on_RemoteStopTransaction
 
     def _on_UnlockConnector(self, p: dict) -> dict:
         i = self._index(p)
