@@ -3,9 +3,9 @@
 The OCPP layer calls these methods from the station's own connection task,
 one message at a time per station, and answers the station with what they
 return. While a method runs, that station's next frame waits (other
-stations do not): keep them short, and never await a call to the same
-station from inside one (``Station.call`` refuses it: the answer could
-never be read). To act on a message — trigger status after a boot, stop a
+stations do not): keep them short, and never await a command to the same
+station from inside one (``Station``'s commands raise RuntimeError then:
+the answer could never be read). To act on a message — trigger status after a boot, stop a
 transaction a blocked card started — schedule a task and return.
 
 Raising from a method answers the station InternalError: a station retries
