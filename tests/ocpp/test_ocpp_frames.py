@@ -199,3 +199,24 @@ def test_library_2_1_0_uses_format_violation_for_enum_faults():
         _validate_payload(LibCall("m", "StatusNotification", dict(STATUS_16, status="Occupied")), "1.6")
     assert answer(V16, call("m", "StatusNotification", dict(STATUS_16, status="Occupied"))).code == \
         "PropertyConstraintViolation"
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(st.randoms(use_true_random=False))
+def test_r_o7_inlined_schemas_judge_exactly_as_the_official_ones(rnd):
+    """rpc.validator inlines #/definitions references for speed; on mutated
+    station messages it finds the same faults as the schema as shipped."""
+    from jsonschema import Draft4Validator
+    from ocpp.messages import get_validator
+
+    from bench.fuzz import OCPP_MESSAGES, mutate_json
+    version = rnd.choice(["ocpp1.6", "ocpp2.0.1"])
+    action, payload = rnd.choice(OCPP_MESSAGES[version])
+    if action not in rpc.HANDLED[version]:
+        return
+    payload = mutate_json(rnd, payload, keys=["evse", "idToken", "type", "value", "unitOfMeasure", "multiplier"])
+    shipped = Draft4Validator(get_validator(2, action, rpc.LIBRARY_VERSION[version]).schema,
+                              format_checker=rpc._FORMATS)
+    ours = rpc.validator(version, action)
+    expected = sorted((tuple(e.absolute_path), e.validator) for e in shipped.iter_errors(payload))
+    assert sorted((tuple(e.absolute_path), e.validator) for e in ours.iter_errors(payload)) == expected
