@@ -1176,6 +1176,222 @@ class ControlRig:
         return "accepted"
 
 
+# ===================================================================== OCPP
+OCPP_T = "2026-03-02T12:00:00Z"
+_OCPP_MV16 = [{"timestamp": OCPP_T, "sampledValue": [
+    {"value": "1200", "unit": "Wh"}, {"value": "11.5", "measurand": "Power.Active.Import", "unit": "kW", "phase": "L1"},
+    {"value": "55", "measurand": "SoC", "unit": "Percent", "location": "EV"},
+    {"value": 'OCMF|{"FV":"1.0"}|{"SD":"00"}', "format": "SignedData", "context": "Transaction.End"}]}]
+_OCPP_MV201 = [{"timestamp": OCPP_T, "sampledValue": [
+    {"value": 1.2, "unitOfMeasure": {"unit": "kWh", "multiplier": 3}, "context": "Transaction.End",
+     "signedMeterValue": {"signedMeterData": "T0NNRg==", "signingMethod": "", "encodingMethod": "OCMF",
+                          "publicKey": ""}},
+    {"value": 11000, "measurand": "Power.Active.Import", "unitOfMeasure": {"unit": "W"}}]}]
+OCPP_MESSAGES = {
+    "ocpp1.6": [
+        ("BootNotification", {"chargePointVendor": "ACME", "chargePointModel": "MCS-1", "chargeBoxSerialNumber": "S1",
+                              "firmwareVersion": "1.0"}),
+        ("Heartbeat", {}),
+        ("StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Charging", "timestamp": OCPP_T}),
+        ("Authorize", {"idTag": "CARD-OK"}),
+        ("StartTransaction", {"connectorId": 1, "idTag": "CARD-OK", "meterStart": 1000, "timestamp": OCPP_T,
+                              "reservationId": 3}),
+        ("StopTransaction", {"transactionId": 1, "meterStop": 2000, "timestamp": OCPP_T, "reason": "Local",
+                             "idTag": "CARD-OK", "transactionData": _OCPP_MV16}),
+        ("MeterValues", {"connectorId": 1, "transactionId": 1, "meterValue": _OCPP_MV16}),
+        ("DataTransfer", {"vendorId": "com.acme", "messageId": "x", "data": "y"}),
+        ("FirmwareStatusNotification", {"status": "Installed"}),
+        ("DiagnosticsStatusNotification", {"status": "Uploaded"}),
+        ("SecurityEventNotification", {"type": "StartupOfTheDevice", "timestamp": OCPP_T, "techInfo": "x"}),
+        ("RemoteStartTransaction", {"idTag": "A"}),
+    ],
+    "ocpp2.0.1": [
+        ("BootNotification", {"reason": "PowerUp", "chargingStation": {"vendorName": "ACME", "model": "MCS-1"}}),
+        ("Heartbeat", {}),
+        ("StatusNotification", {"timestamp": OCPP_T, "connectorStatus": "Occupied", "evseId": 1, "connectorId": 1}),
+        ("Authorize", {"idToken": {"idToken": "CARD-OK", "type": "ISO14443"}}),
+        ("TransactionEvent", {"eventType": "Started", "timestamp": OCPP_T, "triggerReason": "Authorized", "seqNo": 0,
+                              "transactionInfo": {"transactionId": "T1", "chargingState": "Charging"},
+                              "evse": {"id": 1, "connectorId": 1}, "idToken": {"idToken": "CARD-OK",
+                                                                               "type": "ISO14443"},
+                              "meterValue": _OCPP_MV201}),
+        ("TransactionEvent", {"eventType": "Ended", "timestamp": OCPP_T, "triggerReason": "StopAuthorized",
+                              "seqNo": 4, "offline": True, "transactionInfo": {"transactionId": "T1",
+                                                                                "stoppedReason": "Local"},
+                              "meterValue": _OCPP_MV201}),
+        ("MeterValues", {"evseId": 1, "meterValue": _OCPP_MV201}),
+        ("DataTransfer", {"vendorId": "com.acme"}),
+        ("NotifyEvent", {"generatedAt": OCPP_T, "seqNo": 0, "eventData": [{
+            "eventId": 1, "timestamp": OCPP_T, "trigger": "Alerting", "actualValue": "1",
+            "eventNotificationType": "HardWiredNotification", "component": {"name": "EVSE"},
+            "variable": {"name": "Problem"}}]}),
+        ("NotifyReport", {"requestId": 1, "generatedAt": OCPP_T, "seqNo": 0}),
+        ("ReservationStatusUpdate", {"reservationId": 1, "reservationUpdateStatus": "Expired"}),
+        ("SecurityEventNotification", {"type": "x", "timestamp": OCPP_T}),
+        ("NotifyChargingLimit", {"chargingLimit": {"chargingLimitSource": "EMS"}}),
+        ("Reset", {"type": "Immediate"}),
+    ],
+}
+OCPP_MAX_FRAME = 65536
+
+
+def _ocpp_keys(doc, out: set) -> set:
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            out.add(k)
+            _ocpp_keys(v, out)
+    elif isinstance(doc, list):
+        for v in doc:
+            _ocpp_keys(v, out)
+    return out
+
+
+def gen_ocpp(rng: random.Random) -> tuple[str, bool, bytes]:
+    """(version, lenient station, one text frame as UTF-8): station messages of
+    both versions, mutated as JSON and as text, frame-shape faults, answers
+    to calls never made, garbage, and now and then a frame over the size limit."""
+    version = rng.choice(("ocpp1.6", "ocpp2.0.1"))
+    lenient = rng.random() < 0.3
+    r = rng.random()
+    if r < 0.04:
+        return version, lenient, bytes(rng.randrange(32, 127) for _ in range(rng.randint(0, 60)))
+    if r < 0.05:
+        return version, lenient, b'[2,"big","DataTransfer",{"vendorId":"x","data":"' + b"A" * OCPP_MAX_FRAME + b'"}]'
+    action, payload = rng.choice(OCPP_MESSAGES[version])
+    mid: Any = f"m{rng.randrange(1000)}"
+    if r < 0.55:
+        payload = mutate_json(rng, payload, keys=sorted(_ocpp_keys(payload, set())))
+    frame: Any = [2, mid, action, payload]
+    if r > 0.9:
+        frame = rng.choice([[3, mid, payload], [4, mid, "GenericError", "x", {}], [2, mid, action],
+                            [rng.choice([0, 5, "2", None, 2.0]), mid, action, payload], [2, 7, action, payload],
+                            [2, "x" * 37, action, payload], {"a": frame}, [], [2, mid, rng.choice(["", 1, "FooBar"]),
+                                                                              payload]])
+    elif r > 0.8:
+        frame = mutate_json(rng, frame, keys=[action, "Heartbeat", mid])
+    raw = dump_json(rng, frame)
+    return version, lenient, raw.decode("utf-8", "replace").encode()
+
+
+class _FrameSink:
+    """What a Connection needs of a websocket here: send_str into a list."""
+
+    def __init__(self):
+        self.sent: list[str] = []
+        self.close_code = None
+
+    async def send_str(self, text: str) -> None:
+        self.sent.append(text)
+
+
+class _CountingHandler:
+    """A hub that answers at once and keeps nothing (100,000 frames)."""
+
+    def __init__(self):
+        from drivers.ocpp.events import IdTokenDecision
+        self.decision = IdTokenDecision("Accepted")
+        self.events = 0
+        self.tx = 0
+
+    def __getattr__(self, name):
+        async def record(event):
+            self.events += 1
+        return record
+
+    async def authorise(self, request):
+        self.events += 1
+        return self.decision
+
+    async def transaction_started(self, event):
+        from drivers.ocpp.events import StartAnswer
+        self.events += 1
+        self.tx = self.tx % (2**31 - 1) + 1
+        return StartAnswer(self.decision, self.tx)
+
+    async def transaction_updated(self, event):
+        self.events += 1
+        return self.decision if event.id_token else None
+
+    async def transaction_ended(self, event):
+        self.events += 1
+        return None
+
+
+class OcppFuzzRig:
+    """A station of each version and leniency (all the schema ones, or none)
+    behind a real ``Connection``; each frame goes through the same path as
+    one read from a websocket."""
+
+    def __init__(self):
+        from drivers.ocpp.leniency import LENIENCIES
+        from drivers.ocpp.station import Connection, Station, StationConfig
+        self.loop = asyncio.new_event_loop()
+        self.handler = _CountingHandler()
+        self.errors = _Errors()
+        logging.getLogger("hubedge.ocpp").addHandler(self.errors)
+        self.connections = {}
+
+        async def build():
+            for version in ("ocpp1.6", "ocpp2.0.1"):
+                for lenient in (False, True):
+                    config = StationConfig(f"F-{version}-{lenient}", version,
+                                           leniencies=frozenset(LENIENCIES) if lenient else frozenset())
+                    station = Station(config, self.handler, clock=lambda: NOW, max_frame_bytes=OCPP_MAX_FRAME)
+                    sink = _FrameSink()
+                    self.connections[version, lenient] = (Connection(station, sink, "192.0.2.1:1"), sink)
+        self.loop.run_until_complete(build())
+
+    def close(self):
+        logging.getLogger("hubedge.ocpp").removeHandler(self.errors)
+        self.loop.close()
+
+    def check(self, case: tuple[str, bool, bytes]) -> str:
+        """Every frame: at most one answer, a valid OCPP-J frame: a CALLRESULT
+        that passes the action's response schema, or a CALLERROR with a code
+        the version names; a readable CALL is answered with its own id; no
+        InternalError (the adapters take whatever the schema lets through)."""
+        from drivers.ocpp import rpc
+        version, lenient, data = case
+        if len(data) > OCPP_MAX_FRAME:
+            return "refused"  # aiohttp closes the connection with 1009 before the frame is read (hil_tests)
+        raw = data.decode("utf-8")
+        conn, sink = self.connections[version, lenient]
+        sink.sent.clear()
+        self.errors.records.clear()
+        self.loop.run_until_complete(conn._frame(raw))
+        if self.errors.records:
+            rec = self.errors.records[0]
+            exc = rec.exc_info[1] if rec.exc_info else None
+            raise exc if exc is not None else RuntimeError(rec.getMessage())
+        frame = rpc.read_frame(raw, version, ignore_empty=lenient)
+        if len(sink.sent) > 1:
+            raise Violation(f"{len(sink.sent)} answers to one frame")
+        if not sink.sent:
+            if isinstance(frame, rpc.Call) or isinstance(frame, rpc.Refusal):
+                raise Violation("a CALL or a malformed frame was not answered")
+            return "refused"
+        answer = json.loads(sink.sent[0])
+        if not isinstance(answer, list) or answer[0] not in (3, 4) or not isinstance(answer[1], str):
+            raise Violation(f"not an OCPP-J answer: {sink.sent[0][:80]}")
+        if isinstance(frame, rpc.Call) and answer[1] != frame.message_id:
+            raise Violation("a CALL answered under another message id")
+        if answer[0] == 4:
+            if len(answer) != 5 or answer[2] not in rpc.CODES[version].values() or not isinstance(answer[4], dict):
+                raise Violation(f"CALLERROR of the wrong shape or code: {sink.sent[0][:120]}")
+            if not answer[3] or len(answer[3]) > rpc.MAX_DESCRIPTION:
+                raise Violation("CALLERROR description empty or over 255 characters")
+            if answer[2] == "InternalError":
+                raise Violation(f"InternalError for {frame.action if isinstance(frame, rpc.Call) else 'a frame'}: "
+                                f"{answer[3][:80]}")
+            return "refused"
+        if len(answer) != 3 or not isinstance(frame, rpc.Call):
+            raise Violation("a CALLRESULT that answers no CALL")
+        problem = rpc.check_answer(version, frame.action, answer[2])
+        if problem:
+            raise Violation(f"our answer breaks the schema: {problem[:100]}")
+        return "accepted"
+
+
 # =================================================================== runner
 @dataclass
 class Target:
@@ -1228,6 +1444,7 @@ TARGETS = [
     Target("downlink", gen_downlink, _rig(DownlinkRig), _trivial_bytes),
     Target("config", gen_config, _rig(ConfigRig), _trivial_bytes),
     Target("control", gen_control, _rig(ControlRig), _trivial_bytes),
+    Target("ocpp", gen_ocpp, _rig(OcppFuzzRig), _trivial_bytes),
 ]
 
 
