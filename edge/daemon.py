@@ -12,6 +12,7 @@ from edge.clock import parse_rfc3339
 from edge.config import HubConfig
 from edge.control import Caller, ControlError, ControlServer
 from edge.hub import Hub, NotFound, Refused
+from edge.store import DiskError
 
 log = logging.getLogger("hubedge.daemon")
 
@@ -120,11 +121,33 @@ def control_handlers(hub: Hub) -> dict:
     }
 
 
+def durable_replies(handlers: dict, store) -> dict:
+    """Each command's reply is sent once what it changed is on disk: a power
+    cut after a technician read "done" must not undo it. A command that
+    committed nothing (a status) answers at once."""
+
+    def durable(handler):
+        async def answer(args: dict, caller: Caller, progress):
+            before = store.commits
+            data = await handler(args, caller, progress)
+            if store.commits != before:
+                try:
+                    await store.durable()
+                except DiskError as exc:
+                    raise ControlError("disk_failed", f"done, but not yet on disk: {exc}") from None
+            return data
+
+        return answer
+
+    return {name: durable(handler) for name, handler in handlers.items()}
+
+
 async def serve(cfg: HubConfig, *, ready_timeout: float = 10.0) -> int:
     hub = Hub(cfg)
     handlers = control_handlers(hub)
     for part in hub.capabilities:
         handlers.update(part.control_handlers())
+    handlers = durable_replies(handlers, hub.store)
     refused_at: dict[str, float] = {}
 
     def audit_refusal(caller: Caller) -> None:

@@ -216,6 +216,9 @@ class Downlink:
             result = handler(message)
             if inspect.isawaitable(result):
                 result = await result
+            # What it changed (a document set, rows) is on disk before the
+            # message counts as handled: the two are separate files.
+            await self.store.durable()
         except Rejected as e:
             # Not remembered either: nothing was applied, so a corrected
             # resend under the same id is judged afresh.

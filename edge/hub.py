@@ -999,8 +999,8 @@ class Hub:
         self.downlink.register("bookings", bookings)
 
     def journal_booking(self, booking_id: str) -> None:
-        """Make one booking's current state durable now (a small SQLite
-        append, fsynced) — before the hub acts on it; the next full write of
+        """Record one booking's current state at once (a small SQLite append,
+        durable with the store's next group commit); the next full write of
         the book folds the journal in."""
         b = self.bookings.get(booking_id)
         if b is None:
@@ -1040,7 +1040,7 @@ class Hub:
             b = json.loads(body)
             upsert += b["upsert"]
             remove += b["remove"]
-        with self.store.transaction(durable=False):
+        with self.store.transaction():
             db.execute("DELETE FROM token_list_parts WHERE version = ?", (version,))
         whole = {k: v for k, v in msg.items() if k not in ("part", "parts")}
         whole.update(upsert=upsert, remove=remove)
@@ -1065,7 +1065,10 @@ class Hub:
                     db.insert_multiple(docs)
 
             await asyncio.to_thread(write)
-            with self.store.transaction(durable=False) as db:  # folded into the file just written
+            # The file is written by the store's writer: the journal it folds
+            # in may go only once the file is on disk.
+            await self.store.durable()
+            with self.store.transaction() as db:
                 db.execute("DELETE FROM booking_journal WHERE seq <= ?", (journalled,))
 
     async def request_resync(self, user: str, progress, timeout: float = 60.0) -> dict:
