@@ -316,6 +316,7 @@ class _Writer:
         self.checkpoints = 0
         self._at_checkpoint = 0  # value of ``committed`` at the last checkpoint
         self._conn: sqlite3.Connection | None = None
+        self._wal_fd: int | None = None
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self._thread.start()
 
@@ -397,6 +398,8 @@ class _Writer:
         if self._conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.close()
+        if self._wal_fd is not None:
+            os.close(self._wal_fd)
         with self._cond:  # nobody is left to serve them
             waiters, self._waiters = self._waiters, []
         for *_, callback in waiters:
@@ -417,7 +420,7 @@ class _Writer:
                     self._files.setdefault(path, job)  # tried again, unless newer content came meanwhile
         if commits > self.durable:
             try:
-                _fsync_file(self.wal_path, self._fsync)
+                self._sync_wal()
                 self.fsyncs += 1
             except OSError as e:
                 wal_error = e
@@ -460,6 +463,23 @@ class _Writer:
                 listener(durable)
             except Exception:
                 log.exception("store.durable_listener_failed")
+
+    def _sync_wal(self) -> None:
+        """fsync the WAL file through a descriptor kept open (the WAL holds
+        no POSIX locks; the database file's must never be touched this way),
+        opened again if SQLite has made a new WAL file since."""
+        try:
+            current = os.stat(self.wal_path)
+        except FileNotFoundError:
+            return  # nothing written yet
+        if self._wal_fd is not None:
+            held = os.fstat(self._wal_fd)
+            if (held.st_dev, held.st_ino) != (current.st_dev, current.st_ino):
+                os.close(self._wal_fd)
+                self._wal_fd = None
+        if self._wal_fd is None:
+            self._wal_fd = os.open(self.wal_path, os.O_RDONLY)
+        self._fsync(self._wal_fd)
 
     def _maybe_checkpoint(self) -> None:
         with self._cond:
@@ -558,14 +578,17 @@ class Store:
         self._on_commit: list[list] = []  # one list of callbacks per open transaction level
         self._documents: dict[str, TinyDB] = {}
         self._readers: list[sqlite3.Connection] = []
-        self.db = self._open_db()
-        self.db.execute("CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         # What a previous run left in the page cache (a crash is not a power
         # cut) counts as durable from here on: make it so before anyone,
-        # the uplink included, relies on it.
+        # the uplink included, relies on it. Before any connection opens:
+        # closing a descriptor of the database file would drop every POSIX
+        # lock this process holds on it, and another process could then
+        # take itself for the last connection and delete the WAL.
         for path in (self.db_path.with_name(DB_NAME + "-wal"), self.db_path):
             _fsync_file(path, fsync)
         _fsync_dir(self.state_dir, fsync)
+        self.db = self._open_db()
+        self.db.execute("CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         self._writer = _Writer(self.state_dir, self.db_path, fsync, busy_timeout_ms)
         weakref.finalize(self, self._writer.close)
 

@@ -268,3 +268,25 @@ def test_power_cut_keeps_a_prefix_of_commits_and_everything_published(n, syncs, 
         assert published <= ids, "the uplink could have sent an event the cut took back"
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_another_process_reading_never_takes_the_wal_away(tmp_path):
+    """Technicians' tools and the tests read hub.sqlite3 from another
+    process. Closing any descriptor of the database file in the hub's
+    process drops its POSIX locks; a reader closing next would then take
+    itself for the last connection, checkpoint and delete the WAL under the
+    hub, and every later commit would go to a deleted file."""
+    import subprocess
+    import sys
+
+    store = Store(tmp_path)
+    store.db.execute("CREATE TABLE t(x)")
+    count = [sys.executable, "-c", "import sqlite3, sys; "
+             "print(sqlite3.connect(sys.argv[1]).execute('SELECT count(*) FROM t').fetchone()[0])",
+             str(tmp_path / "hub.sqlite3")]
+    for i in range(3):
+        with store.transaction() as db:
+            db.execute("INSERT INTO t VALUES (?)", (i,))
+        store.wait_durable(5)
+        assert subprocess.run(count, capture_output=True, text=True, check=True).stdout.strip() == str(i + 1)
+    store.close()
