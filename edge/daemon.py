@@ -75,21 +75,23 @@ def control_handlers(hub: Hub) -> dict:
         action = _arg(args, "action")
         cid = _arg(args, "id")
         reason = _arg(args, "reason", required=False) or ""
-        if action == "unavailable":
-            if not reason:
+        if action in ("unavailable", "available"):
+            if action == "unavailable" and not reason:
                 raise ControlError("reason_required", "say why with --reason (it goes into the audit log), e.g. --reason 'cable damaged'")
-            result = hub.set_availability(cid, False, f"technician: {reason}")
-        elif action == "available":
-            result = hub.set_availability(cid, True, reason or "technician")
+            with hub.store.transaction():  # the change and its audit event, one commit
+                if action == "unavailable":
+                    result = hub.set_availability(cid, False, f"technician: {reason}")
+                else:
+                    result = hub.set_availability(cid, True, reason or "technician")
+                hub.audit(caller.user, f"connector.{action}", cid, reason, result)
         elif action == "unlock":
             ok = await hub.unlock(cid)
             result = f"connector {cid} unlocked" if ok else f"connector {cid} stayed locked: check the connector's latch and the charger's own display"
+            hub.audit(caller.user, "connector.unlock", cid, reason, result if ok else "failed")
             if not ok:
-                hub.audit(caller.user, "connector.unlock", cid, reason, "failed")
                 raise ControlError("device_failed", result)
         else:
             raise ControlError("bad_request", f"unknown connector action {action!r}: use available, unavailable or unlock")
-        hub.audit(caller.user, f"connector.{action}", cid, reason, result)
         return {"connector": cid, "message": result, "state": hub.connectors[cid].state}
 
     async def session_stop(args: dict, caller: Caller, progress) -> dict:

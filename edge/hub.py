@@ -13,6 +13,7 @@ a restart picks up where the hub stopped (R-C9).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from drivers.device import DeviceHealth
 from edge.clock import Clock, parse_rfc3339, rfc3339
 from edge.config import HubConfig
 from edge.sessions import Session, SessionLedger
+from edge.store import DiskError, Store
 from state_machines.connector import ACTIVE, Connector, apply_hardware, build_machine
 
 log = logging.getLogger("hubedge.hub")
@@ -133,6 +135,26 @@ def load_capabilities(hub: "Hub") -> list[Capability]:
     return parts
 
 
+# What a connector's state is made of in memory; a failed commit puts it back.
+_CONNECTOR_FIELDS = ("state", "hw", "session_id", "last_session_id", "reserved_for", "admin_unavailable",
+                     "fault_reason", "fault_kind", "since")
+
+
+@contextlib.contextmanager
+def _changing(*connectors: Connector):
+    """Undo the in-memory side of a change whose commit fails: the connector
+    is again what the database says, so the next reading or call makes the
+    same change anew (with its event) instead of finding it already made."""
+    saved = [(c, {k: getattr(c, k) for k in _CONNECTOR_FIELDS}) for c in connectors]
+    try:
+        yield
+    except BaseException:
+        for c, fields in saved:
+            for k, v in fields.items():
+                setattr(c, k, v)
+        raise
+
+
 @dataclass
 class ConnectorPlace:
     charger_id: str
@@ -144,7 +166,6 @@ class ConnectorPlace:
 class Hub:
     def __init__(self, cfg: HubConfig, *, clock: Clock | None = None):
         from edge.outbox import Outbox
-        from edge.store import Store
 
         self.cfg = cfg
         self.hub_id = cfg.hub.id
@@ -260,17 +281,23 @@ class Hub:
 
     # ----------------------------------------------------------------- events
     def emit(self, type_: str, data: dict) -> None:
-        """Record an event durably in the outbox (the uplink sends it)."""
-        if type_ == "sync.applied" and data.get("kind"):
-            self.last_sync[data["kind"]] = self.clock.now()
-        env = self.outbox.put(type_, data, offline=not self.link_up)
-        self.events_put += 1
-        brief = " ".join(f"{k}={data[k]}" for k in ("connector", "status", "session", "device", "reason", "action") if data.get(k) is not None)
-        log.info("event type=%s seq=%s %s", type_, env.seq, brief)
+        """Record an event in the outbox (the uplink sends it once durable).
+        Inside a store.transaction() it commits with the state change it
+        reports, or not at all."""
+        with self.store.transaction():
+            env = self.outbox.put(type_, data, offline=not self.link_up)
+            self.store.after_commit(lambda: self._emitted(type_, data, env.seq))
         alarm = self.outbox.take_quota_alarm()
         if alarm:
             self.outbox.put("device.alarm", alarm, offline=not self.link_up)
             self.events_put += 1
+
+    def _emitted(self, type_: str, data: dict, seq: int) -> None:
+        if type_ == "sync.applied" and data.get("kind"):
+            self.last_sync[data["kind"]] = self.clock.now()
+        self.events_put += 1
+        brief = " ".join(f"{k}={data[k]}" for k in ("connector", "status", "session", "device", "reason", "action") if data.get(k) is not None)
+        log.info("event type=%s seq=%s %s", type_, seq, brief)
 
     def _publish_state(self, c: Connector) -> None:
         if self.uplink is not None:
@@ -298,15 +325,22 @@ class Hub:
         }
 
     def _changed(self, c: Connector, previous: str, reason: str | None = None) -> None:
+        """Record a state change the machine made: the state and its event in
+        one commit (joining the caller's transaction, if any); the retained
+        state and the parts hear of it once that commit stands. Callers make
+        the change inside ``_changing(c)``."""
         c.since = self.clock.now()
         data = {"connector": c.id, "status": c.state, "previous": previous}
         if reason:
             data["reason"] = reason
         if c.session_id:
             data["session"] = c.session_id
-        with self.store.transaction():  # the state and its event, one commit
+        with self.store.transaction():
             self._persist(c)
             self.emit("connector.status", data)
+            self.store.after_commit(lambda: self._after_change(c, previous))
+
+    def _after_change(self, c: Connector, previous: str) -> None:
         self._publish_state(c)
         if c.state != "Finishing":
             self._idle_reported.discard(c.id)
@@ -337,81 +371,106 @@ class Hub:
         driver = self.chargers[charger_id]
         if driver.health.state != "fault":
             return  # not yet N failed polls
-        for cid, place in self.places.items():
-            if place.charger_id != charger_id:
-                continue
-            c = self.connectors[cid]
-            if c.state != "Faulted":
-                prev = c.state
-                c.fault_kind = "comm"
-                c.fault_reason = f"charger {charger_id} not answering: {reason}"
-                c.trigger("fault")
-                self._changed(c, prev, "charger_unreachable")
-        if charger_id not in self._faults_reported:
-            self._faults_reported.add(charger_id)
-            self.emit(
-                "device.fault",
-                {"device": charger_id, "class": "charger", "reason": f"no answer to {self.cfg.charging.fault_after_polls} polls: {reason}; check its power and network"},
-            )
+        ours = [self.connectors[cid] for cid, place in self.places.items() if place.charger_id == charger_id]
+        # Its connectors' faults and the device fault: one commit.
+        with _changing(*ours), self.store.transaction():
+            for c in ours:
+                self._fault(c, "comm", f"charger {charger_id} not answering: {reason}", "charger_unreachable")
+            if charger_id not in self._faults_reported:
+                self.emit(
+                    "device.fault",
+                    {"device": charger_id, "class": "charger", "reason": f"no answer to {self.cfg.charging.fault_after_polls} polls: {reason}; check its power and network"},
+                )
+                self.store.after_commit(lambda: self._faults_reported.add(charger_id))
+
+    def _fault(self, c: Connector, kind: str, why: str, reason: str) -> None:
+        """Put a connector in fault (unless it is already): ``kind`` decides
+        how it recovers, ``why`` is shown to people, ``reason`` goes with
+        its event."""
+        if c.state == "Faulted":
+            return
+        prev = c.state
+        c.fault_kind = kind
+        c.fault_reason = why
+        c.trigger("fault")
+        self._changed(c, prev, reason)
 
     def _poll_ok(self, charger_id: str, readings: dict) -> None:
         if charger_id in self._faults_reported:
-            self._faults_reported.discard(charger_id)
             health = self.devices[charger_id]
             down = health.last_down_s if health.last_down_s is not None else 0
             self.emit("device.recovered", {"device": charger_id, "class": "charger", "down_for_s": max(0, round(down))})
+            self._faults_reported.discard(charger_id)
+        failed: Exception | None = None
         for cid, reading in readings.items():
             if cid not in self.connectors:
                 continue
             self.readings[cid] = reading
-            self._apply_reading(self.connectors[cid], reading)
+            try:
+                self._apply_reading(self.connectors[cid], reading)
+            except Exception as exc:  # the charger's other connectors are still followed
+                failed = failed or exc
+        if failed is not None:
+            raise failed
         if charger_id not in self._starts_resumed:
             self._starts_resumed.add(charger_id)
             self._resume_starts(charger_id)
 
     def _apply_reading(self, c: Connector, reading) -> None:
+        """Feed one reading to the connector's machine. The state change, the
+        session step it makes (started, stopped) and their events are one
+        commit; if it fails, the connector is as before and the next reading
+        tries again."""
         hw = getattr(reading.status, "value", reading.status)
         if c.state == "Faulted":
             kind = c.fault_kind
             if kind == "unlock" and hw != "unplugged":
                 return  # stays faulted until unlocked or the cable is out (R-C5)
-        prev = c.state
-        step = apply_hardware(c, hw)
-        if step.trigger is None:
-            return
-        reason = None
-        if step.trigger == "fault":
-            c.fault_kind = "hardware"
-            c.fault_reason = f"charger reports a fault on connector {c.id} (status code {getattr(reading, 'raw_status', '?')})"
-            reason = "charger_fault"
-        elif step.trigger == "recover":
-            c.fault_kind = None
-            c.fault_reason = None
-            reason = "recovered"
-        self._changed(c, prev, reason)
-        self._after_step(c, prev, reading)
+        with _changing(c):
+            prev = c.state
+            step = apply_hardware(c, hw)
+            if step.trigger is None:
+                return
+            reason = None
+            if step.trigger == "fault":
+                c.fault_kind = "hardware"
+                c.fault_reason = f"charger reports a fault on connector {c.id} (status code {getattr(reading, 'raw_status', '?')})"
+                reason = "charger_fault"
+            elif step.trigger == "recover":
+                c.fault_kind = None
+                c.fault_reason = None
+                reason = "recovered"
+            with self.store.transaction():
+                self._changed(c, prev, reason)
+                self._after_step(c, prev, reading)
 
     def _after_step(self, c: Connector, prev: str, reading) -> None:
+        """The session side of a connector step, inside its transaction; what
+        it sets going (hooks, unlock, a free-vend start) starts once the
+        transaction has committed."""
         place = self.places[c.id]
+        later = self.store.after_commit
         s = self.sessions.get(c.session_id) if c.session_id else None
         if s and s.status == "starting" and c.state in ACTIVE:
             s.status = "active"
             if s.meter_start_wh is None:
                 s.meter_start_wh = reading.energy_wh
-            self.sessions.update(s, self.clock.now())
-            self.emit("session.started", self._session_event(s))
-            self._run_hooks(self.session_started_hooks, s)
+            with self.store.transaction():  # the session row and its event
+                self.sessions.update(s, self.clock.now())
+                self.emit("session.started", self._session_event(s))
+            later(lambda: self._run_hooks(self.session_started_hooks, s))
         if s and c.state not in ("Preparing", "Faulted", *ACTIVE):
             # Finishing (charge ended) or Available/Reserved (unplugged).
             default = "ev_disconnected" if c.state in ("Available", "Reserved") else "ev_finished"
-            self._end_session(c, s, self._stop_reasons.pop(s.id, default), reading)
+            self._end_session(c, s, self._stop_reasons.get(s.id, default), reading)
+            later(lambda: self._stop_reasons.pop(s.id, None))
         if c.state == "Finishing" and prev != "Finishing":
-            self._spawn(self._unlock(c, retries=self.cfg.charging.unlock_retries))
+            later(lambda: self._spawn(self._unlock(c, retries=self.cfg.charging.unlock_retries)))
         if c.state == "Preparing" and prev != "Preparing" and not c.session_id and place.free_vend:
-            self._spawn(self._start_free_vend(c.id))
+            later(lambda: self._spawn(self._start_free_vend(c.id)))
         if c.state in ("Available", "Finishing") and c.id in self._pending_unavailable and not c.session_id:
-            reason = self._pending_unavailable.pop(c.id)
-            self._set_unavailable(c, reason)
+            self._set_unavailable(c, self._pending_unavailable[c.id])
+            later(lambda: self._pending_unavailable.pop(c.id, None))
 
     async def _start_free_vend(self, connector_id: str) -> None:
         try:
@@ -499,14 +558,18 @@ class Hub:
             s.vat_rate = tariff.vat_rate
             s.currency = tariff.currency
         # Write-ahead: the ledger knows about the start before the charger
-        # does; session and connector in one commit (one fsync on the way
-        # from a tap to the charger).
-        c.session_id = s.id
-        with self.store.transaction():
+        # does; session and connector in one commit, on disk before the
+        # charger hears of it.
+        with _changing(c), self.store.transaction():
+            c.session_id = s.id
             self.sessions.insert(s, now)
             self._persist(c)
         log.info("session.starting session=%s connector=%s method=%s", s.id, connector_id, method)
-        await self.store.durable()
+        try:
+            await self.store.durable()
+        except DiskError as exc:
+            self._fail_start(c, s, f"the hub could not record the start on disk: {exc}")
+            raise Refused(f"the start was not sent: {exc}", code="disk_failed") from None
         try:
             await self.chargers[place.charger_id].start(connector_id)
         except Exception as exc:
@@ -515,16 +578,19 @@ class Hub:
         return s
 
     def _fail_start(self, c: Connector, s: Session, reason: str) -> None:
+        """A session that never charged ends as failed: its row, the
+        connector and session.stopped in one commit."""
         s.status = "failed"
         s.stop_reason = reason
         s.stopped_at = self.clock.now()
         s.energy_wh = 0
-        self.sessions.update(s, self.clock.now())
-        if c.session_id == s.id:
-            c.session_id = None
-            self._persist(c)
-        self.emit("session.stopped", self._stopped_event(s))
-        self._run_hooks(self.session_ended_hooks, s)
+        with _changing(c), self.store.transaction():
+            self.sessions.update(s, self.clock.now())
+            if c.session_id == s.id:
+                c.session_id = None
+                self._persist(c)
+            self.emit("session.stopped", self._stopped_event(s))
+            self.store.after_commit(lambda: self._run_hooks(self.session_ended_hooks, s))
 
     def _stopped_event(self, s: Session) -> dict:
         d = {
@@ -544,6 +610,8 @@ class Hub:
         return d
 
     def _end_session(self, c: Connector, s: Session, reason: str, reading) -> None:
+        """The session's row with its energy, the connector and
+        session.stopped (R-P9 invoices from it) in one commit."""
         now = self.clock.now()
         if s.status == "starting":
             self._fail_start(c, s, "truck unplugged before charging started" if reason == "ev_disconnected" else reason)
@@ -556,12 +624,16 @@ class Hub:
         s.signed_stop = getattr(reading, "signed_meter_value", None)
         start = s.meter_start_wh if s.meter_start_wh is not None else reading.energy_wh
         s.energy_wh = max(0, reading.energy_wh - start)
-        self.sessions.update(s, now)
-        c.last_session_id = s.id
-        c.session_id = None
-        self._persist(c)
-        self.emit("session.stopped", self._stopped_event(s))
-        log.info("session.stopped session=%s connector=%s reason=%s energy_wh=%d", s.id, c.id, reason, s.energy_wh)
+        with _changing(c), self.store.transaction():
+            self.sessions.update(s, now)
+            c.last_session_id = s.id
+            c.session_id = None
+            self._persist(c)
+            self.emit("session.stopped", self._stopped_event(s))
+            self.store.after_commit(lambda: self._session_ended(c, s))
+
+    def _session_ended(self, c: Connector, s: Session) -> None:
+        log.info("session.stopped session=%s connector=%s reason=%s energy_wh=%d", s.id, c.id, s.stop_reason, s.energy_wh)
         self._run_hooks(self.session_ended_hooks, s)
 
     async def stop_session(self, session_id: str, reason: str = "remote") -> Session:
@@ -576,6 +648,7 @@ class Hub:
         if s.status == "starting" and c.state == "Preparing":
             self._fail_start(c, s, f"stopped before charging began ({reason})")
             self._spawn(self._send(place.charger_id, "stop", s.connector))
+            self._stop_reasons.pop(s.id, None)
             return s
         try:
             await self.chargers[place.charger_id].stop(s.connector)
@@ -612,25 +685,22 @@ class Hub:
                     ok = False
                 if ok:
                     if c.state == "Faulted" and c.fault_kind == "unlock":
-                        prev = c.state
-                        c.fault_kind = None
-                        c.fault_reason = None
-                        c.trigger("recover")
-                        self._changed(c, prev, "unlocked")
+                        with _changing(c):
+                            prev = c.state
+                            c.fault_kind = None
+                            c.fault_reason = None
+                            c.trigger("recover")
+                            self._changed(c, prev, "unlocked")
                     log.info("connector.unlocked connector=%s attempt=%d", c.id, attempt + 1)
                     return True
                 if attempt < retries:
                     await asyncio.sleep(self.cfg.charging.unlock_retry_s)
-            self.emit(
-                "connector.unlock_failed",
-                {"connector": c.id, "attempts": retries + 1, "message": "the connector stayed locked: a technician can run `hubctl connector unlock " + c.id + "`"},
-            )
-            if c.state != "Faulted":
-                prev = c.state
-                c.fault_kind = "unlock"
-                c.fault_reason = f"unlock failed after {retries + 1} attempts"
-                c.trigger("fault")
-                self._changed(c, prev, "unlock_failed")
+            with _changing(c), self.store.transaction():  # the failure and the fault it causes, one commit
+                self.emit(
+                    "connector.unlock_failed",
+                    {"connector": c.id, "attempts": retries + 1, "message": "the connector stayed locked: a technician can run `hubctl connector unlock " + c.id + "`"},
+                )
+                self._fault(c, "unlock", f"unlock failed after {retries + 1} attempts", "unlock_failed")
             return False
         finally:
             self._unlocking.discard(c.id)
@@ -649,28 +719,30 @@ class Hub:
         return c
 
     def _set_unavailable(self, c: Connector, reason: str) -> None:
-        prev = c.state
-        c.admin_unavailable = reason
-        if c.state != "Unavailable":
-            if c.state == "Faulted":
-                self._persist(c)  # stays Faulted; recovery goes to Unavailable
-                return
-            c.trigger("take_out_of_service")
-            self._changed(c, prev, reason)
-        else:
-            self._persist(c)
+        with _changing(c), self.store.transaction():
+            prev = c.state
+            c.admin_unavailable = reason
+            if c.state != "Unavailable":
+                if c.state == "Faulted":
+                    self._persist(c)  # stays Faulted; recovery goes to Unavailable
+                    return
+                c.trigger("take_out_of_service")
+                self._changed(c, prev, reason)
+            else:
+                self._persist(c)
 
     def reserve_connector(self, connector_id: str, booking_id: str) -> bool:
         """Hold a connector for a booking (R-B3). Available becomes Reserved;
         in any other state the hold is remembered and shows once it is free."""
         c = self._connector(connector_id)
-        c.reserved_for = booking_id
-        if c.state == "Available":
-            prev = c.state
-            c.trigger("reserve")
-            self._changed(c, prev, f"reserved for booking {booking_id}")
-        else:
-            self._persist(c)
+        with _changing(c), self.store.transaction():
+            c.reserved_for = booking_id
+            if c.state == "Available":
+                prev = c.state
+                c.trigger("reserve")
+                self._changed(c, prev, f"reserved for booking {booking_id}")
+            else:
+                self._persist(c)
         return c.state == "Reserved"
 
     def release_connector(self, connector_id: str, booking_id: str | None = None) -> None:
@@ -678,13 +750,14 @@ class Hub:
         c = self._connector(connector_id)
         if booking_id is not None and c.reserved_for != booking_id:
             return
-        c.reserved_for = None
-        if c.state == "Reserved":
-            prev = c.state
-            c.trigger("release_reservation")
-            self._changed(c, prev, "reservation ended")
-        else:
-            self._persist(c)
+        with _changing(c), self.store.transaction():
+            c.reserved_for = None
+            if c.state == "Reserved":
+                prev = c.state
+                c.trigger("release_reservation")
+                self._changed(c, prev, "reservation ended")
+            else:
+                self._persist(c)
 
     def set_availability(self, connector_id: str, available: bool, reason: str) -> str:
         """R-C7. Returns what happened, for the person who asked."""
@@ -696,16 +769,17 @@ class Hub:
             self._set_unavailable(c, reason)
             return f"connector {c.id} is now {c.state}"
         self._pending_unavailable.pop(c.id, None)
-        if c.state == "Unavailable":
-            prev = c.state
-            c.admin_unavailable = None
-            c.trigger("return_to_service")
-            self._changed(c, prev, "available")
-            if c.state == "Preparing" and self.places[c.id].free_vend:
-                self._spawn(self._start_free_vend(c.id))
-        else:
-            c.admin_unavailable = None
-            self._persist(c)
+        with _changing(c), self.store.transaction():
+            if c.state == "Unavailable":
+                prev = c.state
+                c.admin_unavailable = None
+                c.trigger("return_to_service")
+                self._changed(c, prev, "available")
+                if c.state == "Preparing" and self.places[c.id].free_vend:
+                    self.store.after_commit(lambda: self._spawn(self._start_free_vend(c.id)))
+            else:
+                c.admin_unavailable = None
+                self._persist(c)
         return f"connector {c.id} is now {c.state}"
 
     # ----------------------------------------------------------------- ticks
@@ -730,11 +804,11 @@ class Hub:
             if c.state == "Finishing" and c.since and c.id not in self._idle_reported:
                 idle = (now - c.since).total_seconds()
                 if idle >= charging.idle_in_bay_after_s:
-                    self._idle_reported.add(c.id)
                     self.emit(
                         "connector.idle_in_bay",
                         {"connector": c.id, "bay": self.places[c.id].bay, "idle_s": int(idle), "session": c.last_session_id},
                     )
+                    self._idle_reported.add(c.id)
         self._apply_maintenance(now)
         for part in self.capabilities:
             try:
@@ -892,10 +966,12 @@ class Hub:
             if not isinstance(available, bool):
                 raise Rejected("schema", "args.available must be true or false")
             try:
-                result = self.set_availability(cid, available, str(args.get("reason") or "cloud command"))
+                with self.store.transaction():  # the change and its audit event, one commit
+                    result = self.set_availability(cid, available, str(args.get("reason") or "cloud command"))
+                    self.audit("cloud", "connector.available" if available else "connector.unavailable", cid,
+                               str(args.get("reason") or ""), result)
             except Refused as exc:
                 raise Rejected(exc.code, str(exc))
-            self.audit("cloud", "connector.available" if available else "connector.unavailable", cid, str(args.get("reason") or ""), result)
             return {"connector": cid, "message": result}
 
         async def stop_session(msg: dict) -> dict:
@@ -1077,8 +1153,9 @@ class Hub:
         from edge.downlink import SYNC_KINDS
 
         asked_at = self.clock.now()
-        self.emit("sync.resync_requested", {"kinds": list(SYNC_KINDS), "requested_by": user})
-        self.audit(user, "hub.resync", self.hub_id, "", "requested")
+        with self.store.transaction():
+            self.emit("sync.resync_requested", {"kinds": list(SYNC_KINDS), "requested_by": user})
+            self.audit(user, "hub.resync", self.hub_id, "", "requested")
         deadline = time.monotonic() + timeout
         done: list[str] = []
         while True:
