@@ -45,7 +45,7 @@ def control_handlers(hub: Hub) -> dict:
         return hub.status()
 
     async def devices(args: dict, caller: Caller, progress) -> list:
-        return [d.as_dict() for d in hub.devices.values()]
+        return hub.device_views()
 
     async def sessions(args: dict, caller: Caller, progress) -> list:
         limit = args.get("limit", 100)
@@ -177,7 +177,7 @@ async def serve(cfg: HubConfig, *, ready_timeout: float = 10.0) -> int:
     watchdog = None
     interval = systemd.watchdog_interval()
     if interval:
-        watchdog = loop.create_task(_watchdog(interval))
+        watchdog = loop.create_task(systemd.watchdog(interval, hub.health_problems))
     await stop.wait()
     log.info("daemon.stopping")
     systemd.notify("STOPPING=1")
@@ -187,14 +187,6 @@ async def serve(cfg: HubConfig, *, ready_timeout: float = 10.0) -> int:
     await hub.stop()
     log.info("daemon.stopped")
     return 0
-
-
-async def _watchdog(interval: float) -> None:
-    # Pinged from the main loop itself: if the loop is stuck, the pings stop
-    # and systemd restarts the daemon.
-    while True:
-        systemd.notify("WATCHDOG=1")
-        await asyncio.sleep(interval)
 
 
 def run(cfg: HubConfig) -> int:

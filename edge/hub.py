@@ -25,8 +25,10 @@ from typing import Any, Awaitable, Callable
 from drivers.device import DeviceHealth
 from edge.clock import Clock, parse_rfc3339, rfc3339
 from edge.config import HubConfig
+from edge import supervision
 from edge.sessions import Session, SessionLedger
 from edge.store import DiskError, Store
+from edge.supervision import Supervisor
 from state_machines.connector import ACTIVE, Connector, apply_hardware, build_machine
 
 log = logging.getLogger("hubedge.hub")
@@ -87,10 +89,20 @@ class Capability:
         self.hub = hub
 
     async def start(self) -> None:
-        """Open devices, start tasks (use hub.spawn)."""
+        """Open devices, start tasks: ``spawn_loop`` for a loop that runs as
+        long as the hub, ``hub.spawn`` for a one-off."""
 
     async def stop(self) -> None:
-        """Close devices; tasks spawned with hub.spawn are cancelled by the hub."""
+        """Close devices; tasks spawned with hub.spawn or spawn_loop are cancelled by the hub."""
+
+    def spawn_loop(self, name: str, loop: Callable[[], Awaitable[None]], *, critical: bool = True) -> None:
+        """Run ``loop()``, a coroutine function that loops until the hub
+        stops, supervised (edge/supervision.py): if it ends or raises it is
+        reported and started again after a back-off, and it shows in
+        `hubctl devices` as "<part>: <name>". A critical loop that stays down
+        (or, once it has called ``hub.beat()``, stops calling it) withholds
+        the systemd watchdog's pings, so systemd restarts the hub."""
+        self.hub.supervise(f"{self.name}: {name}", loop, critical=critical)
 
     def tick(self, now: datetime) -> None:
         """Once a second: timeouts, retries, schedules."""
@@ -207,6 +219,9 @@ class Hub:
         self._tokens_lock = asyncio.Lock()
         self._bookings_lock = asyncio.Lock()
         self.stopping = False
+        self.supervisor = Supervisor(clock=self.clock, spawn=self._spawn, alarm=self._task_alarm,
+                                     stopping=lambda: self.stopping)
+        self._writer_state = ("ok", self.clock.now())
         self.events_put = 0
         self.last_sync: dict[str, datetime] = {}
         self._build_connectors()
@@ -351,21 +366,26 @@ class Hub:
                 log.exception("capability.failed part=%s hook=connector_changed", part.name)
 
     # ------------------------------------------------------------------ polls
-    async def _poll_loop(self, charger_id: str) -> None:
-        driver = self.chargers[charger_id]
-        interval = self.cfg.charging.poll_interval_s
-        while not self.stopping:
-            t0 = time.monotonic()
+    async def _poll_once(self, charger_id: str) -> None:
+        """One round of a charger's polling (a supervised loop: an error in
+        applying the readings is counted and the next round tries again)."""
+        try:
             try:
-                readings = await driver.poll()
-            except Exception as exc:  # ChargerUnavailable, or a driver bug: never kill the loop
+                readings = await self.chargers[charger_id].poll()
+            except Exception as exc:  # ChargerUnavailable, or a driver bug: the charger is not answering
                 self._poll_failed(charger_id, str(exc) or type(exc).__name__)
             else:
                 self._poll_ok(charger_id, readings)
+        finally:
             self._polled.add(charger_id)
             if len(self._polled) == len(self.chargers):
                 self.ready.set()
-            await asyncio.sleep(max(0.0, interval - (time.monotonic() - t0)))
+
+    def _poll_stall_s(self) -> float:
+        """How long a charger's polling may go without a good round before
+        the watchdog counts it as stuck: ten rounds and three timeouts."""
+        charging = self.cfg.charging
+        return max(5.0, 10 * charging.poll_interval_s + 3 * charging.modbus_timeout_s)
 
     def _poll_failed(self, charger_id: str, reason: str) -> None:
         driver = self.chargers[charger_id]
@@ -783,13 +803,9 @@ class Hub:
         return f"connector {c.id} is now {c.state}"
 
     # ----------------------------------------------------------------- ticks
-    async def _tick_loop(self) -> None:
-        while not self.stopping:
-            try:
-                self.tick(self.clock.now())
-            except Exception:
-                log.exception("tick.failed")
-            await asyncio.sleep(1.0)
+    def _tick_once(self) -> None:
+        self.tick(self.clock.now())
+        self.supervisor.check()
 
     def tick(self, now: datetime) -> None:
         charging = self.cfg.charging
@@ -839,9 +855,29 @@ class Hub:
             log.warning("charger.command_failed charger=%s command=%s connector=%s error=%s", charger_id, command, connector_id, exc)
 
     def spawn(self, coro) -> asyncio.Task:
-        """Run a coroutine on the hub's loop; cancelled when the hub stops,
-        and a failure is logged rather than lost."""
+        """Run a one-off coroutine on the hub's loop; cancelled when the hub
+        stops, and a failure is logged rather than lost. A loop that runs as
+        long as the hub goes through ``supervise`` instead."""
         return self._spawn(coro)
+
+    def supervise(self, name: str, loop: Callable[[], Awaitable[None]], *, critical: bool = True) -> asyncio.Task:
+        """Run ``loop()`` until the hub stops, restarted if it ends
+        (Capability.spawn_loop says more)."""
+        return self.supervisor.run(name, loop, critical=critical)
+
+    def beat(self) -> None:
+        """Called by a supervised loop once per round of work: its heartbeat."""
+        supervision.beat()
+
+    def health_problems(self) -> list[str]:
+        """Why the hub is not making progress, in sentences; empty when it
+        is. The daemon pings the systemd watchdog only while this is empty."""
+        problems = self.supervisor.problems()
+        disk = self.store.disk_problem()
+        return problems + ([f"store writer: {disk}"] if disk else [])
+
+    def _task_alarm(self, code: str, message: str) -> None:
+        self.emit("device.alarm", {"alarm": code, "message": message})
 
     def device_event(self, ev) -> None:
         """A driver's DeviceFault / DeviceRecovered, on the loop: the device
@@ -1190,10 +1226,32 @@ class Hub:
             "uptime_s": round(time.monotonic() - self.started_mono),
             "ready": self.ready.is_set(),
             "connectors": connectors,
-            "devices": [d.as_dict() for d in self.devices.values()],
+            "devices": self.device_views(),
             "cloud": self.cloud_view(),
             "outbox": self.outbox_view(),
             **self._part_sections(),
+        }
+
+    def device_views(self) -> list[dict]:
+        """`hubctl devices`: every device, then the hub's own tasks and the
+        store's writer (class ``task``)."""
+        return [d.as_dict() for d in self.devices.values()] + self.supervisor.views() + [self._writer_view()]
+
+    def _writer_view(self) -> dict:
+        w = self.store.writer_view()
+        problem = self.store.disk_problem()
+        failing = w["failure"] is not None
+        state = "fault" if failing or problem else "ok"
+        if state != self._writer_state[0]:
+            self._writer_state = (state, self.clock.now())
+        return {
+            "device": "store writer",
+            "class": "task",
+            "state": state,
+            "since": rfc3339(self._writer_state[1]),
+            "last_error": problem or (f"the card fails writes ({w['failure']}): they are kept and tried again; "
+                                      f"check the SD card (dmesg, free space)" if failing else None),
+            "detail": {"critical": True, **w},
         }
 
     def _part_sections(self) -> dict:
@@ -1221,8 +1279,9 @@ class Hub:
     async def start(self) -> None:
         self._start_cloud()
         for charger_id in self.chargers:
-            self._spawn(self._poll_loop(charger_id))
-        self._spawn(self._tick_loop())
+            self.supervisor.loop(f"charger {charger_id} polling", lambda cid=charger_id: self._poll_once(cid),
+                                 every=self.cfg.charging.poll_interval_s, stall_after_s=self._poll_stall_s())
+        self.supervisor.loop("ticks (timeouts, schedules)", self._tick_once, every=1.0, stall_after_s=15.0)
         for part in self.capabilities:
             await part.start()
 

@@ -99,8 +99,10 @@ Fsync = Callable[[int], None]
 CHECKPOINT_AFTER_COMMITS = 200
 CHECKPOINT_FORCED_AFTER_COMMITS = 2000
 QUIET_S = 1.0  # no commit for this long: a good moment for a checkpoint
-# A commit not on disk after this long means the card is stuck or failing.
+# A commit not on disk after this long means the card is stuck; writes
+# failing this long, that it is failing (the watchdog then stops pinging).
 STALLED_AFTER_S = 30.0
+FAILING_FOR_S = 10.0
 
 
 class DiskError(Exception):
@@ -312,6 +314,7 @@ class _Writer:
         self.last_commit_mono = time.monotonic()
         self.pending_since: float | None = None  # monotonic time of the oldest write not yet on disk
         self.failure: str | None = None
+        self.failing_since: float | None = None
         self.fsyncs = 0
         self.checkpoints = 0
         self._at_checkpoint = 0  # value of ``committed`` at the last checkpoint
@@ -432,6 +435,10 @@ class _Writer:
             error = wal_error or file_error
             previous = self.failure
             self.failure = (f"{type(error).__name__}: {error}" if error is not None else None)
+            if error is None:
+                self.failing_since = None
+            elif self.failing_since is None:
+                self.failing_since = time.monotonic()
             done, failed, waiting = [], [], []
             for c, f, registered, callback in self._waiters:
                 if self.durable >= c and self.written >= f:
@@ -537,13 +544,15 @@ class _Writer:
             }
 
     def problem(self) -> str | None:
-        """A sentence when the disk is not keeping up, else None."""
+        """A sentence when the disk has not kept up for a while, else None."""
         with self._cond:
-            waiting = time.monotonic() - self.pending_since if self.pending_since is not None else 0.0
+            now = time.monotonic()
+            waiting = now - self.pending_since if self.pending_since is not None else 0.0
             failure = self.failure
-        if failure is not None:
-            return (f"the state directory's disk fails to write ({failure}): events and records wait in memory "
-                    f"and page cache; check the SD card (dmesg, free space)")
+            failing = now - self.failing_since if self.failing_since is not None else 0.0
+        if failure is not None and failing > FAILING_FOR_S:
+            return (f"the state directory's disk has failed writes for {failing:.0f} s ({failure}): they are kept "
+                    f"and tried again; check the SD card (dmesg, free space)")
         if waiting > STALLED_AFTER_S:
             return (f"the state directory's disk has not confirmed a write for {waiting:.0f} s: check the SD "
                     f"card (dmesg); the hub restarts itself if it stays stuck")

@@ -113,7 +113,7 @@ async def test_a_failing_disk_fails_durable_and_recovers(tmp_path):
     with pytest.raises(DiskError) as err:
         await asyncio.wait_for(store.durable(), 5)
     assert "Input/output error" in str(err.value) and "SD card" in str(err.value)
-    assert "Input/output error" in store.disk_problem()
+    assert "Input/output error" in store.writer_view()["failure"]
     assert outbox.rows_after(0, 10) == []  # not durable: not sent
     disk.fail = None  # the card answers again: the writer tries again by itself
     await asyncio.wait_for(store.durable(), 5)
