@@ -5,9 +5,12 @@ to the state machines and the decision logic; what they decide goes back to
 drivers as commands, to the ledgers as records and to the outbox as events.
 The uplink drains the outbox beside the hardware loops and never blocks them.
 
-Each charger is polled by its own task, so a silent charger only ever delays
-itself (R-C6). Every change that matters is written before it is acted on, so
-a restart picks up where the hub stopped (R-C9).
+Each charger is polled by its own supervised loop, so a silent charger only
+ever delays itself (R-C6), and an error in one round is counted and the next
+round tries again (edge/supervision.py). A state change and the events that
+report it are one commit; every change that matters is on disk before it is
+acted on (``Store.durable``), so a restart picks up where the hub stopped
+(R-C9).
 """
 
 from __future__ import annotations

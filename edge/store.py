@@ -55,7 +55,9 @@ Why this keeps the hub's promises after a power cut:
 SQLite syncs the WAL header itself when it starts reusing the WAL after a
 checkpoint (out-of-order writes could otherwise corrupt it). The writer makes
 that happen on its own connection right after its checkpoint, at a quiet
-moment; a loop commit arriving in the same instant waits for that one fsync.
+moment; a loop commit arriving in the same instant waits for that one fsync,
+and if the loop held the lock then, its next commit makes the sync itself:
+at most one fsync on the loop per checkpoint.
 
 Opening never raises because a file is damaged: a corrupt part is moved aside
 (``name.corrupt-<UTC time>``), the last good copy (``.bak``) or an empty store
