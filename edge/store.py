@@ -351,15 +351,18 @@ class _Writer:
             return self.durable >= target[0] and self.written >= target[1]
 
     def wait_for(self, target: tuple[int, int], callback: Callable[[BaseException | None], None]) -> None:
+        closed = False
         with self._cond:
             if self.durable >= target[0] and self.written >= target[1]:
                 ready = True
+            elif self._stop:
+                ready, closed = True, True
             else:
                 ready = False
                 self._waiters.append((target[0], target[1], self._rounds, callback))
                 self._cond.notify()
         if ready:
-            callback(None)
+            callback(DiskError("the store is closed: nothing more is written") if closed else None)
 
     def on_durable(self, listener: Callable[[int], None]) -> None:
         with self._cond:
@@ -393,7 +396,14 @@ class _Writer:
                 self._rounds += 1
                 round_no = self._rounds
             if commits > self.durable or queued > self.written or self.failure:
-                self._round(round_no, commits, queued, files)
+                try:
+                    self._round(round_no, commits, queued, files)
+                except Exception as e:  # a bug here must not end the thread every durable() waits on
+                    log.exception("store.writer_round_failed")
+                    with self._cond:
+                        self.failure = f"{type(e).__name__}: {e}"
+                        for path, job in files.items():
+                            self._files.setdefault(path, job)
                 retry_at = time.monotonic() + 0.5
             with self._cond:
                 if stopping and (not self._work() or self.failure is not None):

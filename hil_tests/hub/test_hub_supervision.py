@@ -75,7 +75,11 @@ async def test_a_sqlite_error_in_a_poll_round_is_counted_polling_goes_on_and_the
             await asyncio.sleep(0.1)
         row = await _task(d, "charger CH1 polling")
         assert row["detail"]["failed_iterations"] >= 3 and "disk I/O error" in row["last_error"], row
-        assert (await d.connector("C1"))["status"] == "Preparing"  # as stored: nothing recorded half
+        before = await d.connector("C1")
+        assert before["status"] == "Preparing"  # as stored: nothing recorded half
+        await asyncio.sleep(1.0)
+        # CH1 is still read meanwhile: the energy the cost cap watches keeps coming in.
+        assert (await d.connector("C1"))["energy_wh"] > before["energy_wh"]
         # The other charger is still followed meanwhile.
         sims["CH2"].plug(0, soc=50)
         await d.wait_connector("C3", "Preparing")
