@@ -26,9 +26,9 @@ from datetime import datetime
 from typing import Any, Awaitable, Callable
 
 from drivers.device import DeviceHealth
+from edge import supervision
 from edge.clock import Clock, parse_rfc3339, rfc3339
 from edge.config import HubConfig
-from edge import supervision
 from edge.sessions import Session, SessionLedger
 from edge.store import DiskError, Store
 from edge.supervision import Supervisor
