@@ -79,7 +79,6 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -277,12 +276,6 @@ class AtomicJSONStorage(Storage):
             self._store(pending)
 
 
-@dataclass
-class _FileWrite:
-    data: bytes
-    ticket: int
-
-
 class _Writer:
     """The store's one writer thread (see the module docstring).
 
@@ -296,18 +289,17 @@ class _Writer:
     Holds no reference to the Store, so a store dropped without close() lets
     this thread end (weakref.finalize)."""
 
-    def __init__(self, state_dir: Path, db_path: Path, fsync: Fsync, busy_timeout_ms: int):
+    def __init__(self, state_dir: Path, db_path: Path, fsync: Fsync):
         self.state_dir = state_dir
         self.db_path = db_path
         self.wal_path = db_path.with_name(db_path.name + "-wal")
         self._fsync = fsync
-        self._busy_timeout_ms = busy_timeout_ms
         self._cond = threading.Condition()
         self.committed = 0
         self.durable = 0
         self.queued = 0
         self.written = 0
-        self._files: dict[Path, _FileWrite] = {}
+        self._files: dict[Path, bytes] = {}  # document sets to write, newest content per file
         # (commits, documents, rounds begun when it started waiting, callback)
         self._waiters: list[tuple[int, int, int, Callable[[BaseException | None], None]]] = []
         self._rounds = 0
@@ -337,7 +329,7 @@ class _Writer:
     def write_file(self, path: Path, data: bytes) -> None:
         with self._cond:
             self.queued += 1
-            self._files[path] = _FileWrite(data, self.queued)  # a newer content replaces one not yet written
+            self._files[path] = data  # a newer content replaces one not yet written
             if self.pending_since is None:
                 self.pending_since = time.monotonic()
             self._cond.notify()
@@ -402,8 +394,8 @@ class _Writer:
                     log.exception("store.writer_round_failed")
                     with self._cond:
                         self.failure = f"{type(e).__name__}: {e}"
-                        for path, job in files.items():
-                            self._files.setdefault(path, job)
+                        for path, data in files.items():
+                            self._files.setdefault(path, data)
                 retry_at = time.monotonic() + 0.5
             with self._cond:
                 if stopping and (not self._work() or self.failure is not None):
@@ -420,19 +412,19 @@ class _Writer:
         for *_, callback in waiters:
             callback(DiskError(f"the store closed before its writes were on disk ({self.failure or 'closing'})"))
 
-    def _round(self, round_no: int, commits: int, queued: int, files: dict[Path, _FileWrite]) -> None:
+    def _round(self, round_no: int, commits: int, queued: int, files: dict[Path, bytes]) -> None:
         """One group commit: the document sets handed over, then one fsync of
         the WAL covering the first ``commits`` commits (they were all written
         to it before this round began)."""
         wal_error: OSError | None = None
         file_error: OSError | None = None
-        for path, job in files.items():
+        for path, data in files.items():
             try:
-                atomic_write(path, job.data, backup=True, fsync=self._fsync)
+                atomic_write(path, data, backup=True, fsync=self._fsync)
             except OSError as e:
                 file_error = file_error or e
                 with self._cond:
-                    self._files.setdefault(path, job)  # tried again, unless newer content came meanwhile
+                    self._files.setdefault(path, data)  # tried again, unless newer content came meanwhile
         if commits > self.durable:
             try:
                 self._sync_wal()
@@ -610,7 +602,7 @@ class Store:
         _fsync_dir(self.state_dir, fsync)
         self.db = self._open_db()
         self.db.execute("CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        self._writer = _Writer(self.state_dir, self.db_path, fsync, busy_timeout_ms)
+        self._writer = _Writer(self.state_dir, self.db_path, fsync)
         weakref.finalize(self, self._writer.close)
 
     # -- sqlite
