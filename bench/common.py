@@ -23,6 +23,7 @@ class Result:
     goal: float | None = None
     lower_is_better: bool = True
     command: str = ""  # the command that reproduces this figure
+    ratio_goal: float | None = None  # a goal on the ratio to the baseline instead of the value
 
     @property
     def ratio(self) -> float:
@@ -32,9 +33,19 @@ class Result:
 
     @property
     def ok(self) -> bool | None:
+        if self.ratio_goal is not None:
+            return self.ratio <= self.ratio_goal if self.lower_is_better else self.ratio >= self.ratio_goal
         if self.goal is None:
             return None
         return self.value <= self.goal if self.lower_is_better else self.value >= self.goal
+
+    def goal_text(self) -> str:
+        """'  goal ≤ 10 ms: ok', '  goal ratio ≤ 1.2: MISSED' or '' (no goal)."""
+        if self.ok is None:
+            return ""
+        sign = "≤" if self.lower_is_better else "≥"
+        target = f"ratio {sign} {self.ratio_goal:g}" if self.ratio_goal is not None else f"{sign} {self.goal:g} {self.unit}"
+        return f"  goal {target}: {'ok' if self.ok else 'MISSED'}"
 
     def as_dict(self) -> dict:
         d = asdict(self)

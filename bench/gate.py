@@ -186,7 +186,9 @@ class _CoilClock:
         return self.stamps[count]
 
 
-async def _end_to_end(n: int, reads: int, rng: random.Random) -> tuple[list[float], list[float]]:
+async def _end_to_end(n: int, reads: int, rng: random.Random, background=None) -> tuple[list[float], list[float]]:
+    """``background(hub)``, if given, is a coroutine run beside the reads
+    (bench/stall.py: bursts of events)."""
     import tempfile
 
     from pymodbus.client import AsyncModbusTcpClient
@@ -219,6 +221,7 @@ async def _end_to_end(n: int, reads: int, rng: random.Random) -> tuple[list[floa
     site = next(p for p in hub.capabilities if p.name == "site")
     ours: list[float] = []
     base: list[float] = []
+    extra = asyncio.get_running_loop().create_task(background(hub)) if background else None
     try:
         await site.start()
         rt = site.gates["G-IN"]
@@ -277,6 +280,8 @@ async def _end_to_end(n: int, reads: int, rng: random.Random) -> tuple[list[floa
         server.close()
         client.close()
     finally:
+        if extra is not None:
+            extra.cancel()
         hub.store.close()
         await sim.stop()
         logging.getLogger().handlers.clear()

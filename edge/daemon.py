@@ -12,6 +12,7 @@ from edge.clock import parse_rfc3339
 from edge.config import HubConfig
 from edge.control import Caller, ControlError, ControlServer
 from edge.hub import Hub, NotFound, Refused
+from edge.store import DiskError
 
 log = logging.getLogger("hubedge.daemon")
 
@@ -44,7 +45,7 @@ def control_handlers(hub: Hub) -> dict:
         return hub.status()
 
     async def devices(args: dict, caller: Caller, progress) -> list:
-        return [d.as_dict() for d in hub.devices.values()]
+        return hub.device_views()
 
     async def sessions(args: dict, caller: Caller, progress) -> list:
         limit = args.get("limit", 100)
@@ -74,21 +75,23 @@ def control_handlers(hub: Hub) -> dict:
         action = _arg(args, "action")
         cid = _arg(args, "id")
         reason = _arg(args, "reason", required=False) or ""
-        if action == "unavailable":
-            if not reason:
+        if action in ("unavailable", "available"):
+            if action == "unavailable" and not reason:
                 raise ControlError("reason_required", "say why with --reason (it goes into the audit log), e.g. --reason 'cable damaged'")
-            result = hub.set_availability(cid, False, f"technician: {reason}")
-        elif action == "available":
-            result = hub.set_availability(cid, True, reason or "technician")
+            with hub.store.transaction():  # the change and its audit event, one commit
+                if action == "unavailable":
+                    result = hub.set_availability(cid, False, f"technician: {reason}")
+                else:
+                    result = hub.set_availability(cid, True, reason or "technician")
+                hub.audit(caller.user, f"connector.{action}", cid, reason, result)
         elif action == "unlock":
             ok = await hub.unlock(cid)
             result = f"connector {cid} unlocked" if ok else f"connector {cid} stayed locked: check the connector's latch and the charger's own display"
+            hub.audit(caller.user, "connector.unlock", cid, reason, result if ok else "failed")
             if not ok:
-                hub.audit(caller.user, "connector.unlock", cid, reason, "failed")
                 raise ControlError("device_failed", result)
         else:
             raise ControlError("bad_request", f"unknown connector action {action!r}: use available, unavailable or unlock")
-        hub.audit(caller.user, f"connector.{action}", cid, reason, result)
         return {"connector": cid, "message": result, "state": hub.connectors[cid].state}
 
     async def session_stop(args: dict, caller: Caller, progress) -> dict:
@@ -120,11 +123,33 @@ def control_handlers(hub: Hub) -> dict:
     }
 
 
+def durable_replies(handlers: dict, store) -> dict:
+    """Each command's reply is sent once what it changed is on disk: a power
+    cut after a technician read "done" must not undo it. A command that
+    committed nothing (a status) answers at once."""
+
+    def durable(handler):
+        async def answer(args: dict, caller: Caller, progress):
+            before = store.commits
+            data = await handler(args, caller, progress)
+            if store.commits != before:
+                try:
+                    await store.durable()
+                except DiskError as exc:
+                    raise ControlError("disk_failed", f"done, but not yet on disk: {exc}") from None
+            return data
+
+        return answer
+
+    return {name: durable(handler) for name, handler in handlers.items()}
+
+
 async def serve(cfg: HubConfig, *, ready_timeout: float = 10.0) -> int:
     hub = Hub(cfg)
     handlers = control_handlers(hub)
     for part in hub.capabilities:
         handlers.update(part.control_handlers())
+    handlers = durable_replies(handlers, hub.store)
     refused_at: dict[str, float] = {}
 
     def audit_refusal(caller: Caller) -> None:
@@ -171,7 +196,7 @@ async def serve(cfg: HubConfig, *, ready_timeout: float = 10.0) -> int:
     watchdog = None
     interval = systemd.watchdog_interval()
     if interval:
-        watchdog = loop.create_task(_watchdog(interval))
+        watchdog = loop.create_task(systemd.watchdog(interval, hub.health_problems))
     await stop.wait()
     log.info("daemon.stopping")
     systemd.notify("STOPPING=1")
@@ -181,14 +206,6 @@ async def serve(cfg: HubConfig, *, ready_timeout: float = 10.0) -> int:
     await hub.stop()
     log.info("daemon.stopped")
     return 0
-
-
-async def _watchdog(interval: float) -> None:
-    # Pinged from the main loop itself: if the loop is stuck, the pings stop
-    # and systemd restarts the daemon.
-    while True:
-        systemd.notify("WATCHDOG=1")
-        await asyncio.sleep(interval)
 
 
 def run(cfg: HubConfig) -> int:

@@ -394,6 +394,9 @@ class Downlink:
             result = handler(message)
             if inspect.isawaitable(result):
                 result = await result
+            # What it changed (a document set, rows) is on disk before the
+            # message counts as handled: the two are separate files.
+            await self.store.durable()
         except Rejected as e:
             answer = self._refusal(message["id"], kind, e.code or "rejected", e.message, e.data)
             self._remember(message["id"], kind, answer)

@@ -5,14 +5,18 @@ to the state machines and the decision logic; what they decide goes back to
 drivers as commands, to the ledgers as records and to the outbox as events.
 The uplink drains the outbox beside the hardware loops and never blocks them.
 
-Each charger is polled by its own task, so a silent charger only ever delays
-itself (R-C6). Every change that matters is written before it is acted on, so
-a restart picks up where the hub stopped (R-C9).
+Each charger is polled by its own supervised loop, so a silent charger only
+ever delays itself (R-C6), and an error in one round is counted and the next
+round tries again (edge/supervision.py). A state change and the events that
+report it are one commit; every change that matters is on disk before it is
+acted on (``Store.durable``), so a restart picks up where the hub stopped
+(R-C9).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -22,9 +26,12 @@ from datetime import datetime
 from typing import Any, Awaitable, Callable
 
 from drivers.device import DeviceHealth
+from edge import supervision
 from edge.clock import Clock, parse_rfc3339, rfc3339
 from edge.config import HubConfig
 from edge.sessions import Session, SessionLedger
+from edge.store import DiskError, Store
+from edge.supervision import Supervisor
 from state_machines.connector import ACTIVE, Connector, apply_hardware, build_machine
 
 log = logging.getLogger("hubedge.hub")
@@ -85,10 +92,20 @@ class Capability:
         self.hub = hub
 
     async def start(self) -> None:
-        """Open devices, start tasks (use hub.spawn)."""
+        """Open devices, start tasks: ``spawn_loop`` for a loop that runs as
+        long as the hub, ``hub.spawn`` for a one-off."""
 
     async def stop(self) -> None:
-        """Close devices; tasks spawned with hub.spawn are cancelled by the hub."""
+        """Close devices; tasks spawned with hub.spawn or spawn_loop are cancelled by the hub."""
+
+    def spawn_loop(self, name: str, loop: Callable[[], Awaitable[None]], *, critical: bool = True) -> None:
+        """Run ``loop()``, a coroutine function that loops until the hub
+        stops, supervised (edge/supervision.py): if it ends or raises it is
+        reported and started again after a back-off, and it shows in
+        `hubctl devices` as "<part>: <name>". A critical loop that stays down
+        (or, once it has called ``hub.beat()``, stops calling it) withholds
+        the systemd watchdog's pings, so systemd restarts the hub."""
+        self.hub.supervise(f"{self.name}: {name}", loop, critical=critical)
 
     def tick(self, now: datetime) -> None:
         """Once a second: timeouts, retries, schedules."""
@@ -133,6 +150,26 @@ def load_capabilities(hub: "Hub") -> list[Capability]:
     return parts
 
 
+# What a connector's state is made of in memory; a failed commit puts it back.
+_CONNECTOR_FIELDS = ("state", "hw", "session_id", "last_session_id", "reserved_for", "admin_unavailable",
+                     "fault_reason", "fault_kind", "since")
+
+
+@contextlib.contextmanager
+def _changing(*connectors: Connector):
+    """Undo the in-memory side of a change whose commit fails: the connector
+    is again what the database says, so the next reading or call makes the
+    same change anew (with its event) instead of finding it already made."""
+    saved = [(c, {k: getattr(c, k) for k in _CONNECTOR_FIELDS}) for c in connectors]
+    try:
+        yield
+    except BaseException:
+        for c, fields in saved:
+            for k, v in fields.items():
+                setattr(c, k, v)
+        raise
+
+
 @dataclass
 class ConnectorPlace:
     charger_id: str
@@ -144,7 +181,6 @@ class ConnectorPlace:
 class Hub:
     def __init__(self, cfg: HubConfig, *, clock: Clock | None = None):
         from edge.outbox import Outbox
-        from edge.store import Store
 
         self.cfg = cfg
         self.hub_id = cfg.hub.id
@@ -186,6 +222,9 @@ class Hub:
         self._tokens_lock = asyncio.Lock()
         self._bookings_lock = asyncio.Lock()
         self.stopping = False
+        self.supervisor = Supervisor(clock=self.clock, spawn=self._spawn, alarm=self._task_alarm,
+                                     stopping=lambda: self.stopping)
+        self._writer_state = ("ok", self.clock.now())
         self.events_put = 0
         self.last_sync: dict[str, datetime] = {}
         self._build_connectors()
@@ -260,17 +299,23 @@ class Hub:
 
     # ----------------------------------------------------------------- events
     def emit(self, type_: str, data: dict) -> None:
-        """Record an event durably in the outbox (the uplink sends it)."""
-        if type_ == "sync.applied" and data.get("kind"):
-            self.last_sync[data["kind"]] = self.clock.now()
-        env = self.outbox.put(type_, data, offline=not self.link_up)
-        self.events_put += 1
-        brief = " ".join(f"{k}={data[k]}" for k in ("connector", "status", "session", "device", "reason", "action") if data.get(k) is not None)
-        log.info("event type=%s seq=%s %s", type_, env.seq, brief)
+        """Record an event in the outbox (the uplink sends it once durable).
+        Inside a store.transaction() it commits with the state change it
+        reports, or not at all."""
+        with self.store.transaction():
+            env = self.outbox.put(type_, data, offline=not self.link_up)
+            self.store.after_commit(lambda: self._emitted(type_, data, env.seq))
         alarm = self.outbox.take_quota_alarm()
         if alarm:
             self.outbox.put("device.alarm", alarm, offline=not self.link_up)
             self.events_put += 1
+
+    def _emitted(self, type_: str, data: dict, seq: int) -> None:
+        if type_ == "sync.applied" and data.get("kind"):
+            self.last_sync[data["kind"]] = self.clock.now()
+        self.events_put += 1
+        brief = " ".join(f"{k}={data[k]}" for k in ("connector", "status", "session", "device", "reason", "action") if data.get(k) is not None)
+        log.info("event type=%s seq=%s %s", type_, seq, brief)
 
     def _publish_state(self, c: Connector) -> None:
         if self.uplink is not None:
@@ -298,15 +343,22 @@ class Hub:
         }
 
     def _changed(self, c: Connector, previous: str, reason: str | None = None) -> None:
+        """Record a state change the machine made: the state and its event in
+        one commit (joining the caller's transaction, if any); the retained
+        state and the parts hear of it once that commit stands. Callers make
+        the change inside ``_changing(c)``."""
         c.since = self.clock.now()
         data = {"connector": c.id, "status": c.state, "previous": previous}
         if reason:
             data["reason"] = reason
         if c.session_id:
             data["session"] = c.session_id
-        with self.store.transaction():  # the state and its event, one commit
+        with self.store.transaction():
             self._persist(c)
             self.emit("connector.status", data)
+            self.store.after_commit(lambda: self._after_change(c, previous))
+
+    def _after_change(self, c: Connector, previous: str) -> None:
         self._publish_state(c)
         if c.state != "Finishing":
             self._idle_reported.discard(c.id)
@@ -317,101 +369,131 @@ class Hub:
                 log.exception("capability.failed part=%s hook=connector_changed", part.name)
 
     # ------------------------------------------------------------------ polls
-    async def _poll_loop(self, charger_id: str) -> None:
-        driver = self.chargers[charger_id]
-        interval = self.cfg.charging.poll_interval_s
-        while not self.stopping:
-            t0 = time.monotonic()
+    async def _poll_once(self, charger_id: str) -> None:
+        """One round of a charger's polling (a supervised loop: an error in
+        applying the readings is counted and the next round tries again)."""
+        try:
             try:
-                readings = await driver.poll()
-            except Exception as exc:  # ChargerUnavailable, or a driver bug: never kill the loop
+                readings = await self.chargers[charger_id].poll()
+            except Exception as exc:  # ChargerUnavailable, or a driver bug: the charger is not answering
                 self._poll_failed(charger_id, str(exc) or type(exc).__name__)
             else:
                 self._poll_ok(charger_id, readings)
+        finally:
             self._polled.add(charger_id)
             if len(self._polled) == len(self.chargers):
                 self.ready.set()
-            await asyncio.sleep(max(0.0, interval - (time.monotonic() - t0)))
+
+    def _poll_stall_s(self) -> float:
+        """How long a charger's polling may go without a good round before
+        the watchdog counts it as stuck: ten rounds and three timeouts."""
+        charging = self.cfg.charging
+        return max(5.0, 10 * charging.poll_interval_s + 3 * charging.modbus_timeout_s)
 
     def _poll_failed(self, charger_id: str, reason: str) -> None:
         driver = self.chargers[charger_id]
         if driver.health.state != "fault":
             return  # not yet N failed polls
-        for cid, place in self.places.items():
-            if place.charger_id != charger_id:
-                continue
-            c = self.connectors[cid]
-            if c.state != "Faulted":
-                prev = c.state
-                c.fault_kind = "comm"
-                c.fault_reason = f"charger {charger_id} not answering: {reason}"
-                c.trigger("fault")
-                self._changed(c, prev, "charger_unreachable")
-        if charger_id not in self._faults_reported:
-            self._faults_reported.add(charger_id)
-            self.emit(
-                "device.fault",
-                {"device": charger_id, "class": "charger", "reason": f"no answer to {self.cfg.charging.fault_after_polls} polls: {reason}; check its power and network"},
-            )
+        ours = [self.connectors[cid] for cid, place in self.places.items() if place.charger_id == charger_id]
+        # Its connectors' faults and the device fault: one commit.
+        with _changing(*ours), self.store.transaction():
+            for c in ours:
+                self._fault(c, "comm", f"charger {charger_id} not answering: {reason}", "charger_unreachable")
+            if charger_id not in self._faults_reported:
+                self.emit(
+                    "device.fault",
+                    {"device": charger_id, "class": "charger", "reason": f"no answer to {self.cfg.charging.fault_after_polls} polls: {reason}; check its power and network"},
+                )
+                self.store.after_commit(lambda: self._faults_reported.add(charger_id))
+
+    def _fault(self, c: Connector, kind: str, why: str, reason: str) -> None:
+        """Put a connector in fault (unless it is already): ``kind`` decides
+        how it recovers, ``why`` is shown to people, ``reason`` goes with
+        its event."""
+        if c.state == "Faulted":
+            return
+        prev = c.state
+        c.fault_kind = kind
+        c.fault_reason = why
+        c.trigger("fault")
+        self._changed(c, prev, reason)
 
     def _poll_ok(self, charger_id: str, readings: dict) -> None:
         if charger_id in self._faults_reported:
-            self._faults_reported.discard(charger_id)
             health = self.devices[charger_id]
             down = health.last_down_s if health.last_down_s is not None else 0
             self.emit("device.recovered", {"device": charger_id, "class": "charger", "down_for_s": max(0, round(down))})
+            self._faults_reported.discard(charger_id)
+        failed: Exception | None = None
         for cid, reading in readings.items():
             if cid not in self.connectors:
                 continue
             self.readings[cid] = reading
-            self._apply_reading(self.connectors[cid], reading)
+            try:
+                self._apply_reading(self.connectors[cid], reading)
+            except Exception as exc:  # the charger's other connectors are still followed
+                failed = failed or exc
+        if failed is not None:
+            raise failed
         if charger_id not in self._starts_resumed:
             self._starts_resumed.add(charger_id)
             self._resume_starts(charger_id)
 
     def _apply_reading(self, c: Connector, reading) -> None:
+        """Feed one reading to the connector's machine. The state change, the
+        session step it makes (started, stopped) and their events are one
+        commit; if it fails, the connector is as before and the next reading
+        tries again."""
         hw = getattr(reading.status, "value", reading.status)
         if c.state == "Faulted":
             kind = c.fault_kind
             if kind == "unlock" and hw != "unplugged":
                 return  # stays faulted until unlocked or the cable is out (R-C5)
-        prev = c.state
-        step = apply_hardware(c, hw)
-        if step.trigger is None:
-            return
-        reason = None
-        if step.trigger == "fault":
-            c.fault_kind = "hardware"
-            c.fault_reason = f"charger reports a fault on connector {c.id} (status code {getattr(reading, 'raw_status', '?')})"
-            reason = "charger_fault"
-        elif step.trigger == "recover":
-            c.fault_kind = None
-            c.fault_reason = None
-            reason = "recovered"
-        self._changed(c, prev, reason)
-        self._after_step(c, prev, reading)
+        with _changing(c):
+            prev = c.state
+            step = apply_hardware(c, hw)
+            if step.trigger is None:
+                return
+            reason = None
+            if step.trigger == "fault":
+                c.fault_kind = "hardware"
+                c.fault_reason = f"charger reports a fault on connector {c.id} (status code {getattr(reading, 'raw_status', '?')})"
+                reason = "charger_fault"
+            elif step.trigger == "recover":
+                c.fault_kind = None
+                c.fault_reason = None
+                reason = "recovered"
+            with self.store.transaction():
+                self._changed(c, prev, reason)
+                self._after_step(c, prev, reading)
 
     def _after_step(self, c: Connector, prev: str, reading) -> None:
+        """The session side of a connector step, inside its transaction; what
+        it sets going (hooks, unlock, a free-vend start) starts once the
+        transaction has committed."""
         place = self.places[c.id]
+        later = self.store.after_commit
         s = self.sessions.get(c.session_id) if c.session_id else None
         if s and s.status == "starting" and c.state in ACTIVE:
             s.status = "active"
             if s.meter_start_wh is None:
                 s.meter_start_wh = reading.energy_wh
-            self.sessions.update(s, self.clock.now())
-            self.emit("session.started", self._session_event(s))
-            self._run_hooks(self.session_started_hooks, s)
+            with self.store.transaction():  # the session row and its event
+                self.sessions.update(s, self.clock.now())
+                self.emit("session.started", self._session_event(s))
+            later(lambda: self._run_hooks(self.session_started_hooks, s))
         if s and c.state not in ("Preparing", "Faulted", *ACTIVE):
             # Finishing (charge ended) or Available/Reserved (unplugged).
             default = "ev_disconnected" if c.state in ("Available", "Reserved") else "ev_finished"
-            self._end_session(c, s, self._stop_reasons.pop(s.id, default), reading)
+            self._end_session(c, s, self._stop_reasons.get(s.id, default), reading)
+            later(lambda: self._stop_reasons.pop(s.id, None))
         if c.state == "Finishing" and prev != "Finishing":
-            self._spawn(self._unlock(c, retries=self.cfg.charging.unlock_retries))
+            later(lambda: self._spawn(self._unlock(c, retries=self.cfg.charging.unlock_retries)))
         if c.state == "Preparing" and prev != "Preparing" and not c.session_id and place.free_vend:
-            self._spawn(self._start_free_vend(c.id))
+            later(lambda: self._spawn(self._start_free_vend(c.id)))
         if c.state in ("Available", "Finishing") and c.id in self._pending_unavailable and not c.session_id:
-            reason = self._pending_unavailable.pop(c.id)
-            self._set_unavailable(c, reason)
+            self._set_unavailable(c, self._pending_unavailable[c.id])
+            later(lambda: self._pending_unavailable.pop(c.id, None))
 
     async def _start_free_vend(self, connector_id: str) -> None:
         try:
@@ -499,14 +581,18 @@ class Hub:
             s.vat_rate = tariff.vat_rate
             s.currency = tariff.currency
         # Write-ahead: the ledger knows about the start before the charger
-        # does; session and connector in one commit (one fsync on the way
-        # from a tap to the charger).
-        c.session_id = s.id
-        with self.store.transaction():
+        # does; session and connector in one commit, on disk before the
+        # charger hears of it.
+        with _changing(c), self.store.transaction():
+            c.session_id = s.id
             self.sessions.insert(s, now)
             self._persist(c)
         log.info("session.starting session=%s connector=%s method=%s", s.id, connector_id, method)
-        await self.store.durable()
+        try:
+            await self.store.durable()
+        except DiskError as exc:
+            self._fail_start(c, s, f"the hub could not record the start on disk: {exc}")
+            raise Refused(f"the start was not sent: {exc}", code="disk_failed") from None
         try:
             await self.chargers[place.charger_id].start(connector_id)
         except Exception as exc:
@@ -515,16 +601,19 @@ class Hub:
         return s
 
     def _fail_start(self, c: Connector, s: Session, reason: str) -> None:
+        """A session that never charged ends as failed: its row, the
+        connector and session.stopped in one commit."""
         s.status = "failed"
         s.stop_reason = reason
         s.stopped_at = self.clock.now()
         s.energy_wh = 0
-        self.sessions.update(s, self.clock.now())
-        if c.session_id == s.id:
-            c.session_id = None
-            self._persist(c)
-        self.emit("session.stopped", self._stopped_event(s))
-        self._run_hooks(self.session_ended_hooks, s)
+        with _changing(c), self.store.transaction():
+            self.sessions.update(s, self.clock.now())
+            if c.session_id == s.id:
+                c.session_id = None
+                self._persist(c)
+            self.emit("session.stopped", self._stopped_event(s))
+            self.store.after_commit(lambda: self._run_hooks(self.session_ended_hooks, s))
 
     def _stopped_event(self, s: Session) -> dict:
         d = {
@@ -544,6 +633,8 @@ class Hub:
         return d
 
     def _end_session(self, c: Connector, s: Session, reason: str, reading) -> None:
+        """The session's row with its energy, the connector and
+        session.stopped (R-P9 invoices from it) in one commit."""
         now = self.clock.now()
         if s.status == "starting":
             self._fail_start(c, s, "truck unplugged before charging started" if reason == "ev_disconnected" else reason)
@@ -556,12 +647,16 @@ class Hub:
         s.signed_stop = getattr(reading, "signed_meter_value", None)
         start = s.meter_start_wh if s.meter_start_wh is not None else reading.energy_wh
         s.energy_wh = max(0, reading.energy_wh - start)
-        self.sessions.update(s, now)
-        c.last_session_id = s.id
-        c.session_id = None
-        self._persist(c)
-        self.emit("session.stopped", self._stopped_event(s))
-        log.info("session.stopped session=%s connector=%s reason=%s energy_wh=%d", s.id, c.id, reason, s.energy_wh)
+        with _changing(c), self.store.transaction():
+            self.sessions.update(s, now)
+            c.last_session_id = s.id
+            c.session_id = None
+            self._persist(c)
+            self.emit("session.stopped", self._stopped_event(s))
+            self.store.after_commit(lambda: self._session_ended(c, s))
+
+    def _session_ended(self, c: Connector, s: Session) -> None:
+        log.info("session.stopped session=%s connector=%s reason=%s energy_wh=%d", s.id, c.id, s.stop_reason, s.energy_wh)
         self._run_hooks(self.session_ended_hooks, s)
 
     async def stop_session(self, session_id: str, reason: str = "remote") -> Session:
@@ -576,6 +671,7 @@ class Hub:
         if s.status == "starting" and c.state == "Preparing":
             self._fail_start(c, s, f"stopped before charging began ({reason})")
             self._spawn(self._send(place.charger_id, "stop", s.connector))
+            self._stop_reasons.pop(s.id, None)
             return s
         try:
             await self.chargers[place.charger_id].stop(s.connector)
@@ -612,25 +708,22 @@ class Hub:
                     ok = False
                 if ok:
                     if c.state == "Faulted" and c.fault_kind == "unlock":
-                        prev = c.state
-                        c.fault_kind = None
-                        c.fault_reason = None
-                        c.trigger("recover")
-                        self._changed(c, prev, "unlocked")
+                        with _changing(c):
+                            prev = c.state
+                            c.fault_kind = None
+                            c.fault_reason = None
+                            c.trigger("recover")
+                            self._changed(c, prev, "unlocked")
                     log.info("connector.unlocked connector=%s attempt=%d", c.id, attempt + 1)
                     return True
                 if attempt < retries:
                     await asyncio.sleep(self.cfg.charging.unlock_retry_s)
-            self.emit(
-                "connector.unlock_failed",
-                {"connector": c.id, "attempts": retries + 1, "message": "the connector stayed locked: a technician can run `hubctl connector unlock " + c.id + "`"},
-            )
-            if c.state != "Faulted":
-                prev = c.state
-                c.fault_kind = "unlock"
-                c.fault_reason = f"unlock failed after {retries + 1} attempts"
-                c.trigger("fault")
-                self._changed(c, prev, "unlock_failed")
+            with _changing(c), self.store.transaction():  # the failure and the fault it causes, one commit
+                self.emit(
+                    "connector.unlock_failed",
+                    {"connector": c.id, "attempts": retries + 1, "message": "the connector stayed locked: a technician can run `hubctl connector unlock " + c.id + "`"},
+                )
+                self._fault(c, "unlock", f"unlock failed after {retries + 1} attempts", "unlock_failed")
             return False
         finally:
             self._unlocking.discard(c.id)
@@ -649,28 +742,30 @@ class Hub:
         return c
 
     def _set_unavailable(self, c: Connector, reason: str) -> None:
-        prev = c.state
-        c.admin_unavailable = reason
-        if c.state != "Unavailable":
-            if c.state == "Faulted":
-                self._persist(c)  # stays Faulted; recovery goes to Unavailable
-                return
-            c.trigger("take_out_of_service")
-            self._changed(c, prev, reason)
-        else:
-            self._persist(c)
+        with _changing(c), self.store.transaction():
+            prev = c.state
+            c.admin_unavailable = reason
+            if c.state != "Unavailable":
+                if c.state == "Faulted":
+                    self._persist(c)  # stays Faulted; recovery goes to Unavailable
+                    return
+                c.trigger("take_out_of_service")
+                self._changed(c, prev, reason)
+            else:
+                self._persist(c)
 
     def reserve_connector(self, connector_id: str, booking_id: str) -> bool:
         """Hold a connector for a booking (R-B3). Available becomes Reserved;
         in any other state the hold is remembered and shows once it is free."""
         c = self._connector(connector_id)
-        c.reserved_for = booking_id
-        if c.state == "Available":
-            prev = c.state
-            c.trigger("reserve")
-            self._changed(c, prev, f"reserved for booking {booking_id}")
-        else:
-            self._persist(c)
+        with _changing(c), self.store.transaction():
+            c.reserved_for = booking_id
+            if c.state == "Available":
+                prev = c.state
+                c.trigger("reserve")
+                self._changed(c, prev, f"reserved for booking {booking_id}")
+            else:
+                self._persist(c)
         return c.state == "Reserved"
 
     def release_connector(self, connector_id: str, booking_id: str | None = None) -> None:
@@ -678,13 +773,14 @@ class Hub:
         c = self._connector(connector_id)
         if booking_id is not None and c.reserved_for != booking_id:
             return
-        c.reserved_for = None
-        if c.state == "Reserved":
-            prev = c.state
-            c.trigger("release_reservation")
-            self._changed(c, prev, "reservation ended")
-        else:
-            self._persist(c)
+        with _changing(c), self.store.transaction():
+            c.reserved_for = None
+            if c.state == "Reserved":
+                prev = c.state
+                c.trigger("release_reservation")
+                self._changed(c, prev, "reservation ended")
+            else:
+                self._persist(c)
 
     def set_availability(self, connector_id: str, available: bool, reason: str) -> str:
         """R-C7. Returns what happened, for the person who asked."""
@@ -696,26 +792,23 @@ class Hub:
             self._set_unavailable(c, reason)
             return f"connector {c.id} is now {c.state}"
         self._pending_unavailable.pop(c.id, None)
-        if c.state == "Unavailable":
-            prev = c.state
-            c.admin_unavailable = None
-            c.trigger("return_to_service")
-            self._changed(c, prev, "available")
-            if c.state == "Preparing" and self.places[c.id].free_vend:
-                self._spawn(self._start_free_vend(c.id))
-        else:
-            c.admin_unavailable = None
-            self._persist(c)
+        with _changing(c), self.store.transaction():
+            if c.state == "Unavailable":
+                prev = c.state
+                c.admin_unavailable = None
+                c.trigger("return_to_service")
+                self._changed(c, prev, "available")
+                if c.state == "Preparing" and self.places[c.id].free_vend:
+                    self.store.after_commit(lambda: self._spawn(self._start_free_vend(c.id)))
+            else:
+                c.admin_unavailable = None
+                self._persist(c)
         return f"connector {c.id} is now {c.state}"
 
     # ----------------------------------------------------------------- ticks
-    async def _tick_loop(self) -> None:
-        while not self.stopping:
-            try:
-                self.tick(self.clock.now())
-            except Exception:
-                log.exception("tick.failed")
-            await asyncio.sleep(1.0)
+    def _tick_once(self) -> None:
+        self.tick(self.clock.now())
+        self.supervisor.check()
 
     def tick(self, now: datetime) -> None:
         charging = self.cfg.charging
@@ -730,11 +823,11 @@ class Hub:
             if c.state == "Finishing" and c.since and c.id not in self._idle_reported:
                 idle = (now - c.since).total_seconds()
                 if idle >= charging.idle_in_bay_after_s:
-                    self._idle_reported.add(c.id)
                     self.emit(
                         "connector.idle_in_bay",
                         {"connector": c.id, "bay": self.places[c.id].bay, "idle_s": int(idle), "session": c.last_session_id},
                     )
+                    self._idle_reported.add(c.id)
         self._apply_maintenance(now)
         for part in self.capabilities:
             try:
@@ -765,9 +858,29 @@ class Hub:
             log.warning("charger.command_failed charger=%s command=%s connector=%s error=%s", charger_id, command, connector_id, exc)
 
     def spawn(self, coro) -> asyncio.Task:
-        """Run a coroutine on the hub's loop; cancelled when the hub stops,
-        and a failure is logged rather than lost."""
+        """Run a one-off coroutine on the hub's loop; cancelled when the hub
+        stops, and a failure is logged rather than lost. A loop that runs as
+        long as the hub goes through ``supervise`` instead."""
         return self._spawn(coro)
+
+    def supervise(self, name: str, loop: Callable[[], Awaitable[None]], *, critical: bool = True) -> asyncio.Task:
+        """Run ``loop()`` until the hub stops, restarted if it ends
+        (Capability.spawn_loop says more)."""
+        return self.supervisor.run(name, loop, critical=critical)
+
+    def beat(self) -> None:
+        """Called by a supervised loop once per round of work: its heartbeat."""
+        supervision.beat()
+
+    def health_problems(self) -> list[str]:
+        """Why the hub is not making progress, in sentences; empty when it
+        is. The daemon pings the systemd watchdog only while this is empty."""
+        problems = self.supervisor.problems()
+        disk = self.store.disk_problem()
+        return problems + ([f"store writer: {disk}"] if disk else [])
+
+    def _task_alarm(self, code: str, message: str) -> None:
+        self.emit("device.alarm", {"alarm": code, "message": message})
 
     def device_event(self, ev) -> None:
         """A driver's DeviceFault / DeviceRecovered, on the loop: the device
@@ -911,10 +1024,12 @@ class Hub:
             if not isinstance(available, bool):
                 raise Rejected("schema", "args.available must be true or false")
             try:
-                result = self.set_availability(cid, available, str(args.get("reason") or "cloud command"))
+                with self.store.transaction():  # the change and its audit event, one commit
+                    result = self.set_availability(cid, available, str(args.get("reason") or "cloud command"))
+                    self.audit("cloud", "connector.available" if available else "connector.unavailable", cid,
+                               str(args.get("reason") or ""), result)
             except Refused as exc:
                 raise Rejected(exc.code, str(exc))
-            self.audit("cloud", "connector.available" if available else "connector.unavailable", cid, str(args.get("reason") or ""), result)
             return {"connector": cid, "message": result}
 
         async def stop_session(msg: dict) -> dict:
@@ -1018,8 +1133,8 @@ class Hub:
         self.downlink.register("bookings", bookings)
 
     def journal_booking(self, booking_id: str) -> None:
-        """Make one booking's current state durable now (a small SQLite
-        append, fsynced) — before the hub acts on it; the next full write of
+        """Record one booking's current state at once (a small SQLite append,
+        durable with the store's next group commit); the next full write of
         the book folds the journal in."""
         b = self.bookings.get(booking_id)
         if b is None:
@@ -1059,7 +1174,7 @@ class Hub:
             b = json.loads(body)
             upsert += b["upsert"]
             remove += b["remove"]
-        with self.store.transaction(durable=False):
+        with self.store.transaction():
             db.execute("DELETE FROM token_list_parts WHERE version = ?", (version,))
         whole = {k: v for k, v in msg.items() if k not in ("part", "parts")}
         whole.update(upsert=upsert, remove=remove)
@@ -1084,7 +1199,10 @@ class Hub:
                     db.insert_multiple(docs)
 
             await asyncio.to_thread(write)
-            with self.store.transaction(durable=False) as db:  # folded into the file just written
+            # The file is written by the store's writer: the journal it folds
+            # in may go only once the file is on disk.
+            await self.store.durable()
+            with self.store.transaction() as db:
                 db.execute("DELETE FROM booking_journal WHERE seq <= ?", (journalled,))
 
     async def request_resync(self, user: str, progress, timeout: float = 60.0) -> dict:
@@ -1093,11 +1211,12 @@ class Hub:
         from edge.downlink import SYNC_KINDS
 
         asked_at = self.clock.now()
-        if self.downlink is not None:
-            self.downlink.ask_resync("technician", requested_by=user, held={"tokens": {"version": self.tokens.version}})
-        else:
-            self.emit("sync.resync_requested", {"kinds": list(SYNC_KINDS), "requested_by": user, "reason": "technician"})
-        self.audit(user, "hub.resync", self.hub_id, "", "requested")
+        with self.store.transaction():  # the request and its audit, one commit
+            if self.downlink is not None:
+                self.downlink.ask_resync("technician", requested_by=user, held={"tokens": {"version": self.tokens.version}})
+            else:
+                self.emit("sync.resync_requested", {"kinds": list(SYNC_KINDS), "requested_by": user, "reason": "technician"})
+            self.audit(user, "hub.resync", self.hub_id, "", "requested")
         deadline = time.monotonic() + timeout
         done: list[str] = []
         while True:
@@ -1133,10 +1252,32 @@ class Hub:
             "ready": self.ready.is_set(),
             "clock": self.clock.view(),
             "connectors": connectors,
-            "devices": [d.as_dict() for d in self.devices.values()],
+            "devices": self.device_views(),
             "cloud": self.cloud_view(),
             "outbox": self.outbox_view(),
             **self._part_sections(),
+        }
+
+    def device_views(self) -> list[dict]:
+        """`hubctl devices`: every device, then the hub's own tasks and the
+        store's writer (class ``task``)."""
+        return [d.as_dict() for d in self.devices.values()] + self.supervisor.views() + [self._writer_view()]
+
+    def _writer_view(self) -> dict:
+        w = self.store.writer_view()
+        problem = self.store.disk_problem()
+        failing = w["failure"] is not None
+        state = "fault" if failing or problem else "ok"
+        if state != self._writer_state[0]:
+            self._writer_state = (state, self.clock.now())
+        return {
+            "device": "store writer",
+            "class": "task",
+            "state": state,
+            "since": rfc3339(self._writer_state[1]),
+            "last_error": problem or (f"the card fails writes ({w['failure']}): they are kept and tried again; "
+                                      f"check the SD card (dmesg, free space)" if failing else None),
+            "detail": {"critical": True, **w},
         }
 
     def _part_sections(self) -> dict:
@@ -1164,8 +1305,9 @@ class Hub:
     async def start(self) -> None:
         self._start_cloud()
         for charger_id in self.chargers:
-            self._spawn(self._poll_loop(charger_id))
-        self._spawn(self._tick_loop())
+            self.supervisor.loop(f"charger {charger_id} polling", lambda cid=charger_id: self._poll_once(cid),
+                                 every=self.cfg.charging.poll_interval_s, stall_after_s=self._poll_stall_s())
+        self.supervisor.loop("ticks (timeouts, schedules)", self._tick_once, every=1.0, stall_after_s=15.0)
         if self.cfg.storage.backup_interval_min:
             self._spawn(self._backup_loop(self.cfg.storage.backup_interval_min * 60))
         for part in self.capabilities:

@@ -160,13 +160,23 @@ def render_status(d: dict, style: Style) -> str:
         if d.get(section):
             lines.append("")
             lines.append(render_section(section, d[section], style))
-    faults = [x for x in d.get("devices", []) if x["state"] == "fault"]
+    devices = [x for x in d.get("devices", []) if x["class"] != "task"]
+    tasks = [x for x in d.get("devices", []) if x["class"] == "task"]
+    faults = [x for x in devices if x["state"] == "fault"]
     lines.append("")
     if faults:
         lines.append(style.bold("devices in fault"))
         lines.append(table([[f["device"], f["class"], _age(f["since"], now), f.get("last_error") or ""] for f in faults], ["DEVICE", "CLASS", "SINCE", "ERROR"], style))
     else:
-        lines.append(f"devices: {len(d.get('devices', []))} all answering")
+        lines.append(f"devices: {len(devices)} all answering")
+    stuck = [x for x in tasks if x["state"] == "fault"]
+    if stuck:
+        lines.append(style.bold("hub tasks not making progress"))
+        lines.append(table([[t["device"], _age(t["since"], now), t.get("last_error") or ""] for t in stuck], ["TASK", "SINCE", "WHAT HAPPENED"], style))
+    elif tasks:
+        failed = sum((t.get("detail") or {}).get("failed_iterations", 0) for t in tasks)
+        restarts = sum((t.get("detail") or {}).get("restarts", 0) for t in tasks)
+        lines.append(f"hub tasks: {len(tasks)} running" + (f" ({failed} failed rounds, {restarts} restarts: hubctl devices)" if failed or restarts else ""))
     cloud = d.get("cloud", {})
     ob = d.get("outbox", {})
     if not cloud.get("configured"):
@@ -261,7 +271,9 @@ EXAMPLES = {
 DESCRIPTIONS = {
     "devices": "Every device the hub drives (chargers, terminals, readers, barriers, cameras) with its state "
                "(ok, fault, unknown), since when, and the last error. A device in fault recovers by itself "
-               "when it answers again.",
+               "when it answers again. Then the hub's own tasks (class task: each charger's polling, the "
+               "ticks, the terminals' lanes, the cost watch, the store writer): fault means it is not making "
+               "progress, and the hub restarts itself if that lasts.",
     "sessions": "Charging sessions from the local ledger, newest first, with the portal's filters (R-S2). "
                 "Times are dates, RFC 3339 times or relative (30m, 2h, 3d, 1w). The token itself is never "
                 "shown, only its masked form.",

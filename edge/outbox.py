@@ -2,8 +2,12 @@
 has acknowledged it (R-M2), within a disk quota with a stated policy (R-M6).
 
 The contract follows thingsboard-gateway's event storage - put, read a batch,
-mark delivered, count - but a put is on disk (sqlite commit with fsync) when it
-returns.
+mark delivered, count. A put is committed when it returns, usually in the
+same transaction as the state change it reports; the store's writer thread
+makes it durable moments later (edge/store.py, group commit), and only then
+may it leave: ``rows_after`` and ``read_batch`` stop at the durable
+watermark, so the cloud never sees an event that a power cut could take back
+and whose seq the hub would then give to another event.
 
 Ordering and identity: each event gets the next ``seq`` of its stream inside
 the same transaction that stores it, so seqs are gapless from 1 and survive
@@ -22,12 +26,11 @@ progress still record their stop.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import json
 import logging
+import threading
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -98,10 +101,15 @@ class Outbox:
         self._quota_alarm: dict | None = None
         self._listeners: list = []
         self._note_quota()
-        # put_async: puts from one loop tick share a commit, done off the loop.
-        self._pending: list[tuple[dict, asyncio.Future]] = []
-        self._flusher: concurrent.futures.ThreadPoolExecutor | None = None
-        self._flush_task: asyncio.Task | None = None
+        # The durable watermark: every entry at or below ``durable_pos`` is on
+        # disk. Entries of commits not yet durable wait in ``_undurable`` as
+        # (commit number, highest position). What is here at open was made
+        # durable by the store when it opened.
+        row = store.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+        self.durable_pos = row[0] if row else 0
+        self._undurable: deque[tuple[int, int]] = deque()
+        self._watermark_lock = threading.Lock()
+        store.on_durable(lambda _commits: self._advance())
 
     # ------------------------------------------------------------------ put
     def put(self, type: str, data: Mapping[str, Any], *, stream: str | None = None, ts: datetime | None = None,
@@ -155,6 +163,7 @@ class Outbox:
 
     def _insert(self, db, rows: list[tuple]) -> None:
         db.executemany("INSERT INTO outbox(id, stream, seq, body, size, queued_at) VALUES (?, ?, ?, ?, ?, ?)", rows)
+        last_pos = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()[0]
         added_n: Counter[str] = Counter()
         added_b: Counter[str] = Counter()
         for _, stream, _, _, size, _ in rows:
@@ -172,10 +181,24 @@ class Outbox:
                 log.warning("outbox.telemetry_dropped count=%d bytes=%d quota_bytes=%d", shed_n, shed_b,
                             self.quota_bytes)
             self._note_quota()
-            for listener in self._listeners:
-                listener()
+            with self._watermark_lock:
+                self._undurable.append((self.store.commits, last_pos))
+            self._advance()  # the writer may have been quicker than this callback
 
         self.store.after_commit(apply)
+
+    def _advance(self) -> None:
+        """Move the durable watermark up to the store's durable commits and
+        wake the uplink when it moved. Any thread."""
+        durable = self.store.durable_commits
+        moved = False
+        with self._watermark_lock:
+            while self._undurable and self._undurable[0][0] <= durable:
+                self.durable_pos = max(self.durable_pos, self._undurable.popleft()[1])
+                moved = True
+        if moved:
+            for listener in self._listeners:
+                listener()
 
     def _shed_telemetry(self, db, total: int) -> tuple[int, int]:
         """Delete the oldest meter samples until the outbox is back under the
@@ -195,41 +218,11 @@ class Outbox:
         db.execute("DELETE FROM outbox WHERE stream = ? AND pos <= ?", (TELEMETRY_STREAM, last_pos))
         return n, freed
 
-    async def put_async(self, type: str, data: Mapping[str, Any], *, stream: str | None = None,
-                        ts: datetime | None = None, offline: bool | None = None) -> Envelope:
-        """Like put(), but puts arriving while a commit is in progress share
-        the next commit (group commit), and the fsync happens off the event
-        loop. Durable when the await returns."""
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._pending.append(({"type": type, "data": data, "stream": stream, "ts": ts or self.clock.now(),
-                               "offline": (not self.link_up) if offline is None else offline}, future))
-        if self._flush_task is None or self._flush_task.done():
-            self._flush_task = loop.create_task(self._flush())
-        return await future
-
-    async def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._flusher is None:
-            self._flusher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="outbox-commit")
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                envelopes = await loop.run_in_executor(self._flusher, self.put_many, [item for item, _ in batch])
-            except Exception as e:  # every waiter learns its event was not stored
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(e)
-                continue
-            for (_, future), envelope in zip(batch, envelopes):
-                if not future.done():
-                    future.set_result(envelope)
-
     # ----------------------------------------------------------------- read
     def read_batch(self, limit: int, *, after: str | None = None) -> list[Envelope]:
-        """The oldest undelivered events (not replies), in queue order, which
-        keeps each stream's order. ``after`` skips up to and including the
-        event with that id (e.g. those already in flight)."""
+        """The oldest undelivered durable events (not replies), in queue
+        order, which keeps each stream's order. ``after`` skips up to and
+        including the event with that id (e.g. those already in flight)."""
         start = 0
         if after is not None:
             row = self._reader.execute("SELECT pos FROM outbox WHERE id = ?", (after,)).fetchone()
@@ -237,20 +230,23 @@ class Outbox:
                 raise KeyError(f"event {after} is no longer in the outbox (delivered): read from the start")
             start = row[0]
         cur = self._reader.execute(
-            "SELECT body FROM outbox WHERE pos > ? AND stream != ? ORDER BY pos LIMIT ?", (start, REPLY_STREAM, limit))
+            "SELECT body FROM outbox WHERE pos > ? AND pos <= ? AND stream != ? ORDER BY pos LIMIT ?",
+            (start, self.durable_pos, REPLY_STREAM, limit))
         return [Envelope.from_json(body) for (body,) in cur]
 
     def rows_after(self, pos: int, limit: int) -> list[tuple[int, str, str, str]]:
-        """(pos, id, stream, body) of the next entries after position ``pos``,
-        replies included: what the uplink sends, as stored."""
+        """(pos, id, stream, body) of the next durable entries after position
+        ``pos``, replies included: what the uplink sends, as stored. Entries
+        not yet on disk are left for a later call (the watermark)."""
         return self._reader.execute(
-            "SELECT pos, id, stream, body FROM outbox WHERE pos > ? ORDER BY pos LIMIT ?", (pos, limit)).fetchall()
+            "SELECT pos, id, stream, body FROM outbox WHERE pos > ? AND pos <= ? ORDER BY pos LIMIT ?",
+            (pos, self.durable_pos, limit)).fetchall()
 
     def mark_delivered(self, ids: Iterable[str] = (), *, positions: Iterable[int] = ()) -> int:
         """Delete acknowledged entries, named by id or (cheaper: the rowid,
         as the uplink knows it) by position; returns how many were still
-        there. Not fsynced on its own (a lost deletion only means a resend
-        with the same id); the next put makes it durable."""
+        there. A deletion lost to a power cut only means a resend with the
+        same id, which the cloud drops."""
         ids = list(ids)
         positions = list(positions)
         if not ids and not positions:
@@ -258,7 +254,7 @@ class Outbox:
         now = self.clock.now()
         removed_n: Counter[str] = Counter()
         removed_b: Counter[str] = Counter()
-        with self.store.transaction(durable=False) as db:
+        with self.store.transaction() as db:
             for column, keys in (("id", ids), ("pos", positions)):
                 for i in range(0, len(keys), 500):
                     chunk = keys[i:i + 500]
@@ -280,8 +276,9 @@ class Outbox:
         return sum(removed_n.values())
 
     def on_put(self, listener) -> None:
-        """Call ``listener()`` (no arguments, on the putting thread) after each
-        committed put: the uplink uses it to wake its drain."""
+        """Call ``listener()`` (no arguments, on any thread) when put entries
+        have become durable, i.e. sendable: the uplink uses it to wake its
+        drain."""
         self._listeners.append(listener)
 
     # --------------------------------------------------------------- status
@@ -337,11 +334,6 @@ class Outbox:
         it as a ``device.alarm`` event."""
         alarm, self._quota_alarm = self._quota_alarm, None
         return alarm
-
-    def close(self) -> None:
-        if self._flusher is not None:
-            self._flusher.shutdown(wait=True)
-            self._flusher = None
 
 
 def outbox_summary(outbox: Outbox, link: Mapping[str, Any] | None = None, now: datetime | None = None) -> dict:

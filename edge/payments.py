@@ -817,8 +817,8 @@ class Payments(Capability):
         self._recover()
         for lane in self.lanes.values():
             self._last_closing(lane)
-            self.hub.spawn(lane.run())
-        self.hub.spawn(self._watch_costs())
+            self.spawn_loop(f"terminal {lane.id}", lane.run)
+        self.spawn_loop("cost watch", self._watch_costs)
 
     async def stop(self) -> None:
         for lane in self.lanes.values():

@@ -1,9 +1,11 @@
 """The session ledger: every charging session the hub ran (R-S1, R-S2, R-C9).
 
-Kept in SQLite (WAL, full sync) because it grows without bound and must not
-slow down as it grows: inserts are appends, filters use indexes.
-A session is written before the charger is told to start, so that after a
-crash the hub knows a start was asked for and never starts a second one.
+Kept in SQLite (the store's WAL) because it grows without bound and must
+not slow down as it grows: inserts are appends, filters use indexes.
+A session is written, and on disk (``Store.durable``), before the charger is
+told to start, so that after a crash the hub knows a start was asked for and
+never starts a second one. A session row changes in the same transaction as
+the connector and the event that report it (edge/hub.py).
 """
 
 from __future__ import annotations

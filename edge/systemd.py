@@ -2,14 +2,24 @@
 
 Small enough to keep here rather than pull in a dependency: one datagram per
 message. READY=1 once the devices have been polled, WATCHDOG=1 from a task on
-the main event loop (a stuck loop then stops the pings and systemd restarts
-the daemon), STOPPING=1 on a graceful stop.
+the main event loop, STOPPING=1 on a graceful stop.
+
+The watchdog is pinged only while the hub makes progress: the loop itself
+runs (a stuck loop sends nothing) and every critical task has progressed
+within its limit (edge/supervision.py) and the store's writer keeps up. While
+something does not, the pings stop, STATUS= says why, and systemd restarts
+the daemon once WatchdogSec has passed without a ping.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import socket
+from collections.abc import Callable
+
+log = logging.getLogger("hubedge.systemd")
 
 
 def notify(message: str) -> bool:
@@ -41,3 +51,24 @@ def watchdog_interval() -> float | None:
         return max(0.5, int(usec) / 1_000_000 / 2)
     except ValueError:
         return None
+
+
+async def watchdog(interval: float, problems: Callable[[], list[str]]) -> None:
+    """Ping WATCHDOG=1 every ``interval`` seconds while ``problems()`` is
+    empty; while it is not, withhold the ping and say why in STATUS=."""
+    withheld: list[str] | None = None
+    while True:
+        found = problems()
+        if not found:
+            notify("WATCHDOG=1")
+            if withheld is not None:
+                log.warning("watchdog.pinging_again")
+                notify("STATUS=running")
+            withheld = None
+        else:
+            if found != withheld:
+                log.error("watchdog.withheld problems=%r action=%r", found,
+                          "systemd restarts the daemon if this lasts WatchdogSec; see hubctl devices")
+                notify(f"STATUS=not pinging the watchdog: {'; '.join(found)[:400]}")
+            withheld = found
+        await asyncio.sleep(interval)

@@ -115,7 +115,11 @@ async def test_r_t1_hubctl_json_and_errors_against_the_daemon(daemon):
     stop_unknown = await daemon.hubctl("session", "stop", "nope", "--reason", "x")
     assert stop_unknown.returncode == 4 and "hubctl sessions" in stop_unknown.stderr
     devs = json.loads((await daemon.hubctl("--json", "devices")).stdout)
-    assert {d["device"] for d in devs} == {"CH1", "CH2"}
+    assert {d["device"] for d in devs if d["class"] != "task"} == {"CH1", "CH2"}
+    tasks = {d["device"]: d for d in devs if d["class"] == "task"}
+    assert set(tasks) == {"charger CH1 polling", "charger CH2 polling", "ticks (timeouts, schedules)", "store writer"}
+    assert all(t["state"] == "ok" for t in tasks.values()), tasks
+    assert "hub tasks: 4 running" in human.stdout
     sess = await daemon.hubctl("--json", "sessions", "--since", "1h", "--connector", "C1")
     assert sess.returncode == 0 and json.loads(sess.stdout) == []
 

@@ -69,3 +69,46 @@ def test_r_t1_users_outside_the_group_are_refused():
     assert caller_allowed(Caller(os.getuid(), os.getgid(), 1), "whatever")
     stranger = Caller(54321, 54321, 1)
     assert not caller_allowed(stranger, "no-such-group-xyz")
+
+
+async def test_a_reply_reporting_a_change_waits_until_the_change_is_on_disk_R_D2(tmp_path):
+    """The daemon answers "done" only once the change is durable; a command
+    that changed nothing answers without waiting for the disk."""
+    import threading
+
+    from edge.daemon import durable_replies
+    from edge.store import Store
+
+    held = threading.Event()
+    held.set()
+
+    def fsync(fd):
+        held.wait(10)
+        os.fsync(fd)
+
+    store = Store(tmp_path / "state", fsync=fsync)
+    store.db.execute("CREATE TABLE t(x)")
+
+    async def change(args, caller, progress):
+        with store.transaction() as db:
+            db.execute("INSERT INTO t VALUES (1)")
+        return {"message": "done"}
+
+    async def look(args, caller, progress):
+        return {"rows": store.db.execute("SELECT count(*) FROM t").fetchone()[0]}
+
+    server = await serve(tmp_path, durable_replies({"change": change, "look": look}, store))
+    try:
+        held.clear()  # the card is slow
+        answer = asyncio.ensure_future(request(tmp_path / "ctl.sock", "change", {}))
+        await asyncio.sleep(0.3)
+        assert not answer.done(), "the reply said done before the change was on disk"
+        looked = await asyncio.wait_for(request(tmp_path / "ctl.sock", "look", {}), 5)
+        assert looked["ok"] and looked["data"] == {"rows": 1}
+        held.set()
+        assert (await asyncio.wait_for(answer, 5))["data"] == {"message": "done"}
+        assert store.durable_commits == store.commits
+    finally:
+        held.set()
+        await server.stop()
+        store.close()

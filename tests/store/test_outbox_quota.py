@@ -14,6 +14,7 @@ def test_outbox_quota_telemetry_shed_oldest_first_sessions_kept_R_M6(tmp_path):
     telemetry = [outbox.put_telemetry(sample) for _ in range(150)]
     assert outbox.dropped_telemetry > 0, "telemetry alone must not grow past the near mark"
     assert outbox.bytes_used() <= 0.8 * outbox.quota_bytes
+    store.wait_durable()  # only durable entries are read for sending
     kept_telemetry = [e.id for e in outbox.read_batch(10_000) if e.stream == "telemetry"]
     assert kept_telemetry == [e.id for e in telemetry[-len(kept_telemetry):]], "not dropped oldest first"
     assert outbox.take_quota_alarm() is None  # telemetry never raises the alarm by itself
@@ -28,6 +29,7 @@ def test_outbox_quota_telemetry_shed_oldest_first_sessions_kept_R_M6(tmp_path):
     assert outbox.counts().get("telemetry", 0) == 0, "telemetry must give way to billing data"
     # Over the quota billing events are still stored, never dropped.
     billing.append(outbox.put("session.stopped", {"session": "late"}))
+    store.wait_durable()
     ids = {e.id for e in outbox.read_batch(100_000)}
     assert all(e.id in ids for e in billing)
     assert outbox.bytes_used() > outbox.quota_bytes
