@@ -573,6 +573,13 @@ class _Writer:
                       "writes are kept and tried again; check the SD card (dmesg, free space)")
         elif error is None and previous is not None:
             log.warning("store.write_recovered dir=%s after=%r", self.state_dir, previous)
+        # Listeners first (the outbox's durable watermark): whoever durable()
+        # wakes must already see what this round made durable.
+        for listener in listeners:
+            try:
+                listener(durable)
+            except Exception:
+                log.exception("store.durable_listener_failed")
         if failed:
             problem = DiskError(f"the state directory's disk did not take the write ({self.failure}): the hub "
                                 f"keeps trying; check the SD card (dmesg, free space)")
@@ -580,11 +587,6 @@ class _Writer:
                 callback(problem)
         for callback in done:
             callback(None)
-        for listener in listeners:
-            try:
-                listener(durable)
-            except Exception:
-                log.exception("store.durable_listener_failed")
 
     def _sync_wal(self) -> None:
         """fsync the WAL file through a descriptor kept open (the WAL holds
