@@ -9,10 +9,11 @@ accepted read, on the loop.
 
 The bounds, and why:
 
-- body size (``max_body``, the gate's camera ``max_body_bytes``): a Hikvision
-  read carries a scene picture of a megabyte or more. Multipart bodies stream
-  through ``NotificationScan``, which keeps only the XML, so the limit bounds
-  the time a read may take rather than memory.
+- body size (``max_body``, the gate's camera ``max_body_bytes``), else 413: a
+  Hikvision read carries a scene picture of a megabyte or more. A multipart
+  body streams through ``NotificationScan``, which keeps only the XML, so its
+  pictures cost neither memory nor parsing; a bare XML or JSON body is read
+  whole, up to the limit.
 - head time (``head_timeout_s``): the request head must arrive within it from
   the connection's start (or from the first byte of a next request), else
   408; a head line is at most ``max_header`` bytes, else 431.
