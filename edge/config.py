@@ -26,6 +26,8 @@ from pydantic import (
     field_validator,
 )
 
+from drivers.anpr.read import DEFAULT_MAX_BODY
+
 Id = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 HostPort = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:\[\]-]+:\d{1,5}$")]
 
@@ -212,6 +214,10 @@ class CameraRef(Section):
     vendor: Literal["hikvision", "axis"]
     secret: str | None = None
     allow: list[str] = []
+    # The largest body the camera may post: its read with the pictures it
+    # attaches (a Hikvision scene picture is a megabyte or more). Pictures are
+    # streamed past, so this bounds the time a read may take, not memory.
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY, ge=64 * 1024, le=64 * 1024 * 1024)
 
     @field_validator("allow")
     @classmethod

@@ -20,95 +20,28 @@ The matching rule, decided once for the whole hub:
 Raw plates never reach logs (R-G8): logs carry `mask_plate` or `log_ref` of
 the keyed hash. The hash is HMAC-SHA256 over the canonical form with the
 site secret, so a leaked store cannot be reversed by hashing every plate.
+
+Steps 1 and 2 and the mask are the camera driver's too (it masks what it
+logs): they live in drivers/anpr/plate_text.py and are this module's by import.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import re
-import unicodedata
 from dataclasses import dataclass
 
-# International distinguishing signs seen on European trucks, and the ISO
-# 3166 codes cameras report in their country field, mapped to the sign.
-COUNTRY_SIGNS: frozenset[str] = frozenset(
-    {
-        "A", "B", "BG", "BY", "CH", "CY", "CZ", "D", "DK", "E", "EST", "F",
-        "FIN", "FL", "GB", "GR", "H", "HR", "I", "IRL", "L", "LT", "LV", "M",
-        "MD", "MK", "N", "NL", "P", "PL", "RO", "S", "SK", "SLO", "SRB", "TR",
-        "UA", "UK",
-    }
+from drivers.anpr.plate_text import (  # noqa: F401 (the hub's plate vocabulary)
+    COUNTRY_SIGNS,
+    ISO_TO_SIGN,
+    compact_plate,
+    exact_keys,
+    mask_plate,
+    normalise_plate,
 )
-ISO_TO_SIGN: dict[str, str] = {
-    "AT": "A", "BE": "B", "BG": "BG", "CH": "CH", "CY": "CY", "CZ": "CZ",
-    "DE": "D", "DK": "DK", "ES": "E", "EE": "EST", "FR": "F", "FI": "FIN",
-    "LI": "FL", "GB": "GB", "GR": "GR", "HU": "H", "HR": "HR", "IT": "I",
-    "IE": "IRL", "LU": "L", "LT": "LT", "LV": "LV", "MT": "M", "MD": "MD",
-    "MK": "MK", "NO": "N", "NL": "NL", "PT": "P", "PL": "PL", "RO": "RO",
-    "SE": "S", "SK": "SK", "SI": "SLO", "RS": "SRB", "TR": "TR", "UA": "UA",
-    "UK": "UK", "BY": "BY",
-}
 
 # Letters a plate camera commonly reads in place of a digit, folded to it.
 _CONFUSIONS = str.maketrans({"O": "0", "I": "1", "B": "8", "S": "5", "Z": "2"})
-_NOT_PLATE_CHAR = re.compile(r"[^A-Z0-9]")
-_GROUPS = re.compile(r"[A-Z0-9]+")
-# Shorter than this after dropping a sign, the "sign" was the plate itself.
-_MIN_PLATE_LEN = 2
-
-
-def _prepare(text: str) -> str:
-    return unicodedata.normalize("NFKC", text).upper()
-
-
-def compact_plate(text: str) -> str:
-    """Upper case letters and digits only: the plate exactly as painted."""
-    return _NOT_PLATE_CHAR.sub("", _prepare(text))
-
-
-def _country_signs_for(country: str | None) -> set[str]:
-    if not country:
-        return set()
-    c = compact_plate(country)
-    return {c, ISO_TO_SIGN.get(c, c)}
-
-
-def _strip_country(text: str, country: str | None) -> str | None:
-    """The plate without its leading country sign, or None when it has none."""
-    prepared = _prepare(text)
-    groups = _GROUPS.findall(prepared)
-    if len(groups) < 2:
-        given = _country_signs_for(country)
-        full = "".join(groups)
-        # A camera may glue the sign on ("NLAB123C") when it also reports the
-        # country; only then is stripping the unseparated prefix safe.
-        for sign in sorted(given, key=len, reverse=True):
-            if full.startswith(sign) and len(full) - len(sign) >= _MIN_PLATE_LEN + 2:
-                return full[len(sign):]
-        return None
-    first = groups[0]
-    rest = "".join(groups[1:])
-    if len(rest) < _MIN_PLATE_LEN or not first.isalpha():
-        return None
-    if first in _country_signs_for(country) or first in COUNTRY_SIGNS:
-        return rest
-    return None
-
-
-def exact_keys(text: str, country: str | None = None) -> tuple[str, ...]:
-    """Every form a plate may be matched by exactly: canonical first."""
-    full = compact_plate(text)
-    stripped = _strip_country(text, country)
-    if stripped and stripped != full:
-        return (stripped, full)
-    return (full,) if full else ()
-
-
-def normalise_plate(text: str, country: str | None = None) -> str:
-    """The canonical form: compact, without a recognised country sign."""
-    keys = exact_keys(text, country)
-    return keys[0] if keys else ""
 
 
 def confusion_form(normalised: str) -> str:
@@ -127,15 +60,6 @@ def confusion_hash(normalised: str, secret: bytes) -> str:
     """Keyed hash of the confusion class; domain-separated from `plate_hash`
     so a folded key can never equal an exact one."""
     return plate_hash("~" + confusion_form(normalised), secret)
-
-
-def mask_plate(text: str, country: str | None = None) -> str:
-    """A form for logs and screens: first and last character, fixed width,
-    so neither the plate nor its length leaks ("NL-AB-123-C" -> "A***C")."""
-    plate = normalise_plate(text, country)
-    if len(plate) <= 3:
-        return "***"
-    return f"{plate[0]}***{plate[-1]}"
 
 
 def log_ref(hashed: str) -> str:

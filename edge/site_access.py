@@ -309,7 +309,7 @@ class SiteAccess(Capability):
         try:
             rt.camera = AnprListener(rt.camera_id, host.strip("[]"), int(port), cam.vendor,
                                      lambda read, gid=rt.id: self._on_read(gid, read),
-                                     secret=cam.secret, allow=cam.allow or None)
+                                     secret=cam.secret, allow=cam.allow or None, max_body=cam.max_body_bytes)
             self.hub.devices[rt.camera_id] = rt.camera.health
             await rt.camera.start()
         except (ValueError, OSError) as exc:

@@ -5,7 +5,9 @@ bare or as multipart/form-data with plate and scene pictures, and Axis
 License Plate Verifier push JSON (new, update, lost). The HTTP client is a
 few lines over asyncio streams so that fault injection can send exactly the
 bytes a broken or hostile camera would: garbage, oversized bodies, wrong
-credentials, a request dribbled byte by byte.
+credentials, a request dribbled byte by byte, connections held open from
+other addresses. A Hikvision camera may attach a scene picture of a real
+camera's size (``scene_picture``, bytes) and send its body chunked.
 
 Standalone:
 ``python -m simulators.camera --url http://127.0.0.1:PORT/anpr --vendor hikvision --plate "NL-12-ABC"``
@@ -79,13 +81,26 @@ def hikvision_xml(
     ).encode("utf-8")
 
 
-def hikvision_multipart(xml: bytes, *, boundary: str | None = None, form_data: bool = True) -> tuple[bytes, str]:
-    """(body, content type): the XML as ``anpr.xml`` next to two JPEGs."""
+def fake_jpeg(size: int) -> bytes:
+    """A JPEG-looking blob of ``size`` bytes (at least the smallest one)."""
+    if size <= len(FAKE_JPEG):
+        return FAKE_JPEG
+    filler = bytes(range(256)) * (size // 256 + 1)
+    return FAKE_JPEG[:-2] + filler[: size - len(FAKE_JPEG)] + b"\xff\xd9"
+
+
+def hikvision_multipart(
+    xml: bytes, *, boundary: str | None = None, form_data: bool = True, scene_picture: int = 0
+) -> tuple[bytes, str]:
+    """(body, content type): the XML as ``anpr.xml`` next to two JPEGs, the
+    scene picture (``detectionPicture.jpg``) of ``scene_picture`` bytes when
+    given, as a real camera's 2 to 8 megapixel picture is."""
     boundary = boundary or f"boundary{random.randrange(16**12):012x}"
+    scene = fake_jpeg(scene_picture) if scene_picture else FAKE_JPEG[:200] + b"\xff\xd9"
     parts = [
         ("anpr.xml", "application/xml; charset=\"UTF-8\"", xml),
         ("licensePlatePicture.jpg", "image/jpeg", FAKE_JPEG),
-        ("detectionPicture.jpg", "image/jpeg", FAKE_JPEG[:200] + b"\xff\xd9"),
+        ("detectionPicture.jpg", "image/jpeg", scene),
     ]
     chunks = []
     for name, ctype, payload in parts:
@@ -141,7 +156,10 @@ class CameraSimulator:
     it authenticates with HTTP Basic (user ``camera``), as the cameras'
     HTTP notification settings do."""
 
-    def __init__(self, url: str, vendor: str, secret: str | None = None, *, hik_format: str = "multipart"):
+    def __init__(
+        self, url: str, vendor: str, secret: str | None = None, *, hik_format: str = "multipart",
+        scene_picture: int = 0, source: str | None = None,
+    ):
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"camera URL {url!r}: expected http://HOST:PORT/PATH")
@@ -155,6 +173,8 @@ class CameraSimulator:
         self.vendor = vendor
         self.secret = secret
         self.hik_format = hik_format
+        self.scene_picture = scene_picture
+        self.source = source  # the address to post from (a camera on another host), else the system's choice
         self._counter = itertools.count(1)
 
     def _auth_headers(self, secret: str | None) -> dict[str, str]:
@@ -173,7 +193,7 @@ class CameraSimulator:
         xml = hikvision_xml(plate, confidence, vehicle_class=vehicle_class, direction=direction, counter=n)
         if self.hik_format == "xml":
             return xml, "application/xml; charset=\"UTF-8\""
-        return hikvision_multipart(xml, form_data=self.hik_format == "multipart")
+        return hikvision_multipart(xml, form_data=self.hik_format == "multipart", scene_picture=self.scene_picture)
 
     async def send_plate(
         self, plate: str, confidence: float, vehicle_class: str = "truck", direction: str = "approach", *, state: str = "new"
@@ -183,23 +203,33 @@ class CameraSimulator:
 
     async def post(
         self, body: bytes, content_type: str, *, secret: str | None | bool = True, extra_headers: dict | None = None,
-        timeout_s: float = 10.0,
+        timeout_s: float = 10.0, chunk: int | None = None,
     ) -> Reply:
-        """POST ``body``; ``secret=True`` uses the camera's own secret."""
+        """POST ``body``; ``secret=True`` uses the camera's own secret. With
+        ``chunk`` the body goes chunked (Transfer-Encoding), ``chunk`` bytes
+        a chunk, as cameras that stream their pictures send it."""
         headers = {
             "Host": f"{self.host}:{self.port}",
             "Content-Type": content_type,
-            "Content-Length": str(len(body)),
             "Connection": "close",
             **self._auth_headers(self.secret if secret is True else (secret or None)),
             **(extra_headers or {}),
         }
+        if chunk:
+            headers["Transfer-Encoding"] = "chunked"
+            body = chunked(body, chunk)
+        else:
+            headers["Content-Length"] = str(len(body))
         head = f"POST {self.path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
         return await self.send_raw(head.encode("latin-1") + body, timeout_s=timeout_s)
 
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        local = (self.source, 0) if self.source else None
+        return await asyncio.open_connection(self.host, self.port, local_addr=local)
+
     async def send_raw(self, data: bytes, *, timeout_s: float = 10.0) -> Reply:
         """Send raw bytes and read the answer (status 0 when none came)."""
-        reader, writer = await asyncio.open_connection(self.host, self.port)
+        reader, writer = await self._connect()
         try:
             try:
                 writer.write(data)
@@ -220,10 +250,14 @@ class CameraSimulator:
         ctype = "application/json" if self.vendor == "axis" else "application/xml"
         return await self.post(os.urandom(size), ctype)
 
-    async def send_oversized(self, size: int = 2 * 1024 * 1024) -> Reply:
-        """Announce (and start sending) a body bigger than any listener takes."""
+    async def send_oversized(self, size: int = 65 * 1024 * 1024) -> Reply:
+        """Announce a body of ``size`` bytes (by default more than any
+        listener may be set to take), send its first 64 kB and read the answer."""
         ctype = "application/json" if self.vendor == "axis" else "application/xml"
-        return await self.post(b"<" + b"x" * (size - 1), ctype)
+        head = (f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {size}\r\nConnection: close\r\n")
+        head += "".join(f"{k}: {v}\r\n" for k, v in self._auth_headers(self.secret).items())
+        return await self.send_raw(head.encode("latin-1") + b"\r\n<" + b"x" * (min(size, 64 * 1024) - 1))
 
     async def send_unauthenticated(self, plate: str = "XX-00-XX", *, wrong_secret: str | None = None) -> Reply:
         body, ctype = self.plate_body(plate, 0.95)
@@ -237,7 +271,7 @@ class CameraSimulator:
                 f"Content-Length: {len(body)}\r\nX-Padding: {'a' * 200}\r\n\r\n").encode()
         loop = asyncio.get_running_loop()
         started = loop.time()
-        reader, writer = await asyncio.open_connection(self.host, self.port)
+        reader, writer = await self._connect()
         try:
             for byte in head:
                 if reader.at_eof() or loop.time() - started > max_s:
@@ -260,6 +294,26 @@ class CameraSimulator:
                 await writer.wait_closed()
             except ConnectionError:
                 pass
+
+
+    async def hold_open(self, count: int, *, source: str | None = None) -> list[asyncio.StreamWriter]:
+        """Open ``count`` connections (from ``source``, else the camera's
+        address) that each send the start of a request head and then
+        nothing, as a slow or hostile peer does. Close them to let go."""
+        local = (source or self.source, 0) if (source or self.source) else None
+        held = []
+        for _ in range(count):
+            _reader, writer = await asyncio.open_connection(self.host, self.port, local_addr=local)
+            writer.write(f"POST {self.path} HTTP/1.1\r\n".encode())
+            await writer.drain()
+            held.append(writer)
+        return held
+
+
+def chunked(body: bytes, size: int) -> bytes:
+    """``body`` in HTTP/1.1 chunked transfer coding, ``size`` bytes a chunk."""
+    out = [b"%x\r\n%b\r\n" % (len(body[i:i + size]), body[i:i + size]) for i in range(0, len(body), size)]
+    return b"".join(out) + b"0\r\n\r\n"
 
 
 async def _read_reply(reader: asyncio.StreamReader) -> Reply:

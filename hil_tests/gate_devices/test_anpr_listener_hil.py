@@ -88,7 +88,7 @@ async def test_slow_loris_is_cut_off_by_the_head_timeout(camera_rig):
 async def test_slow_body_is_cut_off_by_the_body_timeout(camera_rig):
     rig = await camera_rig("hikvision", body_timeout_s=0.5)
     body, ctype = rig.camera.plate_body("NL-12-ABC", 0.9)
-    head = (f"POST /anpr HTTP/1.1\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+    head = (f"POST /anpr HTTP/1.1\r\nHost: hub\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
             f"X-Hub-Secret: gate-camera-secret\r\n\r\n").encode()
     reply = await asyncio.wait_for(rig.camera.send_raw(head + body[:100]), 3.0)
     assert reply.status == 408 and rig.reads == []
@@ -97,16 +97,18 @@ async def test_slow_body_is_cut_off_by_the_body_timeout(camera_rig):
 @pytest.mark.parametrize(
     "raw, status",
     [
-        (b"POST /anpr HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX-Hub-Secret: gate-camera-secret\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 411),
-        (b"POST /anpr HTTP/1.1\r\nX-Hub-Secret: gate-camera-secret\r\n\r\n", 411),
-        (b"POST /anpr HTTP/1.1\r\nContent-Length: x1\r\nX-Hub-Secret: gate-camera-secret\r\n\r\n", 400),
-        (b"GET /anpr HTTP/1.1\r\nX-Hub-Secret: gate-camera-secret\r\n\r\n", 405),
-        (b"POST /other HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 404),
-        (b"POST /anpr HTTP/2.0\r\nContent-Length: 0\r\n\r\n", 505),
+        (b"POST /anpr HTTP/1.1\r\nHost: hub\r\nTransfer-Encoding: chunked\r\nX-Hub-Secret: gate-camera-secret\r\n\r\n"
+         b"zz\r\nhello\r\n0\r\n\r\n", 400),
+        (b"POST /anpr HTTP/1.1\r\nHost: hub\r\nX-Hub-Secret: gate-camera-secret\r\n\r\n", 411),
+        (b"POST /anpr HTTP/1.1\r\nHost: hub\r\nContent-Length: x1\r\nX-Hub-Secret: gate-camera-secret\r\n\r\n", 400),
+        (b"POST /anpr HTTP/1.1\r\nContent-Length: 0\r\nX-Hub-Secret: gate-camera-secret\r\n\r\n", 400),
+        (b"GET /anpr HTTP/1.1\r\nHost: hub\r\nX-Hub-Secret: gate-camera-secret\r\n\r\n", 405),
+        (b"POST /other HTTP/1.1\r\nHost: hub\r\nContent-Length: 0\r\n\r\n", 404),
+        (b"POST /anpr HTTP/2.0\r\nHost: hub\r\nContent-Length: 0\r\n\r\n", 505),
         (b"this is not http\r\n\r\n", 400),
-        (b"POST /anpr HTTP/1.1\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", 431),
+        (b"POST /anpr HTTP/1.1\r\nHost: hub\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", 431),
     ],
-    ids=["chunked", "no-length", "bad-length", "get", "wrong-path", "http2", "garbage-head", "huge-head"],
+    ids=["bad-chunk", "no-length", "bad-length", "no-host", "get", "wrong-path", "http2", "garbage-head", "huge-head"],
 )
 async def test_malformed_requests_get_4xx_and_emit_nothing(camera_rig, raw, status):
     rig = await camera_rig("hikvision")
@@ -131,7 +133,7 @@ async def test_keep_alive_connection_serves_two_reads(camera_rig):
     try:
         for body in (one, two):
             writer.write(
-                (f"POST /anpr HTTP/1.1\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                (f"POST /anpr HTTP/1.1\r\nHost: hub\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
                  f"Authorization: Basic {auth}\r\n\r\n").encode() + body
             )
             await writer.drain()
