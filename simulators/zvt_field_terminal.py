@@ -10,8 +10,10 @@ reversals, and on top of it:
   06 1E B8 with receipt FF FF when none is open (the capture
   partial_reversal.blob), else with the first open receipt, and no list;
 - it works one command at a time: a command that arrives while it is busy
-  (finishing a late transaction, waiting for an acknowledgement) waits in
-  its input and is answered after, never dropped;
+  (finishing a late transaction, waiting for an acknowledgement) is read
+  once it is free and refused then with 84 9C, busy (``busy_refusal``, as
+  the terminal of issue 15 did; an abort is taken), or with
+  ``busy_refusal=False`` carried out in its turn;
 - faults, from a script (``plan``) or drawn at random (``seed``,
   ``fault_rate``), on each command about money (06 22, 06 23, 06 24, 06 25)
   and on the open-reservations query:
@@ -74,6 +76,7 @@ class _Withheld(_Channel):
                 self.fault = "answered late"
                 self.sim.events.append("late_answer_held")
                 await asyncio.sleep(self.sim.late_s)
+                self.sim._busy_meanwhile(self.inner)
                 self.sim.events.append("late_answer_sent")
         await self.inner.send(apdu)
 
@@ -86,7 +89,7 @@ class _Withheld(_Channel):
 
 class FieldTerminal(ZvtTerminalSimulator):
     def __init__(self, *, seed: int | None = None, fault_rate: float = 0.0, faults: tuple[str, ...] = FAULTS,
-                 late_s: float = 3.0, restart_s: float = 1.0, **kw) -> None:
+                 late_s: float = 3.0, restart_s: float = 1.0, busy_refusal: bool = True, **kw) -> None:
         super().__init__(**kw)
         unknown = set(faults) - set(FAULTS)
         if unknown:
@@ -98,8 +101,12 @@ class FieldTerminal(ZvtTerminalSimulator):
         self.late_s = late_s
         self.restart_s = restart_s
         self.restarts = 0
+        self.busy_refusal = busy_refusal
+        self.refused_busy: list[str] = []  # commands refused because they came while it was busy
         self.faults_done: list[tuple[str, str]] = []  # (fault, command) as they happened
-        self._backlog: dict[_Channel, deque[bytes]] = {}
+        # Commands read while busy, to be taken in turn: (APDU, came while busy).
+        self._backlog: dict[_Channel, deque[tuple[bytes, bool]]] = {}
+        self._came_busy: dict[_Channel, bool] = {}  # the command just read came while it was busy
         self._deaf_until = 0.0
         self._naking: tuple[bytes, int] | None = None  # a frame being NAKed, and how often so far
         self._relisten: asyncio.TimerHandle | None = None  # the TCP port opening again after a restart
@@ -148,8 +155,15 @@ class FieldTerminal(ZvtTerminalSimulator):
     async def _read(self, channel: _Channel, timeout: float | None) -> bytes | None:
         backlog = self._backlog.setdefault(channel, deque())
         if backlog:
-            return backlog.popleft()
+            raw, busy = backlog.popleft()
+            self._came_busy[channel] = busy
+            return raw
+        self._came_busy[channel] = False
         return await channel.receive(timeout)
+
+    def _busy_meanwhile(self, channel: _Channel) -> None:
+        """What arrived while it was busy waits its turn, marked so."""
+        self._backlog.setdefault(channel, deque()).extend((raw, True) for raw in channel.waiting())
 
     async def _expect_ack(self, channel: _Channel) -> bool:
         """Wait for the controller's 80 00; a command that comes meanwhile
@@ -163,15 +177,20 @@ class FieldTerminal(ZvtTerminalSimulator):
                 return False
             if Apdu(reply[0], reply[1]).control == m.ACK:
                 return True
-            self._backlog.setdefault(inner, deque()).append(reply)
+            self._backlog.setdefault(inner, deque()).append((reply, True))
 
     async def _serve(self, channel: _Channel) -> None:
         try:
             await super()._serve(channel)
         finally:
             self._backlog.pop(channel, None)
+            self._came_busy.pop(channel, None)
 
     async def _dispatch(self, channel: _Channel, message: m.Message) -> None:
+        if self._came_busy.pop(channel, False) and self.busy_refusal and message.control not in (m.ABORT, m.ACK):
+            self.refused_busy.append(message.name)
+            await self._send(channel, m.nak(m.NAK_REPEAT))
+            return
         query = message.control == m.PARTIAL_REVERSAL and message.get(0x87) == RECEIPT_ALL  # 06 23 FF FF
         fault = self._draw(on_pty=channel.name == "pty") if message.control in _MONEY else None
         if fault is None:

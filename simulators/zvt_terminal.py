@@ -88,6 +88,18 @@ class _Channel:
     def close(self) -> None:
         raise NotImplementedError
 
+    def waiting(self) -> list[bytes]:
+        """Take the APDUs that have arrived and not been read yet."""
+        inbox: asyncio.Queue = getattr(self, "_inbox")
+        out: list[bytes] = []
+        while not inbox.empty():
+            item = inbox.get_nowait()
+            if item is None:  # the line closed: keep that for the next read
+                inbox.put_nowait(None)
+                break
+            out.append(item)
+        return out
+
 
 class _TcpChannel(_Channel):
     name = "tcp"

@@ -553,42 +553,23 @@ class ZvtClient:
     async def _resync(self) -> None:
         """Bring the link back in step after an exchange that ended without its
         answer: the terminal may still be in it, or about to send its late
-        result. Ask it to abort, acknowledge and drop what it still sends
-        until it is quiet, then a status enquiry: its own answer proves the
-        terminal is listening to this controller again. Raises a
-        TerminalError (nothing was sent of the next command) when the
-        terminal does not come back in step."""
+        result. Ask it to abort; then, until a status enquiry is answered:
+        acknowledge and drop whatever the terminal sends until it is quiet,
+        ask for its status, and wait for that answer (its completion carries
+        the terminal's status, so it cannot be another command's; 80 00 and
+        84 xx carry nothing to tell whose they are). Busy (84 9C): it is still
+        finishing, ask again. Raises a TerminalError (nothing of the next
+        command was sent) when the terminal does not come back in step."""
         log.warning("zvt.resync terminal=%s", self.health.device_id)
         try:
             await self._link.send(m.encode_message(m.abort_request()))
-            drained = 0
-            while True:
-                try:
-                    raw = await self._link.receive(self.timers.resync_quiet)
-                except TerminalTimeout:
-                    break
-                try:
-                    reply = m.decode_message(raw)
-                except ZvtDecodeError:
-                    self._stray_raw(raw, "while resynchronising")
-                    reply = None
-                if reply is not None and reply.control != m.ACK and reply.cls != m.NAK_CLASS:
-                    await self._ack()
-                    self._stray(reply, None, "while resynchronising")
-                drained += 1
-                if drained > _STRAYS_MAX:
-                    raise TerminalProtocolError(
-                        f"{self._link.description}: the terminal keeps sending after an abort: "
-                        "check that only this controller talks to it and that it is in ECR mode"
-                    )
-            for _attempt in range(3):
-                ex = _Exchange(m.COMMAND_NAMES[m.STATUS_ENQUIRY], enquiry=True)
+            for _attempt in range(4):
+                await self._drain_quiet()
                 await self._link.send(m.encode_message(m.status_enquiry()))
-                await self._follow(ex, ack_only=False)
-                if ex.refused == m.NAK_REPEAT:
-                    await asyncio.sleep(self.timers.resync_quiet)  # busy finishing the old command
-                    continue
-                break  # its completion, or 84 xx: either is this enquiry's own answer
+                answer = await self._await_enquiry()
+                if answer != "busy":
+                    await self._drain_quiet()  # answers to earlier tries, if any
+                    break
             else:
                 raise TerminalTimeout(
                     f"{self._link.description}: the terminal stayed busy after an abandoned command: "
@@ -599,6 +580,49 @@ class ZvtClient:
             raise
         self._out_of_step = False
         log.info("zvt.in_step terminal=%s", self.health.device_id)
+
+    async def _drain_quiet(self) -> None:
+        """Acknowledge and drop what the terminal sends until it is quiet."""
+        drained = 0
+        while True:
+            try:
+                raw = await self._link.receive(self.timers.resync_quiet)
+            except TerminalTimeout:
+                return
+            try:
+                reply = m.decode_message(raw)
+            except ZvtDecodeError:
+                self._stray_raw(raw, "while resynchronising")
+                reply = None
+            if reply is not None and reply.control != m.ACK and reply.cls != m.NAK_CLASS:
+                await self._ack()
+                self._stray(reply, None, "while resynchronising")
+            drained += 1
+            if drained > _STRAYS_MAX:
+                raise TerminalProtocolError(
+                    f"{self._link.description}: the terminal keeps sending after an abort: "
+                    "check that only this controller talks to it and that it is in ECR mode"
+                )
+
+    async def _await_enquiry(self) -> str:
+        """done (its completion came), busy (84 9C) or refused (84 xx: a
+        terminal without status enquiry has answered it)."""
+        for _ in range(_STRAYS_MAX):
+            reply = await self._receive(self.timers.t3_command)
+            if reply.control == m.ACK:
+                continue
+            if reply.cls == m.NAK_CLASS:
+                if reply.instr == 0x00:
+                    continue
+                return "busy" if reply.instr == m.NAK_REPEAT else "refused"
+            await self._ack()
+            if _enquiry_answer(reply):
+                return "done"
+            self._stray(reply, None, "while resynchronising")
+        raise TerminalProtocolError(
+            f"{self._link.description}: more than {_STRAYS_MAX} messages that answer no command of ours: "
+            "check that only this controller talks to the terminal and that it is in ECR mode"
+        )
 
     async def _abort_quietly(self) -> None:
         try:

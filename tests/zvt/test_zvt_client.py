@@ -310,12 +310,12 @@ async def test_r_p4_a_booking_done_without_naming_its_receipt_is_unknown():
 
 
 async def test_r_p4_a_terminal_that_stays_busy_is_not_sent_the_next_command():
-    """Back in step fails (the enquiry is refused busy, then silence): the next
+    """Back in step fails (every status enquiry is refused busy): the next
     command is never sent, so its failure is no doubt about the money."""
     client, link = await client_for([m.ack()])
     with pytest.raises(TerminalTimeout):
         await client.book_preauth(18, Decimal("12.00"), preauthorized=Decimal("236.81"))
-    link.scripts += [[m.nak(m.NAK_REPEAT)], [m.nak(m.NAK_REPEAT)], [m.nak(m.NAK_REPEAT)]]
+    link.scripts += [[m.nak(m.NAK_REPEAT)]] * 4
     with pytest.raises(TerminalTimeout, match="stayed busy") as info:
         await client.book_preauth(17, Decimal("49.77"), preauthorized=Decimal("236.81"))
     assert not info.value.maybe_done
@@ -327,3 +327,16 @@ async def test_an_unreadable_answer_to_a_money_command_leaves_it_unknown():
     with pytest.raises(TerminalProtocolError) as info:
         await client.book_total(17, Decimal("1.00"))
     assert info.value.maybe_done
+
+
+async def test_r_p4_back_in_step_waits_out_a_busy_terminal_and_ignores_stray_acks():
+    """The abort's own 80 00 and a busy refusal come before the enquiry's
+    answer: 80 00 and 84 xx say nothing of whose they are, only the
+    enquiry's completion (with the terminal's status) brings the link back."""
+    client, link = await client_for([m.ack()])
+    with pytest.raises(TerminalTimeout):
+        await client.book_preauth(18, Decimal("12.00"), preauthorized=Decimal("236.81"))
+    link.scripts += [[m.ack(), m.nak(m.NAK_REPEAT)], ENQUIRY_DONE, BOOKED_17]
+    result = await client.book_preauth(17, Decimal("49.77"), preauthorized=Decimal("236.81"))
+    assert result.ok and result.receipt_no == 17 and client.in_step
+    assert [s.control for s in link.sent].count(m.STATUS_ENQUIRY) == 2
