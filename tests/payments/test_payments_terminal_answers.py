@@ -18,7 +18,9 @@ from payment_rig import NOW, Rig
 from edge.clock import FakeClock
 from edge.envelope import validate_event
 from edge.hub import Refused
+from edge.hubctl import Style
 from edge.payments import BACKSTOP
+from edge.payments_cli import _render_list
 
 TECHNICIAN = SimpleNamespace(user="tech")
 
@@ -212,6 +214,9 @@ async def test_issue15_the_backstop_never_releases_a_booking_whose_answer_never_
     validate_event(rig.envelopes("payment.manual_review")[0])
     listed = await rig.payments._list({}, TECHNICIAN, _quiet)
     assert [p["state"] for p in listed] == ["review"] and "card_token" not in listed[0]
+    shown = _render_list(listed, Style(False), None)
+    assert f"1 in review ({payment[:8]})" in shown and "never releases" in shown
+    assert "hubctl payment resolve ID --booked" in shown
     for _ in range(3):  # the terminal stays silent
         rig.clock.advance(3600)
         await rig.payments.run_due(rig.lane)
