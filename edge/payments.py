@@ -12,9 +12,13 @@ gets its receipt link. A hold whose session never started is released.
 The ledger (R-P4) is write-ahead: the intent of every terminal call is
 committed before the call, and its outcome after it, so after a SIGKILL at
 any instant the hub knows what it asked and what is left. Settlements and
-releases that fail are retried with backoff; a hold open for 24 hours is
-released; at start-up and periodically each terminal's open reservations are
-compared with the ledger and one the ledger does not know is released.
+releases that fail are retried with backoff; a booking whose answer never
+came sits in review (never released) until the terminal says what became of
+it; a hold open for 24 hours is released once its session has stopped; at
+start-up and periodically each terminal's open reservations are compared
+with the ledger: one the ledger does not know is released, and each hold
+the terminal's answer does not name (a terminal may name only the first
+open one) is asked about on its own, by the call the ledger owes on it.
 
 Each terminal has its own lane (a task and a lock): a dead terminal delays
 only its own arch. Card numbers never reach this module: the driver gives the
@@ -34,6 +38,7 @@ sockets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -67,6 +72,7 @@ from state_machines.payment import (
     PENDING_STATES,
     RELEASING,
     REQUESTED,
+    REVIEW,
     SETTLING,
     next_state,
 )
@@ -80,6 +86,9 @@ RETRY_FIRST_S = 5.0
 RETRY_MAX_S = 300.0
 # How often a terminal's open reservations are compared with the ledger.
 RECONCILE_EVERY_S = 600.0
+# Questions of one reconciliation at most: a terminal that names one open
+# reservation at a time is asked again after each one the hub closes.
+RECONCILE_ROUNDS = 20
 # Time a charger takes to stop drawing power once told to stop.
 STOP_ALLOWANCE_S = 1.0
 # How long the driver may take to present the card at arch_stop.
@@ -167,9 +176,48 @@ def retry_delay_s(attempts: int) -> float:
     return min(RETRY_MAX_S, RETRY_FIRST_S * (2 ** max(0, attempts - 1)))
 
 
-def backstop_due(state: str, held_at: datetime | None, now: datetime) -> bool:
-    """R-P4: a hold still open 24 hours after the approval is released."""
-    return state in (HELD, CHARGING, SETTLING, FOUND) and held_at is not None and now - held_at >= BACKSTOP
+def backstop_decision(state: str, held_at: datetime | None, now: datetime, *, clock_trusted: bool,
+                      session_open: bool, booking_may_have_reached: bool, booking_refused: bool) -> str:
+    """R-P4: what to do with a hold 24 hours after its approval.
+
+    - none: not open that long (or nothing held);
+    - wait_for_clock: it looks due, but the hub's clock never synced (a Pi
+      without a real-time clock starts in the past and jumps): no time-based
+      decision on such a clock;
+    - stop_session: its session still charges: stop it and keep the hold
+      until the session has really stopped (it is then billed), retrying
+      the stop; never release under a session still drawing energy;
+    - release: no session (or it has ended and was never billed), a found
+      hold, or a booking the terminal answered with a refusal;
+    - doubt: a booking may have reached the terminal: review, never release;
+    - keep: a booking never reached the terminal (it is down) or one in
+      review: book it when the terminal answers; releasing needs the same
+      terminal anyway."""
+    if state not in (HELD, CHARGING, SETTLING, REVIEW, FOUND) or held_at is None or now - held_at < BACKSTOP:
+        return "none"
+    if not clock_trusted:
+        return "wait_for_clock"
+    if state in (HELD, CHARGING):
+        return "stop_session" if session_open else "release"
+    if state == FOUND:
+        return "release"
+    if state == REVIEW:
+        return "keep"
+    if booking_may_have_reached:
+        return "doubt"
+    return "release" if booking_refused else "keep"
+
+
+def not_open_outcome(action: str, booking_may_have_reached: bool) -> str:
+    """What the terminal's definite word that a reservation is no longer
+    open (B8/B4 to a call about it, or "nothing open") means for a hold
+    whose ``action`` (settle | release) is owed: settled (a booking of ours
+    reached it), lapsed (closed before any booking of ours), released, or
+    review (a release owed on a hold a booking may have reached: booked or
+    not, only the acquirer's records can tell)."""
+    if action == "settle":
+        return "settled" if booking_may_have_reached else "lapsed"
+    return "review" if booking_may_have_reached else "released"
 
 
 def cost_cap_reached(energy_wh: int, rate_wh_per_s: float, cap_wh: int | None, lead_s: float) -> bool:
@@ -183,38 +231,63 @@ def cost_cap_reached(energy_wh: int, rate_wh_per_s: float, cap_wh: int | None, l
 
 @dataclass(frozen=True)
 class ReconcileAction:
-    kind: str  # release_unknown | confirm_settled | lapse | confirm_released | terminal_lost_hold
+    # release_unknown | ask | confirm_settled | lapse | confirm_released | doubt | terminal_lost_hold
+    kind: str
     receipt_no: int | None = None
     payment_id: str | None = None
 
 
-def reconcile_plan(open_receipts: Iterable[int], records: Iterable["PaymentRecord"], maybe_done) -> list[ReconcileAction]:
-    """Compare a terminal's open reservations with the ledger's open holds on
-    that terminal (R-P4). ``maybe_done(payment_id, action)`` says whether a
-    call for that action may have reached the terminal.
+_CONCLUDED = {"settled": "confirm_settled", "lapsed": "lapse", "released": "confirm_released", "review": "doubt"}
 
-    - open at the terminal, no open hold in the ledger: release it (a crash
-      between the approval and the ledger's write, or a stray hold);
-    - settling, no longer open: our booking went through if we ever sent
-      one (confirm), else the terminal closed it itself (lapsed);
-    - releasing, no longer open: released, whoever did it;
-    - held or charging, no longer open: reported (its settlement will tell).
+
+def reconcile_plan(named: Iterable[int], complete: bool, records: Iterable["PaymentRecord"],
+                   maybe_done) -> list[ReconcileAction]:
+    """Compare a terminal's answer about its open reservations with the
+    ledger's open holds on that terminal (R-P4).
+
+    ``named`` are receipts the terminal said are open; ``complete`` is True
+    only when it said nothing else is open (receipt FF FF). A terminal may
+    name only the first open reservation (Feig cVEND), so a hold it does not
+    name is concluded about only on a complete answer; otherwise it is asked
+    about on its own (``ask``: the call the ledger owes on it, which the
+    terminal takes only while the reservation is open). ``maybe_done(id,
+    action)`` says whether a call for that action may have reached the
+    terminal.
+
+    - named, no open hold in the ledger: release it (a crash between the
+      approval and the ledger's write, an approval whose answer was lost);
+    - named, a call owed on it (settling, review, releasing, found): ask;
+    - not open (complete answer): see ``not_open_outcome``; a hold still
+      held or charging is reported (its settlement will tell);
+    - not named in a partial answer: ask when a call is owed; a hold whose
+      session runs is left alone, concluding nothing.
     Receipt numbers restart on terminals, so only open holds are matched."""
-    open_set = set(open_receipts)
+    named = set(named)
     live = [r for r in records if r.state not in FINAL_STATES and r.receipt_no is not None]
     known = {r.receipt_no for r in live}
-    plan = [ReconcileAction("release_unknown", receipt_no=n) for n in sorted(open_set - known)]
+    plan = [ReconcileAction("release_unknown", receipt_no=n) for n in sorted(named - known)]
     for r in live:
-        if r.receipt_no in open_set:
+        owed = r.state in PENDING_STATES or r.state == FOUND
+        if r.receipt_no in named or not complete:
+            if owed:
+                plan.append(ReconcileAction("ask", receipt_no=r.receipt_no, payment_id=r.id))
             continue
-        if r.state == SETTLING:
-            kind = "confirm_settled" if maybe_done(r.id, "settle") else "lapse"
-        elif r.state in (RELEASING, FOUND):
-            kind = "confirm_released"
+        if owed:
+            action = "settle" if r.state in (SETTLING, REVIEW) else "release"
+            kind = _CONCLUDED[not_open_outcome(action, maybe_done(r.id, "settle"))]
         else:
             kind = "terminal_lost_hold"
         plan.append(ReconcileAction(kind, receipt_no=r.receipt_no, payment_id=r.id))
     return plan
+
+
+def _no_clear_answer(error: Exception) -> str:
+    """For the driver at the arch: how a pre-authorisation went unanswered."""
+    from drivers.zvt import TerminalTimeout
+
+    if isinstance(error, TerminalTimeout):
+        return f"did not answer in time ({type(error).__name__})"
+    return f"gave no clear answer ({type(error).__name__})"
 
 
 def same_card(started: "PaymentRecord", token: str | None, masked: str | None) -> bool:
@@ -523,15 +596,22 @@ class PaymentLedger:
         cols = [d[0] for d in cur.description]
         return [dict(zip(cols, r)) for r in cur.fetchall()]
 
-    def maybe_done(self, payment_id: str, action: str) -> bool:
+    def maybe_done(self, payment_id: str, action: str, before: int | None = None) -> bool:
         """Whether a call for ``action`` may have reached the terminal: one
         was written as asked and never came back with a clear answer, or one
-        the terminal answered as done (or a later call confirmed)."""
+        the terminal answered as done (or a later call confirmed). ``before``:
+        only calls made before that step (the one being answered now)."""
         row = self.db.execute(
-            "SELECT COUNT(*) FROM payment_steps WHERE payment_id=? AND action=? "
+            "SELECT COUNT(*) FROM payment_steps WHERE payment_id=? AND action=? AND n < ? "
             "AND (outcome IS NULL OR outcome IN ('unknown', 'done', 'superseded'))",
-            (payment_id, action),
+            (payment_id, action, before if before is not None else 1 << 62),
         ).fetchone()
+        return row[0] > 0
+
+    def refused(self, payment_id: str, action: str) -> bool:
+        """Whether the terminal answered a call for ``action`` with a refusal."""
+        row = self.db.execute("SELECT COUNT(*) FROM payment_steps WHERE payment_id=? AND action=? AND outcome='refused'",
+                              (payment_id, action)).fetchone()
         return row[0] > 0
 
     # -- writing
@@ -690,6 +770,10 @@ class TerminalLane:
         self._texts = None  # where the terminal's screen texts go during an exchange
         self.serving: str | None = None  # the connector whose driver is at the terminal now
         self.closing = False  # its end-of-day is running
+        # Its last answer about open reservations named some, not all: a
+        # reservation behind them may be named once one of them is closed.
+        self.listing_partial = False
+        self.open_query_refused = False  # alarmed once: R-P4 cannot be checked on it
 
     def _on_text(self, text: str):
         if self._texts is not None:
@@ -808,6 +892,7 @@ class Payments(Capability):
         self._watch: dict[str, CapWatch] = {}  # payment id -> cost-cap watch of a charging hold
         self._selecting: set[str] = set()  # connectors with a pre-authorisation running
         self._last_backstop = 0.0
+        self._backstop_stops: set[str] = set()  # sessions with a backstop stop on its way
         hub.session_ended_hooks.append(self._on_session_ended)
 
     # ------------------------------------------------------------ lifecycle
@@ -861,6 +946,9 @@ class Payments(Capability):
                     self._watch[rec.id] = CapWatch(self._cap_wh(rec))
             elif rec.state == FOUND:
                 self._begin_release(rec, rec.reason or "a hold the ledger did not know")
+            elif rec.state == SETTLING and any(st["action"] == "settle" and st["outcome"] is None
+                                               for st in self.ledger.steps(rec.id)):
+                self._doubt(rec, None, "the controller restarted during the booking")
 
     def _ended_session_of(self, rec: PaymentRecord):
         if not rec.connector:
@@ -901,6 +989,7 @@ class Payments(Capability):
             "arch_receipt": self._arch_receipt,
             "payments": self._list,
             "payment_retry": self._retry,
+            "payment_resolve": self._resolve,
             "terminal_end_of_day": self._terminal_end_of_day,
         }
 
@@ -983,10 +1072,11 @@ class Payments(Capability):
             crash_point("payments.preauth_sent")
             result, error = await self._with_screen(lane, progress, lane.client.preauthorize(hold, tariff.currency))
             now = self._now()
+            error = error or self._foreign_approval(lane, rec, result)
             if error is not None:
                 lane.failed(error)
                 lane.reconcile_due = True  # a reservation may exist that the ledger cannot name
-                reason = f"the terminal did not answer in time ({type(error).__name__}): try again, or use another arch"
+                reason = f"the terminal {_no_clear_answer(error)}: try again, or use another arch"
                 with self.hub.store.transaction():
                     self.ledger.end_step(rec.id, step, "unknown" if error.maybe_done else "failed", str(error), now)
                     self.ledger.change(rec, now, "decline", reason=reason)
@@ -1011,6 +1101,25 @@ class Payments(Capability):
             log.info("payment.approved payment=%s connector=%s receipt=%s hold=%s", rec.id, connector, rec.receipt_no, rec.hold)
         crash_point("payments.after_approval")
         return await self._start_paid_session(rec, tariff)
+
+    def _foreign_approval(self, lane: TerminalLane, rec: PaymentRecord, result):
+        """An approval without a receipt number, or naming a reservation the
+        ledger already holds open on this terminal, is no answer to this
+        pre-authorisation (a terminal never gives two open reservations one
+        number): its outcome is unknown, and reconciliation finds what the
+        terminal really holds."""
+        from drivers.zvt import TerminalProtocolError
+
+        if result is None or not result.ok:
+            return None
+        n = result.receipt_no
+        if n is not None and not any(r.receipt_no == n and r.id != rec.id for r in self.ledger.open_records(lane.id)):
+            return None
+        what = f"names receipt {n}, which an open hold already has" if n is not None else "has no receipt number"
+        log.warning("payment.foreign_approval payment=%s terminal=%s receipt=%s", rec.id, lane.id, n)
+        err = TerminalProtocolError(f"the terminal's approval {what}: it answers another call")
+        err.maybe_done = True
+        return err
 
     async def _with_screen(self, lane: TerminalLane, progress, call):
         """Run a terminal call, passing the terminal's screen texts and a
@@ -1143,11 +1252,12 @@ class Payments(Capability):
         await self.hub.store.durable()
         result, error = await self._with_screen(lane, progress, lane.client.preauthorize(CARD_CHECK_AMOUNT, cur))
         now = self._now()
+        error = error or self._foreign_approval(lane, rec, result)
         if error is not None or not result.ok:
             if error is not None:
                 lane.failed(error)
                 lane.reconcile_due = True
-            reason = result.reason if result else f"the terminal did not answer ({type(error).__name__}): try again"
+            reason = f"the terminal {_no_clear_answer(error)}: try again" if error is not None else result.reason
             with self.hub.store.transaction():
                 self.ledger.end_step(rec.id, step, "unknown" if error is not None else "refused", reason, now)
                 self.ledger.change(rec, now, "decline", reason=reason)
@@ -1193,8 +1303,7 @@ class Payments(Capability):
                 rec, now, "bill", session_id=s.id, energy_wh=int(s.energy_wh), settle_amount=bill.amount,
                 cost_net=bill.cost.net, cost_vat=bill.cost.vat, cost_gross=bill.cost.gross, next_attempt_at=now,
             )
-        # After the ledger's commit: the session ledger commits on its own.
-        self._write_session_cost(s.id, tariff, bill.cost)
+            self._write_session_cost(s.id, tariff, bill.cost)  # the session's cost with the amount to book
         log.info("payment.settling payment=%s session=%s energy_wh=%s amount=%s capped=%s",
                  rec.id, s.id, s.energy_wh, bill.amount, bill.capped)
         self._wake(rec.terminal)
@@ -1250,14 +1359,19 @@ class Payments(Capability):
                 await self._attempt(lane, rec)
 
     async def _attempt(self, lane: TerminalLane, rec: PaymentRecord) -> None:
-        """One settlement or release call, write-ahead. The lane's lock is held."""
+        """One settlement or release call, write-ahead. The lane's lock is held.
+
+        It is also how the hub asks the terminal about one reservation: the
+        terminal takes the call only while the reservation is open, and
+        answers B8/B4 when it is not (``not_open_outcome``). A booking whose
+        answer is lost sends the hold to review; never released from there."""
         from drivers.zvt import TerminalError
 
         fresh = self.ledger.get(rec.id)
         if fresh is None or fresh.state not in PENDING_STATES:
             return
         rec = fresh
-        settle = rec.state == SETTLING
+        settle = rec.state in (SETTLING, REVIEW)
         action = "settle" if settle else "release"
         amount = rec.settle_amount if settle else rec.hold
         now = self._now()
@@ -1273,27 +1387,37 @@ class Payments(Capability):
                 result = await lane.client.reverse_preauth(rec.receipt_no, rec.currency)
         except TerminalError as exc:
             lane.failed(exc)
-            self._retry_later(rec, step, "unknown" if exc.maybe_done else "failed", str(exc))
+            if settle and exc.maybe_done:
+                self._doubt(rec, step, str(exc))
+            else:
+                self._retry_later(rec, step, "unknown" if exc.maybe_done else "failed", str(exc))
             return
         finally:
             lane.activity = "idle" if lane.connected else "down"
         crash_point(f"payments.after_{action}_call")
         lane.last_result = f"{action}: {result.reason}"
-        now = self._now()
-        if result.ok:
+        if result.ok and result.receipt_no != rec.receipt_no:
+            # Another reservation's answer (the driver matches them; this is the ledger's own check).
+            detail = f"the terminal answered about receipt {result.receipt_no}, not {rec.receipt_no}"
+            if settle:
+                self._doubt(rec, step, detail)
+            else:
+                self._retry_later(rec, step, "unknown", detail)
+        elif result.ok:
             self._finish(rec, step, action, "done", f"{action} done by the terminal")
         elif result.result_code in NOT_OPEN_CODES:
-            earlier = self._earlier_unknown(rec.id, action, step)
-            if action == "release" or earlier:
-                self._finish(rec, step, action, "done", f"terminal: reservation no longer open ({result.reason})")
-            else:
+            outcome = not_open_outcome(action, self.ledger.maybe_done(rec.id, "settle", before=step))
+            detail = f"terminal: reservation no longer open ({result.reason})"
+            if outcome == "settled":
+                self._finish(rec, step, action, "done", detail + " after our earlier booking reached it")
+            elif outcome == "released":
+                self._finish(rec, step, action, "done", detail)
+            elif outcome == "lapsed":
                 self._lapse(rec, step, result.reason)
+            else:
+                self._doubt(rec, step, detail + ", but a booking may have reached it before")
         else:
             self._retry_later(rec, step, "refused", result.reason)
-
-    def _earlier_unknown(self, payment_id: str, action: str, current: int) -> bool:
-        return any(st["action"] == action and st["n"] != current and st["outcome"] in (None, "unknown")
-                   for st in self.ledger.steps(payment_id))
 
     def _retry_later(self, rec: PaymentRecord, step: int, outcome: str, detail: str) -> None:
         now = self._now()
@@ -1330,54 +1454,121 @@ class Payments(Capability):
                     energy_wh=rec.energy_wh or 0, tariff=rec.tariff, receipt={"id": receipt_id, "url": url},
                     receipt_url=url,
                 )
+                if rec.session_id and rec.tariff_obj is not None:
+                    # R-P5: the receipt link exists once the money is booked, and in the
+                    # same commit: a kill in between must not leave it settled without one.
+                    self._write_session_cost(rec.session_id, rec.tariff_obj, cost, receipt_id)
             else:
                 self.ledger.change(rec, now, "confirm_release", last_error=None)
                 if rec.kind != "card_check":
                     self._emit("payment.released", rec, reason=rec.reason or "released")
-        if action == "settle" and rec.session_id and rec.tariff_obj is not None:
-            # R-P5: the receipt link exists once the money is booked, not before.
-            self._write_session_cost(rec.session_id, rec.tariff_obj, cost, rec.receipt_id)
+        self._terminal_changed(rec.terminal)
         log.info("payment.%s payment=%s", "settled" if action == "settle" else "released", rec.id)
 
-    def _lapse(self, rec: PaymentRecord, step: int | None, detail: str) -> None:
+    def _lapse(self, rec: PaymentRecord, step: int | None, detail: str,
+               reason: str | None = None) -> None:
         now = self._now()
         with self.hub.store.transaction():
             if step is not None:
                 self.ledger.end_step(rec.id, step, "refused", detail, now)
-            self.ledger.change(rec, now, "lapse", reason=f"the terminal no longer held the reservation: {detail}")
+            self.ledger.change(rec, now, "lapse", last_error=None,
+                               reason=reason or f"the terminal no longer held the reservation: {detail}")
             self._emit("payment.lapsed", rec, amount=money(rec.settle_amount, rec.currency), reason=rec.reason)
+        self._terminal_changed(rec.terminal)
         log.warning("payment.lapsed payment=%s session=%s", rec.id, rec.session_id)
+
+    def _doubt(self, rec: PaymentRecord, step: int | None, detail: str) -> None:
+        """A booking may have reached the terminal and its answer never came:
+        the hold goes to review (once, with its event) and the terminal is
+        asked again with backoff; never released from here."""
+        now = self._now()
+        attempts = rec.attempts + 1
+        delay = retry_delay_s(attempts)
+        amount = money(rec.settle_amount, rec.currency)
+        booking = f"{amount['amount']} {amount['currency']}" if amount else "the amount"
+        message = (f"the booking of {booking} on receipt {rec.receipt_no} at terminal {rec.terminal} may have gone "
+                   f"through, but the terminal did not confirm it ({detail}). The hub keeps asking the terminal; "
+                   f"`hubctl payment retry {rec.id[:8]}` asks now. If the terminal can no longer tell (replaced, "
+                   f"reset, broken), look up receipt {rec.receipt_no} of terminal {rec.terminal} in the acquirer's "
+                   f"records and record it with `hubctl payment resolve {rec.id[:8]} --booked` or `--not-booked`")
+        with self.hub.store.transaction():
+            if step is not None:
+                self.ledger.end_step(rec.id, step, "unknown", detail, now)
+            else:
+                self.ledger.settle_open_steps(rec.id, "unknown", detail, now)
+            fresh = rec.state != REVIEW
+            self.ledger.change(rec, now, "doubt" if fresh else None, attempts=attempts, last_error=detail[:300],
+                               next_attempt_at=now + timedelta(seconds=delay))
+            if fresh:
+                self._emit("payment.manual_review", rec, amount=amount, reason=detail[:500], message=message)
+        log.warning("payment.review payment=%s receipt=%s attempts=%d in_s=%.0f reason=%s",
+                    rec.id, rec.receipt_no, attempts, delay, detail)
+
+    def _terminal_changed(self, terminal: str) -> None:
+        """A reservation was closed: on a terminal that names only its first
+        open one, the next one may be named now."""
+        lane = self.lanes.get(terminal)
+        if lane is not None and lane.listing_partial:
+            lane.reconcile_due = True
 
     # ---------------------------------------------------------- reconcile
     async def reconcile(self, lane: TerminalLane) -> None:
-        """R-P4: the terminal's open reservations against the ledger."""
+        """R-P4: the terminal's open reservations against the ledger, until
+        every hold of the ledger on it has a definite answer or is left
+        with its running session. The terminal is asked for its open
+        reservations; each hold the answer does not settle is asked about on
+        its own; after each reservation closed the list is asked for again,
+        as a terminal that names one at a time then names the next."""
         from drivers.zvt import TerminalError, TerminalRefused
 
         async with lane.lock:
-            for _round in range(20):
+            asked: set[str] = set()
+            complete = False
+            for _round in range(RECONCILE_ROUNDS):
                 try:
-                    listed = await lane.client.open_preauthorizations()
+                    listing = await lane.client.open_preauthorizations()
+                    named, complete = listing.named, listing.complete
                 except TerminalRefused as exc:
-                    log.info("terminal.no_open_query terminal=%s reason=%s", lane.id, exc)
-                    break
+                    self._open_query_refused(lane, exc)
+                    named, complete = frozenset(), False
                 except TerminalError as exc:
                     lane.failed(exc)
                     return
-                plan = reconcile_plan([o.receipt_no for o in listed], self.ledger.open_records(lane.id), self.ledger.maybe_done)
-                amounts = {o.receipt_no: o.amount for o in listed}
-                released_any = False
+                plan = reconcile_plan(named, complete, self.ledger.open_records(lane.id), self.ledger.maybe_done)
+                closed_any = False
                 for action in plan:
-                    released_any |= await self._apply(lane, action, amounts)
-                if not released_any:
+                    if action.kind == "ask":
+                        if action.payment_id in asked:
+                            continue
+                        asked.add(action.payment_id)
+                    closed_any |= await self._apply(lane, action)
+                    if not lane.connected:
+                        return  # the next round of the lane reconnects and reconciles again
+                if not closed_any or not named:
                     break
+            lane.listing_partial = not complete
             lane.reconcile_due = False
             lane.last_reconcile = time.monotonic()
 
-    async def _apply(self, lane: TerminalLane, action: ReconcileAction, amounts: dict) -> bool:
+    def _open_query_refused(self, lane: TerminalLane, exc: Exception) -> None:
+        if lane.open_query_refused:
+            return
+        lane.open_query_refused = True
+        message = (f"terminal {lane.id} refused the query for open reservations ({exc}): the hub cannot check that "
+                   f"no reservation is left open on it (R-P4). The holds the hub recorded are still booked or "
+                   f"released one by one, but a reservation it never recorded (power lost during a payment) cannot "
+                   f"be found. Enable the open pre-authorisation query (06 23) in the terminal's ZVT settings; until "
+                   f"then check its journal for open reservations after each outage and reverse them at the terminal")
+        log.warning("terminal.open_query_refused terminal=%s reason=%s", lane.id, exc)
+        self.hub.emit("device.alarm", {"alarm": "terminal_open_query_refused", "message": message})
+
+    async def _apply(self, lane: TerminalLane, action: ReconcileAction) -> bool:
+        """Carry out one step of a reconciliation plan; True when a
+        reservation at the terminal was closed by it."""
         now = self._now()
         if action.kind == "release_unknown":
             rec = self.ledger.create(terminal=lane.id, connector=None, kind="unknown_hold", currency=self.hub.cfg.hub.currency,
-                                     hold=amounts.get(action.receipt_no), now=now, state=FOUND,
+                                     hold=None, now=now, state=FOUND,
                                      receipt_no=action.receipt_no, reason="a hold at the terminal the ledger did not know")
             with self.hub.store.transaction():
                 self.ledger.change(rec, now, "release", next_attempt_at=now)
@@ -1387,12 +1578,18 @@ class Payments(Capability):
         rec = self.ledger.get(action.payment_id)
         if rec is None:
             return False
+        if action.kind == "ask":
+            await self._attempt(lane, rec)
+            fresh = self.ledger.get(rec.id)
+            return fresh is not None and fresh.state in FINAL_STATES
         if action.kind == "confirm_settled":
-            self._finish(rec, None, "settle", "done", "confirmed: the terminal no longer holds the reservation after our booking")
+            self._finish(rec, None, "settle", "done", "confirmed: the terminal holds nothing open after our booking")
         elif action.kind == "confirm_released":
-            self._finish(rec, None, "release", "done", "confirmed: the terminal no longer holds the reservation")
+            self._finish(rec, None, "release", "done", "confirmed: the terminal holds nothing open")
         elif action.kind == "lapse":
             self._lapse(rec, None, "reservation closed at the terminal before any booking")
+        elif action.kind == "doubt":
+            self._doubt(rec, None, "the terminal holds nothing open, but a booking may have reached it before")
         elif action.kind == "terminal_lost_hold":
             log.warning("payment.terminal_lost_hold payment=%s state=%s receipt=%s", rec.id, rec.state, rec.receipt_no)
         return False
@@ -1625,25 +1822,57 @@ class Payments(Capability):
         self.apply_backstop(now)
 
     def apply_backstop(self, now: datetime) -> list[str]:
-        """R-P4: release every hold open 24 hours; a session still charging
-        on it is stopped first. Returns the payments released."""
-        done = []
+        """R-P4: a hold open 24 hours is released once its session has
+        really stopped (the stop is sent, and sent again, until it has);
+        a booking that may have been made is never released, it goes to
+        review. Nothing is decided on a clock that never synced. Returns
+        the payments released."""
+        trusted = bool(getattr(self.hub.clock, "synced", True))
+        released, untrusted = [], 0
         for rec in self.ledger.open_records():
-            if not backstop_due(rec.state, rec.held_at, now):
-                continue
-            if rec.state == CHARGING and rec.session_id:
-                s = self.hub.sessions.get(rec.session_id)
-                if s is not None and s.is_open:
-                    self.hub.spawn(self._stop_for_cap_reason(s.id))
-            self._begin_release(rec, "the hold was open for 24 hours (backstop)")
-            done.append(rec.id)
-        return done
+            session = self._open_session_of(rec)
+            decision = backstop_decision(
+                rec.state, rec.held_at, now, clock_trusted=trusted, session_open=session is not None,
+                booking_may_have_reached=self.ledger.maybe_done(rec.id, "settle"),
+                booking_refused=self.ledger.refused(rec.id, "settle"))
+            if decision == "wait_for_clock":
+                untrusted += 1
+            elif decision == "stop_session":
+                if session.id not in self._backstop_stops:
+                    log.warning("payment.backstop_stop payment=%s session=%s: the hold is 24 hours old; it is kept "
+                                "until the session has stopped", rec.id, session.id)
+                    self._backstop_stops.add(session.id)
+                    self.hub.spawn(self._stop_for_backstop(session.id))
+            elif decision == "release":
+                why = "the hold was open for 24 hours (backstop)"
+                if rec.state == SETTLING:
+                    why += f" and the terminal refused its booking ({rec.last_error}): the session is not billed here"
+                self._begin_release(rec, why)
+                released.append(rec.id)
+            elif decision == "doubt":
+                self._doubt(rec, None, "open for 24 hours with a booking that may have been made")
+        if untrusted:
+            log.warning("payment.backstop_skipped holds=%d: the hub's clock has not synced, so no hold is released for "
+                        "its age; check the time source (NTP) with `hubctl status`", untrusted)
+        return released
 
-    async def _stop_for_cap_reason(self, session_id: str) -> None:
+    def _open_session_of(self, rec: PaymentRecord):
+        """The session still running on this hold, if any."""
+        if rec.state not in (HELD, CHARGING):
+            return None
+        if rec.session_id:
+            s = self.hub.sessions.get(rec.session_id)
+            return s if s is not None and s.is_open else None
+        return next((s for s in self.hub.sessions.open_sessions() if s.payment_id == rec.id), None)
+
+    async def _stop_for_backstop(self, session_id: str) -> None:
         try:
             await self.hub.stop_session(session_id, "payment_hold_expired")
         except Refused as exc:
-            log.warning("payment.backstop_stop_failed session=%s reason=%s", session_id, exc)
+            log.warning("payment.backstop_stop_failed session=%s reason=%s: the hold stays until the session stops; "
+                        "the stop is sent again", session_id, exc)
+        finally:
+            self._backstop_stops.discard(session_id)
 
     # ------------------------------------------------------------ tariffs
     def tariff_at(self, now: datetime) -> Tariff:
@@ -1665,8 +1894,7 @@ class Payments(Capability):
         records = self.ledger.recent(limit, include_closed=bool(args.get("all", True)))
         return [r.view() for r in records]
 
-    async def _retry(self, args: dict, caller, progress) -> dict:
-        """R-T3: a technician asks for a settlement or release now."""
+    def _payment_arg(self, args: dict) -> PaymentRecord:
         from edge.control import ControlError
 
         ref = args.get("id")
@@ -1676,13 +1904,19 @@ class Payments(Capability):
         if rec is None:
             raise NotFound(f"no payment {ref!r}: `hubctl payments` lists them")
         if rec.state in FINAL_STATES:
-            raise Refused(f"payment {rec.id[:8]} is already {rec.state}: nothing to retry", code="not_open")
+            raise Refused(f"payment {rec.id[:8]} is already {rec.state}: nothing to do", code="not_open")
+        return rec
+
+    async def _retry(self, args: dict, caller, progress) -> dict:
+        """R-T3: a technician asks for a settlement or release now; for a
+        hold in review, the terminal is asked about its booking again."""
+        rec = self._payment_arg(args)
         if rec.state not in PENDING_STATES:
             raise Refused(f"payment {rec.id[:8]} is {rec.state}: it is settled when its session ends; nothing to retry now",
                           code="not_due")
         lane = self.lanes.get(rec.terminal)
         if lane is None:
-            raise Refused(f"terminal {rec.terminal} is no longer configured: add it back to [[terminals]] to release "
+            raise Refused(f"terminal {rec.terminal} is no longer configured: add it back to [[terminals]] to resolve "
                           f"this hold", code="device_unavailable")
         now = self._now()
         self.ledger.change(rec, now, next_attempt_at=now)
@@ -1700,10 +1934,49 @@ class Payments(Capability):
         self.hub.audit(caller.user, "payment.retry", rec.id, "", result)
         if fresh.state in FINAL_STATES:
             message = f"payment {rec.id[:8]} is now {fresh.state}"
+        elif fresh.state == REVIEW:
+            message = (f"payment {rec.id[:8]} is still in review: terminal {rec.terminal} has not said whether the "
+                       f"booking on its receipt {rec.receipt_no} went through (last: {fresh.last_error or 'no answer yet'}). "
+                       f"The hub keeps asking; check the terminal with `hubctl devices`. If it can no longer tell, "
+                       f"look up that receipt in the acquirer's records and run `hubctl payment resolve {rec.id[:8]} "
+                       f"--booked` or `--not-booked` with --reason")
         else:
             message = (f"payment {rec.id[:8]} is still {fresh.state}: the terminal said {fresh.last_error or 'nothing yet'}; "
                        f"the hub keeps retrying (check `hubctl devices` for terminal {rec.terminal})")
         return {"payment": rec.id, "state": fresh.state, "message": message}
+
+    async def _resolve(self, args: dict, caller, progress) -> dict:
+        """R-T3: a technician records what became of a booking in review,
+        from the acquirer's records, when the terminal cannot tell: booked
+        settles it (receipt link, payment.settled), not booked lapses it
+        (payment.lapsed: the cloud bills the session another way)."""
+        from edge.control import ControlError
+
+        rec = self._payment_arg(args)
+        outcome, reason = args.get("outcome"), args.get("reason")
+        if outcome not in ("booked", "not_booked"):
+            raise ControlError("bad_request", "say what the acquirer's records show: outcome \"booked\" or \"not_booked\"")
+        if not isinstance(reason, str) or not reason.strip():
+            raise ControlError("bad_request", "give a reason: where you saw it, e.g. --reason \"acquirer portal, 2026-11-24\"")
+        if rec.state != REVIEW:
+            raise Refused(f"payment {rec.id[:8]} is {rec.state}, not in review: the hub resolves it with the terminal; "
+                          f"`hubctl payment retry {rec.id[:8]}` tries now", code="not_in_review")
+        note = f"recorded by {caller.user} as {outcome.replace('_', ' ')}: {reason.strip()[:200]}"
+        lane = self.lanes.get(rec.terminal)
+        async with lane.lock if lane is not None else contextlib.nullcontext():  # not during a call about it
+            fresh = self.ledger.get(rec.id)
+            if fresh is None or fresh.state != REVIEW:
+                raise Refused(f"payment {rec.id[:8]} was resolved by the terminal meanwhile: it is "
+                              f"{fresh.state if fresh else 'gone'}", code="not_in_review")
+            if outcome == "booked":
+                self._finish(fresh, None, "settle", "done", note)
+            else:
+                self._lapse(fresh, None, note, reason=note)
+        state = self.ledger.get(rec.id).state
+        self.hub.audit(caller.user, "payment.resolve", rec.id, reason.strip()[:200], state)
+        log.warning("payment.resolved_by_hand payment=%s user=%s outcome=%s", rec.id, caller.user, outcome)
+        return {"payment": rec.id, "state": state,
+                "message": f"payment {rec.id[:8]} is now {state} ({note})"}
 
     # ------------------------------------------------------------ status
     def status(self) -> dict:

@@ -1,8 +1,11 @@
 """hubctl commands of the payment part (R-T3): `hubctl payments` lists the
 holds at the arch terminals with their state; `hubctl payment retry ID`
-settles or releases a hold now instead of at its next retry; `hubctl
-terminal end-of-day ID` closes a terminal's day now. Kept light so hubctl
-starts fast: no daemon code is imported here."""
+settles or releases a hold now instead of at its next retry (for one in
+review: asks the terminal about its booking again); `hubctl payment resolve
+ID --booked|--not-booked --reason TEXT` records what the acquirer's records
+show for a booking the terminal cannot confirm; `hubctl terminal end-of-day
+ID` closes a terminal's day now. Kept light so hubctl starts fast: no daemon
+code is imported here."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import argparse
 from edge.hubctl import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, PartCommand, Style, table
 
 FINAL = ("declined", "settled", "released", "lapsed")
+PENDING = ("settling", "review", "releasing")
 
 
 def _configure_list(p: argparse.ArgumentParser) -> None:
@@ -29,7 +33,7 @@ def _amount(value: str | None, currency: str | None) -> str:
 def _render_list(items: list, style: Style, args: argparse.Namespace) -> str:
     rows = []
     for p in items:
-        note = p.get("last_error") if p["state"] in ("settling", "releasing") and p.get("last_error") else p.get("reason") or ""
+        note = p.get("last_error") if p["state"] in PENDING and p.get("last_error") else p.get("reason") or ""
         rows.append([
             p["id"][:8], p["terminal"], p.get("connector") or "-", style.state(p["state"]),
             _amount(p.get("hold"), p.get("currency")), _amount(p.get("settle_amount"), p.get("currency")),
@@ -41,16 +45,53 @@ def _render_list(items: list, style: Style, args: argparse.Namespace) -> str:
     pending = [p for p in items if p["state"] in ("settling", "releasing")]
     if pending:
         out += f"\n\n{len(pending)} waiting for the terminal: `hubctl payment retry ID` tries again now"
+    review = [p for p in items if p["state"] == "review"]
+    if review:
+        ids = ", ".join(p["id"][:8] for p in review[:5]) + (" ..." if len(review) > 5 else "")
+        out += (f"\n\n{len(review)} in review ({ids}): a booking was sent and its answer never came, so the money may "
+                f"have been booked; the hub keeps asking the terminal and never releases these. `hubctl payment retry "
+                f"ID` asks now; if the terminal cannot tell, look the receipt up in the acquirer's records and run "
+                f"`hubctl payment resolve ID --booked` or `--not-booked` with --reason")
     return out
 
 
+PAYMENT_DESCRIPTION = """\
+retry: settle or release a waiting hold now instead of at its next retry; for
+a hold in review (a booking whose answer never came), ask the terminal again
+whether it booked it.
+resolve: for a hold in review that the terminal can no longer tell about
+(replaced, reset, broken), record what the acquirer's records show for its
+receipt: --booked settles it (receipt link, payment.settled), --not-booked
+lapses it (payment.lapsed: the cloud bills the session another way).
+Both are audited."""
+
+PAYMENT_EPILOG = """\
+examples:
+  hubctl payment retry 3f2a9c1d
+  hubctl payment resolve 3f2a9c1d --booked --reason "acquirer portal: receipt 17 booked 59.28 EUR"
+
+exit status: 0 the hold is closed; 3 still waiting (the hub keeps trying), or
+not in review; 2 bad arguments; 4 no such payment; 5 daemon unreachable or
+not in the technicians' group."""
+
+
 def _configure_payment(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=["retry"])
+    p.description = PAYMENT_DESCRIPTION
+    p.epilog = PAYMENT_EPILOG
+    p.add_argument("action", choices=["retry", "resolve"])
     p.add_argument("id", metavar="ID", help="payment id, or its first 8 characters from `hubctl payments`")
-    p.add_argument("--timeout", type=int, default=30, help="seconds to wait for the terminal (default 30)")
+    p.add_argument("--timeout", type=int, default=30, help="retry: seconds to wait for the terminal (default 30)")
+    seen = p.add_mutually_exclusive_group()
+    seen.add_argument("--booked", dest="outcome", action="store_const", const="booked",
+                      help="resolve: the acquirer's records show the booking")
+    seen.add_argument("--not-booked", dest="outcome", action="store_const", const="not_booked",
+                      help="resolve: the acquirer's records show no booking")
+    p.add_argument("--reason", help="resolve: where you saw it (kept in the audit)")
 
 
 def _request_payment(args: argparse.Namespace) -> tuple[str, dict]:
+    if args.action == "resolve":
+        return "payment_resolve", {"id": args.id, "outcome": args.outcome, "reason": args.reason}
     return "payment_retry", {"id": args.id, "timeout": args.timeout}
 
 
@@ -105,7 +146,7 @@ def hubctl_commands() -> list[PartCommand]:
     return [
         PartCommand("payments", "holds at the arch terminals: open and recent, with their state (R-P4)",
                     _configure_list, _request_list, _render_list),
-        PartCommand("payment", "act on a payment: retry its settlement or release now (R-T3)",
+        PartCommand("payment", "act on a payment: retry its settlement or release now, or resolve one in review (R-T3)",
                     _configure_payment, _request_payment, _render_payment, _payment_exit),
         PartCommand("terminal", "act on an arch terminal: run its end-of-day now (R-T3)",
                     _configure_terminal, _request_terminal, _render_terminal, _terminal_exit),

@@ -88,6 +88,18 @@ class _Channel:
     def close(self) -> None:
         raise NotImplementedError
 
+    def waiting(self) -> list[bytes]:
+        """Take the APDUs that have arrived and not been read yet."""
+        inbox: asyncio.Queue = getattr(self, "_inbox")
+        out: list[bytes] = []
+        while not inbox.empty():
+            item = inbox.get_nowait()
+            if item is None:  # the line closed: keep that for the next read
+                inbox.put_nowait(None)
+                break
+            out.append(item)
+        return out
+
 
 class _TcpChannel(_Channel):
     name = "tcp"
@@ -169,15 +181,21 @@ class _PtyChannel(_Channel):
             if isinstance(event, LineByte):
                 self._line.put_nowait(event.value)
             elif isinstance(event, Frame):
-                if not event.crc_ok:
+                verdict = self._sim.frame_verdict(event.apdu) if event.crc_ok else "nak"
+                if verdict == "nak":
+                    if event.crc_ok:
+                        self._sim.events.append("nak_sent")
                     self._write(bytes((NAK_BYTE,)))
-                elif self._sim.nak_frames > 0:
-                    self._sim.nak_frames -= 1
-                    self._sim.events.append("nak_sent")
-                    self._write(bytes((NAK_BYTE,)))
-                else:
+                elif verdict == "ack":
                     self._write(bytes((ACK_BYTE,)))
                     self._inbox.put_nowait(event.apdu)
+                # "drop": no ACK, no NAK, the frame is lost (a terminal restarting)
+
+    def forget_input(self) -> None:
+        """Frames received and not yet read are lost (the terminal restarted)."""
+        self._parser = FrameReader()
+        while not self._inbox.empty():
+            self._inbox.get_nowait()
 
     async def send(self, apdu: bytes) -> None:
         if self._closed:
@@ -374,11 +392,19 @@ class ZvtTerminalSimulator:
 
     # -- protocol ------------------------------------------------------------------
 
+    def frame_verdict(self, apdu: bytes) -> str:
+        """Serial: what the line answers to a good frame: "ack", "nak", or
+        "drop" (no answer at all)."""
+        if self.nak_frames > 0:
+            self.nak_frames -= 1
+            return "nak"
+        return "ack"
+
     async def _serve(self, channel: _Channel) -> None:
         self._channels.add(channel)
         try:
             while True:
-                raw = await channel.receive(None)
+                raw = await self._read(channel, None)
                 if raw is None:
                     continue
                 try:
@@ -395,6 +421,10 @@ class ZvtTerminalSimulator:
         finally:
             self._channels.discard(channel)
             channel.close()
+
+    async def _read(self, channel: _Channel, timeout: float | None) -> bytes | None:
+        """The next APDU from the controller."""
+        return await channel.receive(timeout)
 
     async def _send(self, channel: _Channel, message: m.Message) -> None:
         await channel.send(m.encode_message(message))

@@ -15,6 +15,17 @@ was held and nothing starts. lapsed is a settlement the terminal could no
 longer take because the reservation was gone before the hub booked anything
 (closed by the terminal itself): the cloud must bill the session another way.
 
+review is a settlement whose outcome is unknown: a booking went to the
+terminal and its answer never came (a time-out, a lost link, an answer that
+was not the booking's, a restart during the call). The money may have been
+booked, so the hold is never released from here, not even by the 24-hour
+backstop. The hub keeps asking the terminal about that one reservation: a
+booking it takes now, or its word that the reservation is no longer open
+after the hub's booking reached it, settles it. A technician sees it in
+`hubctl payments`, can ask again at once (`hubctl payment retry`) and, when
+the terminal can no longer tell, records what the acquirer's records show
+(`hubctl payment resolve`: booked settles it, not booked lapses it).
+
 The ledger (edge/payments.py) keeps one row per hold and moves it only along
 these transitions; `next_state` answers from this machine's table, so the
 diagram, the tests and the ledger follow one definition.
@@ -31,19 +42,20 @@ DECLINED = "declined"
 HELD = "held"
 CHARGING = "charging"
 SETTLING = "settling"
+REVIEW = "review"
 SETTLED = "settled"
 RELEASING = "releasing"
 RELEASED = "released"
 LAPSED = "lapsed"
 FOUND = "found"
 
-STATES: list[str] = [REQUESTED, DECLINED, HELD, CHARGING, SETTLING, SETTLED, RELEASING, RELEASED, LAPSED, FOUND]
+STATES: list[str] = [REQUESTED, DECLINED, HELD, CHARGING, SETTLING, REVIEW, SETTLED, RELEASING, RELEASED, LAPSED, FOUND]
 INITIAL = REQUESTED
 FINAL_STATES: frozenset[str] = frozenset({DECLINED, SETTLED, RELEASED, LAPSED})
 # States in which money may be reserved on the card: the terminal must end them.
-HOLDING_STATES: frozenset[str] = frozenset({HELD, CHARGING, SETTLING, RELEASING, FOUND})
+HOLDING_STATES: frozenset[str] = frozenset({HELD, CHARGING, SETTLING, REVIEW, RELEASING, FOUND})
 # States with a terminal call still to make (retried with backoff until done).
-PENDING_STATES: frozenset[str] = frozenset({SETTLING, RELEASING})
+PENDING_STATES: frozenset[str] = frozenset({SETTLING, REVIEW, RELEASING})
 
 # Trigger names are verbs no model method uses (transitions 0.9 silently skips
 # binding a trigger that shadows a method).
@@ -52,8 +64,9 @@ TRANSITIONS: list[dict] = [
     {"trigger": "decline", "source": REQUESTED, "dest": DECLINED},
     {"trigger": "begin_charging", "source": HELD, "dest": CHARGING},
     {"trigger": "bill", "source": [HELD, CHARGING], "dest": SETTLING},
-    {"trigger": "confirm_settlement", "source": SETTLING, "dest": SETTLED},
-    {"trigger": "lapse", "source": SETTLING, "dest": LAPSED},
+    {"trigger": "doubt", "source": [SETTLING, RELEASING], "dest": REVIEW},
+    {"trigger": "confirm_settlement", "source": [SETTLING, REVIEW], "dest": SETTLED},
+    {"trigger": "lapse", "source": [SETTLING, REVIEW], "dest": LAPSED},
     {"trigger": "release", "source": [HELD, CHARGING, SETTLING, FOUND], "dest": RELEASING},
     {"trigger": "confirm_release", "source": RELEASING, "dest": RELEASED},
 ]

@@ -4,7 +4,7 @@ Use ``ZvtClient.from_url(url, password=...)``; the codec modules (apdu, bmp,
 tlv, messages, framing) are pure and usable on their own, e.g. by the simulator.
 """
 
-from drivers.zvt.client import OpenPreauthorization, PaymentResult, TerminalStatus, ZvtClient
+from drivers.zvt.client import OpenPreauthorization, OpenReservations, PaymentResult, TerminalStatus, ZvtClient
 from drivers.zvt.errors import (
     TerminalError,
     TerminalProtocolError,
@@ -18,6 +18,7 @@ from drivers.zvt.link import Timers
 
 __all__ = [
     "OpenPreauthorization",
+    "OpenReservations",
     "PaymentResult",
     "TerminalError",
     "TerminalProtocolError",

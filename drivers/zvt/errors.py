@@ -16,9 +16,14 @@ class TerminalError(ZvtError):
 
     ``maybe_done`` is True when a money command had already reached the
     terminal: it may have been carried out, so the caller must ask the terminal
-    (open pre-authorisations) before doing it again (R-P4)."""
+    (open pre-authorisations) before doing it again (R-P4).
+
+    ``maybe_delivered`` is True when the link gave up on a command that may
+    still have reached the terminal (a serial frame never answered with ACK
+    or NAK: its ACK may be what was lost), so the command counts as sent."""
 
     maybe_done = False
+    maybe_delivered = False
 
 
 class TerminalUnavailable(TerminalError):

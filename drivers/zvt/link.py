@@ -37,6 +37,7 @@ class Timers:
     t4_completion: float = 180.0  # longest silence while the card holder acts
     frame_attempts: int = 3  # serial: sends of one frame before giving up
     connect: float = 5.0  # TCP connect / opening the serial port
+    resync_quiet: float = 0.5  # after an abandoned exchange: silence that means the terminal has finished it
 
 
 class Link:
@@ -72,17 +73,23 @@ class Link:
             raise item
         return item
 
-    def drain(self) -> None:
-        """Forget APDUs left over from an earlier, abandoned exchange."""
+    def drain(self) -> list[bytes]:
+        """Take the APDUs that arrived while no exchange was running (left
+        over from an earlier, abandoned one) and return them; a broken
+        link's error stays for the next receive."""
         if self._inbox is None:
-            return
+            return []
         kept: list[Exception] = []
+        dropped: list[bytes] = []
         while not self._inbox.empty():
             item = self._inbox.get_nowait()
             if isinstance(item, Exception):
                 kept.append(item)
+            else:
+                dropped.append(item)
         for item in kept:
             self._inbox.put_nowait(item)
+        return dropped
 
 
 def open_link(url: str, timers: Timers, *, baudrate: int = 9600) -> Link:
@@ -146,9 +153,11 @@ class TcpLink(Link):
             self._writer.write(apdu)
             await asyncio.wait_for(self._writer.drain(), self.timers.t2_ack)
         except (OSError, asyncio.TimeoutError) as exc:
-            raise TerminalUnavailable(
+            err = TerminalUnavailable(
                 f"{self.description}: could not send ({exc.__class__.__name__}): reconnect and retry"
-            ) from None
+            )
+            err.maybe_delivered = True  # bytes handed to the socket may still reach the terminal
+            raise err from None
 
     async def close(self) -> None:
         if self._reader_task is not None:
@@ -267,8 +276,13 @@ class SerialLink(Link):
 
     def _send_blocking(self, apdu: bytes) -> None:
         frame = encode_frame(apdu)
+        unanswered = False  # an attempt met silence: the frame may have arrived and its ACK been lost
         for attempt in range(1, self.timers.frame_attempts + 1):
             if self._broken is not None:
+                if unanswered:
+                    err = TerminalUnavailable(str(self._broken))
+                    err.maybe_delivered = True
+                    raise err
                 raise self._broken
             while not self._line_replies.empty():
                 self._line_replies.get_nowait()
@@ -283,15 +297,20 @@ class SerialLink(Link):
                 reply = self._line_replies.get(timeout=self.timers.t2_ack)
             except queue.Empty:
                 log.warning("zvt.frame_unacknowledged port=%s attempt=%d", self.url, attempt)
+                unanswered = True
                 continue
             if reply == ACK_BYTE:
                 return
             log.warning("zvt.frame_nak port=%s attempt=%d", self.url, attempt)
-        raise TerminalUnavailable(
+        err = TerminalUnavailable(
             f"{self.description}: the terminal did not acknowledge a frame after "
             f"{self.timers.frame_attempts} attempts: check the cable, the line settings "
             f"({self.baudrate} 8N2) and that the terminal is in ECR mode"
         )
+        # Every attempt NAKed: the terminal refused the frame each time. A silent
+        # attempt proves nothing: the terminal may have taken it.
+        err.maybe_delivered = unanswered
+        raise err
 
     async def send(self, apdu: bytes) -> None:
         if self._serial is None or self._writer_pool is None or self._loop is None:

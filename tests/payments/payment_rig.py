@@ -1,7 +1,8 @@
 """A hub core built from a configuration and never started, for the payment
 part's tests without sockets: terminal T1's ZVT client is replaced by a
-scripted terminal that records every call and holds reservations, charger
-CH1 by a stand-in that accepts every start."""
+scripted terminal that records every call, holds reservations and keeps its
+own ledger of what it booked and reversed, charger CH1 by a stand-in that
+accepts every start."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 
-from drivers.zvt import PaymentResult
+from drivers.zvt import PaymentResult, TerminalRefused, TerminalTimeout, TerminalUnavailable
 from drivers.zvt.client import OpenPreauthorization
 from edge.clock import FakeClock
 from edge.config import parse_config
@@ -54,16 +55,39 @@ connectors = ["C1", "C2"]
 """)
 
 
+class Listing(list):
+    """The terminal's answer about its open reservations: the receipts it
+    names, and whether it said that nothing else is open."""
+
+    def __init__(self, receipts, complete: bool):
+        super().__init__(OpenPreauthorization(r) for r in receipts)
+        self.complete = complete
+        self.named = frozenset(receipts)
+
+
 class ScriptedTerminal:
     """Stands in for T1's ZvtClient: records every call, holds reservations,
-    answers end-of-days from a script (a PaymentResult or an exception)."""
+    answers end-of-days from a script (a PaymentResult or an exception).
+
+    ``first_only``: it names only its first open reservation, as Feig cVEND
+    terminals do. ``faults``: what happens to the next bookings and
+    releases, in order: "nak" (refused on the line, never done), "silent"
+    (taken, never done, no answer), "lost" (done, the answer lost),
+    "stale" (answered with the approval of another receipt, as a late
+    answer would be). ``booked`` and ``reversed`` are its own ledger."""
 
     def __init__(self, health):
         self.health = health
         self.calls: list[str] = []
         self.open: dict[int, Decimal] = {}
+        self.booked: dict[int, Decimal] = {}
+        self.reversed: set[int] = set()
         self.closings: list[PaymentResult | Exception] = []
         self.preauth_gate: asyncio.Event | None = None  # set: the card holder is still typing
+        self.first_only = False
+        self.refuse_query = False
+        self.faults: list[str] = []
+        self.preauth_answers: list[PaymentResult] = []  # given instead of a new reservation
         self._receipt = 0
 
     async def connect(self):
@@ -79,7 +103,9 @@ class ScriptedTerminal:
         self.calls.append("preauthorize")
         if self.preauth_gate is not None:
             await self.preauth_gate.wait()
-        self._receipt += 1
+        if self.preauth_answers:
+            return self.preauth_answers.pop(0)
+        self._receipt = max([self._receipt, *self.open, *self.booked, *self.reversed]) + 1
         self.open[self._receipt] = amount
         self.calls.append("preauthorize_done")
         return PaymentResult("pre-authorisation", True, 0, "approved", receipt_no=self._receipt, amount=amount,
@@ -87,17 +113,54 @@ class ScriptedTerminal:
 
     async def open_preauthorizations(self):
         self.calls.append("open_preauthorizations")
-        return [OpenPreauthorization(r) for r in sorted(self.open)]
+        if self.refuse_query:
+            raise TerminalRefused("terminal refused the open pre-authorisation query (function not possible)", 0x83)
+        receipts = sorted(self.open)
+        return Listing(receipts[:1] if self.first_only else receipts, complete=not receipts)
+
+    def _fault(self, what: str, done) -> PaymentResult | None:
+        """Apply the next scripted fault to a booking or release."""
+        fault = self.faults.pop(0) if self.faults else None
+        if fault == "nak":
+            raise TerminalUnavailable("terminal on /dev/ttyUSB0: the terminal did not acknowledge a frame after 3 attempts")
+        if fault == "silent":
+            err = TerminalTimeout(f"terminal: no message within 5 s; the {what} may have been done")
+            err.maybe_done = True
+            raise err
+        if fault == "stale":
+            other = max(self.open, default=0) + 1
+            return PaymentResult(what, True, 0, "done", receipt_no=other)
+        result = done()
+        if fault == "lost":
+            err = TerminalTimeout(f"terminal: no message within 180 s; the {what} may have been done")
+            err.maybe_done = True
+            raise err
+        return result
 
     async def book_preauth(self, receipt_no, amount, *, preauthorized, currency=None):
         self.calls.append(f"book {receipt_no}")
-        self.open.pop(receipt_no)
-        return PaymentResult("partial reversal", True, 0, "done", receipt_no=receipt_no, amount=amount)
+
+        def book():
+            if receipt_no not in self.open:
+                return PaymentResult("partial reversal", False, 0xB8, "pre-authorisation error (unknown or already closed)")
+            assert amount <= self.open.pop(receipt_no)
+            self.booked[receipt_no] = amount
+            return PaymentResult("partial reversal", True, 0, "done", receipt_no=receipt_no, amount=amount)
+
+        return self._fault("partial reversal", book)
 
     async def reverse_preauth(self, receipt_no, currency=None):
         self.calls.append(f"release {receipt_no}")
-        self.open.pop(receipt_no, None)
-        return PaymentResult("pre-authorisation reversal", True, 0, "done", receipt_no=receipt_no)
+
+        def reverse():
+            if receipt_no not in self.open:
+                code = 0xB4 if receipt_no in self.reversed else 0xB8
+                return PaymentResult("pre-authorisation reversal", False, code, "not open")
+            self.open.pop(receipt_no)
+            self.reversed.add(receipt_no)
+            return PaymentResult("pre-authorisation reversal", True, 0, "done", receipt_no=receipt_no)
+
+        return self._fault("pre-authorisation reversal", reverse)
 
     async def end_of_day(self):
         self.calls.append("end_of_day")
@@ -177,3 +240,12 @@ class Rig:
 
     def close(self) -> None:
         self.hub.store.close()
+
+    def restarted(self, tmp: Path) -> "Rig":
+        """The hub killed and started again on the same state; the terminal
+        keeps its reservations and its own ledger, as a real one does."""
+        self.close()
+        again = Rig(tmp, self.clock)
+        old, new = self.terminal, again.terminal
+        new.open, new.booked, new.reversed, new.first_only = old.open, old.booked, old.reversed, old.first_only
+        return again

@@ -1,6 +1,7 @@
 """The payment ledger and the pure payment decisions, without sockets
-(R-P1..R-P4, R-P8): state machine, write-ahead steps, reconciliation plans,
-the 24-hour backstop with an injected clock, amounts, cost cap and tariffs."""
+(R-P1..R-P4, R-P8): state machine, write-ahead steps, reconciliation plans
+(whole and partial answers), what "not open" means, the 24-hour backstop with
+an injected clock, amounts, cost cap and tariffs."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from edge.payments import (
     CapWatch,
     LedgerError,
     PaymentLedger,
-    backstop_due,
+    backstop_decision,
     choose_tariff,
     cost_cap_reached,
     hold_amount,
+    not_open_outcome,
     reconcile_plan,
     retry_delay_s,
     same_card,
@@ -105,7 +107,7 @@ def test_ledger_survives_reopening(tmp_path):
 # ------------------------------------------------------------ reconciliation
 def test_r_p4_reconcile_releases_a_hold_the_ledger_does_not_know(ledger):
     kept = held(ledger, 1)
-    plan = reconcile_plan([1, 2], ledger.open_records("T1"), ledger.maybe_done)
+    plan = reconcile_plan([1, 2], False, ledger.open_records("T1"), ledger.maybe_done)
     assert [(a.kind, a.receipt_no) for a in plan] == [("release_unknown", 2)]
     assert kept.state == "held"
 
@@ -114,7 +116,7 @@ def test_r_p4_reconcile_matches_only_open_holds_receipt_numbers_restart(ledger):
     old = held(ledger, 5)
     ledger.change(old, T0, "release", reason="x")
     ledger.change(old, T0, "confirm_release")
-    plan = reconcile_plan([5], ledger.open_records("T1"), ledger.maybe_done)
+    plan = reconcile_plan([5], False, ledger.open_records("T1"), ledger.maybe_done)
     assert [(a.kind, a.receipt_no) for a in plan] == [("release_unknown", 5)]
 
 
@@ -128,7 +130,7 @@ def test_r_p4_reconcile_settling_gone_from_terminal_confirmed_only_if_we_asked(l
     ledger.change(releasing, T0, "release", reason="x")
     charging = held(ledger, 4)
     ledger.change(charging, T0, "begin_charging", session_id="S4")
-    plan = {a.payment_id: a.kind for a in reconcile_plan([], ledger.open_records("T1"), ledger.maybe_done)}
+    plan = {a.payment_id: a.kind for a in reconcile_plan([], True, ledger.open_records("T1"), ledger.maybe_done)}
     assert plan == {asked.id: "confirm_settled", never.id: "lapse", releasing.id: "confirm_released",
                     charging.id: "terminal_lost_hold"}
 
@@ -142,7 +144,7 @@ def test_r_p4_reconcile_settling_whose_booking_the_terminal_answered_is_confirme
     ledger.change(rec, T0, "bill", session_id="S7", settle_amount=Decimal("59.28"))
     step = ledger.begin_step(rec.id, "settle", Decimal("59.28"), T0)
     ledger.end_step(rec.id, step, outcome, "settle done by the terminal", T0)
-    plan = reconcile_plan([], ledger.open_records("T1"), ledger.maybe_done)
+    plan = reconcile_plan([], True, ledger.open_records("T1"), ledger.maybe_done)
     assert [(a.kind, a.payment_id) for a in plan] == [("confirm_settled", rec.id)]
 
 
@@ -152,28 +154,113 @@ def test_r_p4_reconcile_settling_whose_booking_failed_before_the_terminal_lapses
     for outcome in ("failed", "refused"):
         step = ledger.begin_step(rec.id, "settle", Decimal("5.00"), T0)
         ledger.end_step(rec.id, step, outcome, "not sent", T0)
-    plan = reconcile_plan([], ledger.open_records("T1"), ledger.maybe_done)
+    plan = reconcile_plan([], True, ledger.open_records("T1"), ledger.maybe_done)
     assert [(a.kind, a.payment_id) for a in plan] == [("lapse", rec.id)]
 
 
 def test_r_p4_reconcile_leaves_other_terminals_alone(ledger):
     held(ledger, 1, terminal="T2")
-    assert reconcile_plan([], ledger.open_records("T1"), ledger.maybe_done) == []
+    assert reconcile_plan([], True, ledger.open_records("T1"), ledger.maybe_done) == []
+
+
+def test_r_p4_a_partial_answer_concludes_nothing_about_the_holds_it_does_not_name(ledger):
+    """Issue 15, finding 0: a Feig terminal names only its first open
+    reservation. Holds it does not name are asked about one by one (the call
+    the ledger owes on each); none is taken for lapsed, settled or released,
+    and a hold whose session runs is left alone."""
+    never_sent = held(ledger, 12)
+    ledger.change(never_sent, T0, "bill", session_id="S12", settle_amount=Decimal("9.51"))
+    lost = held(ledger, 17)
+    ledger.change(lost, T0, "bill", session_id="S17", settle_amount=Decimal("59.28"))
+    ledger.end_step(lost.id, ledger.begin_step(lost.id, "settle", Decimal("59.28"), T0), "unknown", "T4", T0)
+    releasing = held(ledger, 4)
+    ledger.change(releasing, T0, "release", reason="no energy")
+    charging = held(ledger, 5)
+    ledger.change(charging, T0, "begin_charging", session_id="S5")
+    plan = reconcile_plan([3], False, ledger.open_records("T1"), ledger.maybe_done)
+    assert [(a.kind, a.receipt_no) for a in plan] == [
+        ("release_unknown", 3), ("ask", 12), ("ask", 17), ("ask", 4)]
+    # Named open, a call owed: asked now; named open while charging: nothing to do.
+    plan = reconcile_plan([17, 5], False, ledger.open_records("T1"), ledger.maybe_done)
+    assert [(a.kind, a.receipt_no) for a in plan] == [("ask", 12), ("ask", 17), ("ask", 4)]
+
+
+def test_r_p4_a_whole_answer_concludes_with_what_the_ledger_knows(ledger):
+    review = held(ledger, 21)
+    ledger.change(review, T0, "bill", session_id="S21", settle_amount=Decimal("5.00"))
+    ledger.begin_step(review.id, "settle", Decimal("5.00"), T0)
+    ledger.change(review, T0, "doubt")
+    plan = reconcile_plan([], True, ledger.open_records("T1"), ledger.maybe_done)
+    assert [(a.kind, a.receipt_no) for a in plan] == [("confirm_settled", 21)]
+    assert reconcile_plan([21], True, ledger.open_records("T1"), ledger.maybe_done)[0].kind == "ask"
+
+
+@pytest.mark.parametrize("action, reached, outcome", [
+    ("settle", True, "settled"), ("settle", False, "lapsed"),
+    ("release", False, "released"), ("release", True, "review"),
+])
+def test_r_p4_what_not_open_means(action, reached, outcome):
+    assert not_open_outcome(action, booking_may_have_reached=reached) == outcome
+
+
+def test_r_p4_write_ahead_steps_before_a_step_are_the_earlier_calls(ledger):
+    rec = held(ledger, 30)
+    ledger.change(rec, T0, "bill", session_id="S30", settle_amount=Decimal("1.00"))
+    first = ledger.begin_step(rec.id, "settle", Decimal("1.00"), T0)
+    assert not ledger.maybe_done(rec.id, "settle", before=first)  # the call being answered is not an earlier one
+    ledger.end_step(rec.id, first, "refused", "busy", T0)
+    second = ledger.begin_step(rec.id, "settle", Decimal("1.00"), T0)
+    assert not ledger.maybe_done(rec.id, "settle", before=second) and ledger.refused(rec.id, "settle")
 
 
 # ------------------------------------------------------------ backstop
+def _backstop(state, held_at, now, *, trusted=True, session=False, reached=False, refused=False):
+    return backstop_decision(state, held_at, now, clock_trusted=trusted, session_open=session,
+                             booking_may_have_reached=reached, booking_refused=refused)
+
+
 def test_r_p4_backstop_releases_after_24_hours_with_injected_clock(ledger):
     clock = FakeClock(T0)
     rec = held(ledger, 1, now=clock.now())
-    ledger.change(rec, clock.now(), "begin_charging", session_id="S1")
     clock.advance(BACKSTOP.total_seconds() - 1)
-    assert not backstop_due(rec.state, rec.held_at, clock.now())
+    assert _backstop(rec.state, rec.held_at, clock.now()) == "none"
     clock.advance(1)
-    assert backstop_due(rec.state, rec.held_at, clock.now())
-    for state in ("held", "settling", "found"):
-        assert backstop_due(state, T0, clock.now())
-    for state in ("requested", "releasing", "settled", "released", "declined"):
-        assert not backstop_due(state, T0, clock.now())
+    assert _backstop(rec.state, rec.held_at, clock.now()) == "release"
+    for state in ("held", "charging", "found"):
+        assert _backstop(state, T0, clock.now()) == "release"
+    for state in ("requested", "releasing", "settled", "released", "declined", "lapsed"):
+        assert _backstop(state, T0, clock.now()) == "none"
+    assert _backstop("held", None, clock.now()) == "none"
+
+
+def test_r_p4_backstop_never_releases_under_a_session_still_charging():
+    """Issue 15, finding 12: the stop is sent (again, until it takes) and the
+    hold kept; the session's end then bills it."""
+    late = T0 + BACKSTOP
+    assert _backstop("charging", T0, late, session=True) == "stop_session"
+    assert _backstop("held", T0, late, session=True) == "stop_session"
+
+
+def test_r_p4_backstop_never_releases_a_booking_that_may_have_been_made():
+    """Issue 15, finding 4: the terminal had booked 59.28 EUR whose answer
+    never came; the backstop released it. Such a hold goes to review; one in
+    review is kept; a booking that never reached a dead terminal is kept for
+    it; only one the terminal refused is released (R-P4)."""
+    late = T0 + BACKSTOP
+    assert _backstop("settling", T0, late, reached=True) == "doubt"
+    assert _backstop("settling", T0, late, reached=True, refused=True) == "doubt"
+    assert _backstop("review", T0, late, reached=True) == "keep"
+    assert _backstop("settling", T0, late) == "keep"
+    assert _backstop("settling", T0, late, refused=True) == "release"
+
+
+def test_r_p4_backstop_waits_for_a_clock_that_never_synced():
+    """Issue 15, finding 12: a Pi without a real-time clock; no release for
+    a hold's age on a clock that has not synced."""
+    late = T0 + BACKSTOP
+    for state in ("held", "charging", "settling", "found"):
+        assert _backstop(state, T0, late, trusted=False) == "wait_for_clock"
+    assert _backstop("held", T0, T0, trusted=False) == "none"
 
 
 def test_r_p4_backoff_grows_and_is_bounded():

@@ -15,7 +15,7 @@ from drivers.zvt.link import Link
 from drivers.zvt.tlv import constructed, primitive
 from edge.clock import FakeClock
 
-FAST = Timers(t3_command=0.2, t4_completion=0.3)
+FAST = Timers(t3_command=0.2, t4_completion=0.3, resync_quiet=0.05)
 
 
 class ScriptedLink(Link):
@@ -32,7 +32,7 @@ class ScriptedLink(Link):
     async def send(self, apdu):
         msg = m.decode_message(apdu)
         self.sent.append(msg)
-        if msg.control in (m.ACK, m.ABORT) and self.sent[:-1]:
+        if msg.control in (m.ACK, m.ABORT):
             return
         if self.scripts:
             for item in self.scripts.pop(0):
@@ -108,9 +108,10 @@ async def test_no_answer_is_terminal_timeout_and_fault_reported():
     assert isinstance(events[0], DeviceFault) and client.health.state == "fault"
     # the client tried to cancel whatever the terminal might still be doing
     assert link.sent[-1].control == m.ABORT
-    link.scripts.append(APPROVED)
+    assert not client.in_step
+    link.scripts += [ENQUIRY_DONE, APPROVED]
     assert (await client.preauthorize(Decimal("1.00"))).ok
-    assert isinstance(events[-1], DeviceRecovered)
+    assert isinstance(events[-1], DeviceRecovered) and client.in_step
 
 
 async def test_silence_after_accept_is_t4_timeout():
@@ -134,7 +135,7 @@ async def test_unreadable_status_information_is_protocol_error():
 
 async def test_book_preauth_sends_released_part():
     """06 23 carries the hold minus the used amount; booking above the hold is refused (R-P3)."""
-    client, link = await client_for([m.ack(), m.status_information([(0x27, 0), (0x04, 4977)]), m.completion()])
+    client, link = await client_for([m.ack(), m.status_information([(0x27, 0), (0x04, 4977), (0x87, 42)]), m.completion()])
     result = await client.book_preauth(42, Decimal("49.77"), preauthorized=Decimal("236.81"))
     assert result.ok and result.amount == Decimal("49.77")
     sent = link.sent[0]
@@ -143,7 +144,9 @@ async def test_book_preauth_sends_released_part():
         await client.book_preauth(42, Decimal("236.82"), preauthorized=Decimal("236.81"))
 
 
-async def test_open_preauthorizations_reads_list_and_first_receipt():
+async def test_r_p4_open_preauthorizations_names_receipts_and_is_complete_only_when_none_is_open():
+    """R-P4: a terminal that names receipts may name only the first (Feig
+    cVEND): only receipt FF FF, "nothing open", is a whole answer."""
     listing = constructed(0x23, primitive(0x08, bytes.fromhex("0007")), primitive(0x08, bytes.fromhex("0012")))
     client, link = await client_for(
         [m.ack(), m.abort_from_terminal(0xB8, [(0x87, 7), (0x06, (listing,))])],
@@ -151,11 +154,32 @@ async def test_open_preauthorizations_reads_list_and_first_receipt():
         [m.ack(), m.abort_from_terminal(0xB8, [(0x87, RECEIPT_ALL)])],
         [m.nak(0x83)],
     )
-    assert [o.receipt_no for o in await client.open_preauthorizations()] == [7, 12]
-    assert [o.receipt_no for o in await client.open_preauthorizations()] == [9]
-    assert await client.open_preauthorizations() == []
+    listed = await client.open_preauthorizations()
+    assert [o.receipt_no for o in listed] == [7, 12] and not listed.complete
+    first_only = await client.open_preauthorizations()
+    assert first_only.named == {9} and not first_only.complete
+    none = await client.open_preauthorizations()
+    assert list(none) == [] and none.complete
     assert link.sent[0].get(0x87) == RECEIPT_ALL
     with pytest.raises(TerminalRefused, match="ledger"):
+        await client.open_preauthorizations()
+
+
+async def test_r_p4_the_captured_nothing_open_answer_is_complete():
+    """The capture partial_reversal.blob (06 1E, result B8, receipt FF FF) is
+    a Feig terminal saying that nothing is open."""
+    captured = bytes.fromhex("061e04b887ffff")
+    client, _ = await client_for([m.ack(), captured])
+    answer = await client.open_preauthorizations()
+    assert answer.complete and list(answer) == []
+
+
+@pytest.mark.parametrize("answer", [m.abort_from_terminal(0x6C), m.completion()])
+async def test_r_p4_an_answer_without_a_receipt_is_no_list_of_open_reservations(answer):
+    """An abort for another reason (cancelled) or a bare completion says
+    nothing about the reservations: never taken for "nothing open"."""
+    client, _ = await client_for([m.ack(), answer])
+    with pytest.raises(TerminalRefused, match="no list of open pre-authorisations"):
         await client.open_preauthorizations()
 
 
@@ -235,3 +259,84 @@ async def test_read_card_refused_by_terminal_without_it():
     client, _ = await client_for([m.nak(0x83)])
     result = await client.read_card(10)
     assert not result.ok and result.result_code == 0x83
+
+
+ENQUIRY_DONE = [m.ack(), m.enquiry_completion("SW 1", 0x00)]
+BOOKED_17 = [m.ack(), m.status_information([(0x27, 0), (0x04, 4977), (0x87, 17), (0x0B, 31)]), m.completion()]
+LATE_18 = [m.status_information([(0x27, 0), (0x04, 1200), (0x87, 18), (0x0B, 30)]), m.completion()]
+
+
+async def test_r_p4_a_late_answer_after_a_timeout_is_not_the_next_commands_answer():
+    """Issue 15, finding 1: booking receipt 18 times out (T4); its late
+    approval arrives while the hub books receipt 17. It must not be taken as
+    17's answer: the link is brought back in step first (abort, drop what
+    arrives, status enquiry), then 17 is sent and answered on its own."""
+    client, link = await client_for([m.ack(), m.intermediate_status(0x17)])
+    with pytest.raises(TerminalTimeout) as lost:
+        await client.book_preauth(18, Decimal("12.00"), preauthorized=Decimal("236.81"))
+    assert lost.value.maybe_done and not client.in_step
+    # The terminal finishes 18 late: its result comes with the next exchange.
+    link.scripts += [LATE_18 + ENQUIRY_DONE, [m.ack(), m.abort_from_terminal(0xB8)]]
+    seventeen = await client.book_preauth(17, Decimal("49.77"), preauthorized=Decimal("236.81"))
+    assert not seventeen.ok and seventeen.result_code == 0xB8 and seventeen.receipt_no is None
+    assert [s.control for s in link.sent if s.control not in (m.ACK,)] == [
+        m.PARTIAL_REVERSAL, m.ABORT, m.ABORT, m.STATUS_ENQUIRY, m.PARTIAL_REVERSAL]
+    assert list(client.strays) == ["status information receipt 18", "completion"]
+    assert client.in_step
+
+
+async def test_r_p4_a_result_sent_before_the_command_was_taken_is_dropped():
+    """Anything before 80 00 is the tail of another exchange: acknowledged so
+    the terminal goes on, never taken as this command's result."""
+    client, link = await client_for(LATE_18 + BOOKED_17)
+    result = await client.book_preauth(17, Decimal("49.77"), preauthorized=Decimal("236.81"))
+    assert result.ok and result.receipt_no == 17 and result.amount == Decimal("49.77")
+    assert list(client.strays) == ["status information receipt 18", "completion"]
+    assert [s.control for s in link.sent].count(m.ACK) == 4  # two strays and 17's two messages
+
+
+async def test_r_p4_an_answer_about_another_receipt_leaves_the_outcome_unknown():
+    client, _ = await client_for([m.ack()] + LATE_18)
+    with pytest.raises(TerminalProtocolError, match="receipt 18 arrived while .* receipt 17") as info:
+        await client.book_preauth(17, Decimal("49.77"), preauthorized=Decimal("236.81"))
+    assert info.value.maybe_done and not client.in_step
+
+
+async def test_r_p4_a_booking_done_without_naming_its_receipt_is_unknown():
+    client, _ = await client_for([m.ack(), m.completion()])
+    with pytest.raises(TerminalProtocolError, match="without a result naming that receipt") as info:
+        await client.reverse_preauth(17)
+    assert info.value.maybe_done
+
+
+async def test_r_p4_a_terminal_that_stays_busy_is_not_sent_the_next_command():
+    """Back in step fails (every status enquiry is refused busy): the next
+    command is never sent, so its failure is no doubt about the money."""
+    client, link = await client_for([m.ack()])
+    with pytest.raises(TerminalTimeout):
+        await client.book_preauth(18, Decimal("12.00"), preauthorized=Decimal("236.81"))
+    link.scripts += [[m.nak(m.NAK_REPEAT)]] * 4
+    with pytest.raises(TerminalTimeout, match="stayed busy") as info:
+        await client.book_preauth(17, Decimal("49.77"), preauthorized=Decimal("236.81"))
+    assert not info.value.maybe_done
+    assert [s.control for s in link.sent].count(m.PARTIAL_REVERSAL) == 1
+
+
+async def test_an_unreadable_answer_to_a_money_command_leaves_it_unknown():
+    client, _ = await client_for([m.ack(), bytes.fromhex("04 0f 02 04 00")])
+    with pytest.raises(TerminalProtocolError) as info:
+        await client.book_total(17, Decimal("1.00"))
+    assert info.value.maybe_done
+
+
+async def test_r_p4_back_in_step_waits_out_a_busy_terminal_and_ignores_stray_acks():
+    """The abort's own 80 00 and a busy refusal come before the enquiry's
+    answer: 80 00 and 84 xx say nothing of whose they are, only the
+    enquiry's completion (with the terminal's status) brings the link back."""
+    client, link = await client_for([m.ack()])
+    with pytest.raises(TerminalTimeout):
+        await client.book_preauth(18, Decimal("12.00"), preauthorized=Decimal("236.81"))
+    link.scripts += [[m.ack(), m.nak(m.NAK_REPEAT)], ENQUIRY_DONE, BOOKED_17]
+    result = await client.book_preauth(17, Decimal("49.77"), preauthorized=Decimal("236.81"))
+    assert result.ok and result.receipt_no == 17 and client.in_step
+    assert [s.control for s in link.sent].count(m.STATUS_ENQUIRY) == 2
