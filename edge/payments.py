@@ -1827,7 +1827,7 @@ class Payments(Capability):
         a booking that may have been made is never released, it goes to
         review. Nothing is decided on a clock that never synced. Returns
         the payments released."""
-        trusted = bool(getattr(self.hub.clock, "synced", True))
+        trusted = self.hub.clock.synced
         released, untrusted = [], 0
         for rec in self.ledger.open_records():
             session = self._open_session_of(rec)

@@ -326,12 +326,12 @@ async def test_issue15_the_backstop_releases_nothing_on_a_clock_that_never_synce
                                       hold=Decimal("236.81"), now=rig.clock.now())
     rig.payments.ledger.change(held, rig.clock.now(), "approve", receipt_no=4, held_at=rig.clock.now())
     rig.clock.advance(BACKSTOP.total_seconds() + 60)
-    rig.clock.synced = False
+    rig.clock.set_synced(False)
     with caplog.at_level(logging.WARNING, logger="hubedge.payments"):
         assert rig.payments.apply_backstop(rig.clock.now()) == []
     assert state(rig, held.id) == "held"
     assert "clock has not synced" in caplog.text
-    rig.clock.synced = True
+    rig.clock.set_synced(True)
     assert rig.payments.apply_backstop(rig.clock.now()) == [held.id]
 
 
