@@ -22,6 +22,7 @@ BENCHMARKS = {
     "scale": "bench.scale",        # 1M tokens and 1M sessions: filters, insert, memory, CPU, READY
     "chaos": "bench.chaos",        # kills, broker restarts, garbled devices; invariants checked
     "fuzz": "bench.fuzz",          # every parser of outside input
+    "power": "bench.power",        # a simulated week of site power: limit kept, curtailments met, shares, loop cost
 }
 
 

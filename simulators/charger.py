@@ -568,7 +568,8 @@ async def _main(args: argparse.Namespace) -> None:
     register_map = load_register_map(args.map)
     sims = []
     for n in range(args.chargers):
-        sim = ChargerSimulator(register_map, args.connectors, host=args.host, port=args.port if n == 0 else 0, unit=args.unit, time_scale=args.time_scale)
+        sim = ChargerSimulator(register_map, args.connectors, host=args.host, port=args.port if n == 0 else 0, unit=args.unit,
+                               time_scale=args.time_scale, ramp=Ramp() if args.ramp else None)
         port = await sim.start()
         sims.append(sim)
         print(f"charger_simulator_listening port={port} unit={args.unit} model={register_map.model!r} connectors={args.connectors}", flush=True)
@@ -595,6 +596,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--time-scale", type=float, default=1.0, help="simulated seconds per real second")
     parser.add_argument("--chargers", type=int, default=1, help="how many chargers, each on its own port")
     parser.add_argument("--traffic", action="store_true", help="scripted trucks arrive, charge and leave")
+    parser.add_argument("--ramp", action="store_true", help="trucks follow a changed power limit along a ramp, not at once")
     parser.add_argument("--quiet", action="store_true", help="do not log each command received")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(message)s")

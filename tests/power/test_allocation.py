@@ -11,6 +11,7 @@ from edge.parts.power.allocation import ConnectorDemand, Priority, SharePolicy, 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
 BREAK = NOW + timedelta(minutes=45)
 OVERNIGHT = NOW + timedelta(hours=14)
+POLICY = SharePolicy(buffer_kw=50, buffer_fraction=0.1, departure_slot_s=900)
 
 
 def truck(cid, priority=Priority.AD_HOC, departure=None, measured=2000.0, rated=1000.0, low=100.0, **kw):
@@ -18,7 +19,7 @@ def truck(cid, priority=Priority.AD_HOC, departure=None, measured=2000.0, rated=
 
 
 def shares(limit, *trucks, other=0.0, margin=0.0):
-    return allocate(limit, margin, other, list(trucks), now=NOW).shares_kw
+    return allocate(limit, margin, other, list(trucks), now=NOW, policy=POLICY).shares_kw
 
 
 def test_r_e3_booked_break_then_booked_overnight_then_ad_hoc():
@@ -26,9 +27,16 @@ def test_r_e3_booked_break_then_booked_overnight_then_ad_hoc():
     assert got == {"adhoc": 100, "night": 900, "break": 1000}
 
 
-def test_r_e3_among_equals_the_break_truck_before_the_overnight_stay():
+def test_r_e3_among_equals_the_truck_leaving_sooner_first_and_an_unknown_departure_last():
     got = shares(1500, truck("night", departure=OVERNIGHT), truck("break", departure=BREAK), truck("unknown"))
-    assert got == {"break": 1000, "night": 250, "unknown": 250}  # a departure nobody told us counts as a long stay
+    assert got == {"break": 1000, "night": 400, "unknown": 100}
+
+
+def test_r_e3_two_breaks_earliest_departure_first_and_the_same_quarter_hour_shares():
+    early, later = NOW + timedelta(minutes=20), NOW + timedelta(minutes=44)
+    assert shares(1400, truck("A", departure=later), truck("B", departure=early)) == {"B": 1000, "A": 400}
+    same = NOW + timedelta(minutes=16)  # 12:15-12:30, like 12:20
+    assert shares(1400, truck("A", departure=same), truck("B", departure=early)) == {"A": 700, "B": 700}
 
 
 def test_r_e3_equal_trucks_split_evenly_and_a_truck_taking_little_leaves_the_rest():
@@ -49,7 +57,7 @@ def test_r_e3_margin_and_other_load_come_off_first_and_watts_do_not_round_up():
 
 
 def test_r_e4_an_unconfirmed_charger_counts_at_rated_and_keeps_being_told_its_minimum():
-    a = allocate(2000, 0, 0, [truck("deaf", confirmed=False), truck("B"), truck("C")], now=NOW)
+    a = allocate(2000, 0, 0, [truck("deaf", confirmed=False), truck("B"), truck("C")], now=NOW, policy=POLICY)
     assert a.shares_kw == {"deaf": 100, "B": 500, "C": 500} and a.counted_kw["deaf"] == 1000
 
 

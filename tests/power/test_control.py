@@ -13,12 +13,12 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from edge.parts.power.allocation import Priority
+from edge.parts.power.allocation import Priority, SharePolicy
 from edge.parts.power.control import ConnectorInput, MeterSample, PowerController, PowerSettings
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
 SETTINGS = PowerSettings(grid_limit_kw=2500, margin_kw=50, fallback_kw=1500, stale_after_s=3, frozen_after_s=30,
-                         confirm_within_s=2, raise_step_kw=5)
+                         confirm_within_s=2, raise_step_kw=5, policy=SharePolicy(buffer_kw=50, buffer_fraction=0.1))
 
 
 def mcs(cid: str, session: str | None = "s", measured: float = 0.0, **kw) -> ConnectorInput:
@@ -94,6 +94,24 @@ def test_r_e3_shares_follow_what_trucks_take_and_priorities():
     site.settle(30)
     assert site.confirmed["A"] == pytest.approx(350, abs=1)  # measured + buffer
     assert site.confirmed["B"] == pytest.approx(1200)
+
+
+def test_r_e3_an_unbooked_truck_is_taken_to_be_on_a_break_from_when_its_session_began():
+    """Without a booking nobody knows when a truck leaves: it is taken to leave
+    45 minutes after its session began, so the one that came first (and goes
+    first) is served first; past that it counts as unknown and comes last."""
+    site = Site(A=mcs("A"))
+    site.settle(5)
+    site.step(20 * 60)  # B arrives 20 minutes after A
+    site.connectors["B"] = mcs("B")
+    site.settle(40)
+    assert site.confirmed["A"] == pytest.approx(1200) and site.confirmed["B"] == pytest.approx(2500 - 50 - 100 - 1200)
+    site.step(26 * 60)  # A's 45 minutes are over: an overstay, served after B
+    site.settle(40)
+    assert site.confirmed["B"] == pytest.approx(1200) and site.confirmed["A"] == pytest.approx(1150)
+    plain = Site(replace(SETTINGS, unbooked_stay_s=None), A=mcs("A"), B=mcs("B"))
+    plain.settle(40)
+    assert plain.confirmed == {"A": pytest.approx(1175), "B": pytest.approx(1175)}  # both unknown: equals
 
 
 def test_r_e2_lowered_limits_go_first_and_a_raise_waits_for_them():
@@ -253,7 +271,7 @@ def test_r_e6_view_unchanged_is_flagged_for_the_publisher():
 
 
 def test_minimums_that_do_not_fit_are_said_and_the_lowest_priority_waits():
-    site = Site(PowerSettings(grid_limit_kw=400, margin_kw=50, fallback_kw=300),
+    site = Site(replace(SETTINGS, grid_limit_kw=400, fallback_kw=300),
                 A=mcs("A", priority=Priority.BOOKED), B=mcs("B"), C=mcs("C"))
     result = site.step()
     assert not result.allocation.feasible and result.allocation.waiting == ("C",)

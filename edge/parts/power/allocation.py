@@ -17,9 +17,11 @@ The rules, in the order they apply:
    shares monotonic in the limit: more power never takes a share away. What
    is left below the next minimum stays unused until power frees up.
 3. What is left goes by priority tier (R-E3): booked trucks inside their slot
-   before ad-hoc trucks; within each, trucks due to leave within
-   ``short_stay_s`` (a 45-minute break) before the others (an overnight stay,
-   or a departure nobody told us). A later tier gets more than its minimums
+   before ad-hoc trucks; within each, the truck due to leave sooner before a
+   later one (earliest departure first: a 45-minute break before an overnight
+   stay, and a break ending at 12:15 before one ending at 12:40), a departure
+   nobody told us last. Departures in the same ``departure_slot_s`` (a
+   quarter of an hour) are equal. A later tier gets more than its minimums
    only when every truck of the earlier tiers is at its cap.
 4. Inside a tier the power is split evenly (water-filling, max-min fair), each
    truck capped at its measured power plus a buffer and never above rated:
@@ -59,15 +61,19 @@ class Priority(IntEnum):
 
 @dataclass(frozen=True)
 class SharePolicy:
-    buffer_kw: float = 50.0  # a truck is capped at its measured power plus the larger of these two
-    buffer_fraction: float = 0.10
-    short_stay_s: float = 2 * 3600.0  # due to leave within this: on a break, served before longer stays
+    # A truck is capped at its measured power plus the larger of these two: room
+    # to grow by each second, and power held back from the others while it tapers.
+    buffer_kw: float = 25.0
+    buffer_fraction: float = 0.05
+    departure_slot_s: float = 900.0  # departures in the same slot of this length are equal
 
     def __post_init__(self):
-        for name in ("buffer_kw", "buffer_fraction", "short_stay_s"):
+        for name in ("buffer_kw", "buffer_fraction", "departure_slot_s"):
             value = getattr(self, name)
             if not _finite(value) or value < 0:
                 raise ValueError(f"share policy {name} must be a number 0 or more, got {value!r}")
+        if self.departure_slot_s <= 0:
+            raise ValueError("share policy departure_slot_s must be a positive number of seconds")
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,13 @@ class ConnectorDemand:
     confirmed: bool = True  # the charger confirmed the last limit it was sent
 
     def __post_init__(self):
+        try:  # the common case, checked fast: the control loop builds these every second
+            if (math.isfinite(self.min_kw + self.rated_kw + self.measured_kw) and 0 <= self.min_kw <= self.rated_kw
+                    and (self.departure is None or self.departure.tzinfo is not None)
+                    and not isinstance(self.min_kw, bool)):
+                return
+        except TypeError:
+            pass
         where = f"connector {self.connector_id!r}"
         for name in ("min_kw", "rated_kw", "measured_kw"):
             if not _finite(getattr(self, name)):
@@ -107,7 +120,7 @@ class Allocation:
     feasible: bool  # every charging truck has at least its minimum
     waiting: tuple[str, ...] = ()  # charging trucks held at 0 kW because the minimums do not fit
     reason: str | None = None  # for a person, when not feasible
-    tiers: Mapping[str, int] = field(default_factory=dict)  # connector -> tier (0 first), active ones
+    tiers: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # connector -> tier (lowest first), active ones
 
     @property
     def total_kw(self) -> float:
@@ -123,10 +136,15 @@ def available_kw(limit_kw: float, margin_kw: float, other_load_kw: float) -> flo
     return max(0.0, limit_kw - margin_kw - max(0.0, other_load_kw))
 
 
-def tier_of(c: ConnectorDemand, now: datetime, policy: SharePolicy) -> int:
-    """0: booked, leaving soon; 1: booked, later; 2: ad hoc, leaving soon; 3: ad hoc, later.
-    A departure already past (an overstay) counts as unknown."""
-    return int(c.priority) * 2 + (0 if _leaves_soon(c, now, policy) else 1)
+UNKNOWN_DEPARTURE = 2**62  # after every departure slot
+
+
+def tier_of(c: ConnectorDemand, now: datetime, policy: SharePolicy) -> tuple[int, int]:
+    """(priority class, departure slot): lower is served first. A departure
+    nobody told us, or one already past (an overstay), comes last in its class."""
+    if c.departure is None or c.departure <= now:
+        return (int(c.priority), UNKNOWN_DEPARTURE)
+    return (int(c.priority), math.floor(c.departure.timestamp() / policy.departure_slot_s))
 
 
 def priority_key(c: ConnectorDemand, now: datetime, policy: SharePolicy) -> tuple:
@@ -163,7 +181,8 @@ def allocate(
         counted[c.connector_id] = _watts(c.rated_kw)
     budget = available_w - sum(counted.values())
 
-    ordered = sorted((c for c in active if c.confirmed), key=lambda c: priority_key(c, now, policy))
+    keys = {c.connector_id: priority_key(c, now, policy) for c in active}
+    ordered = sorted((c for c in active if c.confirmed), key=lambda c: keys[c.connector_id])
     waiting: list[ConnectorDemand] = []
     for n, c in enumerate(ordered):
         need = _watts_up(c.min_kw)
@@ -175,10 +194,10 @@ def allocate(
     feasible = not waiting and sum(counted.values()) <= available_w
 
     if feasible:
-        tiers: dict[int, list[tuple[str, int, int]]] = {}
+        tiers: dict[tuple[int, int], list[tuple[str, int, int]]] = {}
         for c in ordered:
             low = shares[c.connector_id]
-            tiers.setdefault(tier_of(c, now, policy), []).append((c.connector_id, low, _cap_w(c, low, policy)))
+            tiers.setdefault(keys[c.connector_id][0], []).append((c.connector_id, low, cap_w(c, low, policy)))
         for tier in sorted(tiers):
             members = tiers[tier]
             room = sum(cap - low for _, low, cap in members)
@@ -200,7 +219,7 @@ def allocate(
         feasible=feasible,
         waiting=tuple(c.connector_id for c in waiting),
         reason=reason,
-        tiers={c.connector_id: tier_of(c, now, policy) for c in active},
+        tiers={cid: key[0] for cid, key in keys.items()},
     )
 
 
@@ -217,13 +236,7 @@ def _watts_up(kw: float) -> int:
     return max(0, math.ceil(kw * 1000 - 1e-6))
 
 
-def _leaves_soon(c: ConnectorDemand, now: datetime, policy: SharePolicy) -> bool:
-    if c.departure is None or c.departure <= now:
-        return False
-    return (c.departure - now).total_seconds() <= policy.short_stay_s
-
-
-def _cap_w(c: ConnectorDemand, low: int, policy: SharePolicy) -> int:
+def cap_w(c: ConnectorDemand, low: int, policy: SharePolicy) -> int:
     """The most a truck is given: measured power plus a buffer, never above
     rated; a new session stays at its minimum until that is confirmed."""
     if c.state is State.STARTING:
@@ -233,22 +246,26 @@ def _cap_w(c: ConnectorDemand, low: int, policy: SharePolicy) -> int:
 
 
 def _fill(total: int, members: list[tuple[str, int, int]]) -> dict[str, int]:
-    """Water-filling in whole watts: the highest level L with
-    sum(clamp(L, low, cap)) <= total; the watts left over (fewer than the
-    members still below their caps) go one each in the members' order."""
-    def at(level: int) -> int:
-        return sum(min(max(level, low), cap) for _, low, cap in members)
-
-    lo, hi = 0, max(cap for _, _, cap in members)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if at(mid) <= total:
-            lo = mid
-        else:
-            hi = mid - 1
-    level = lo
+    """Water-filling in whole watts: the level L with sum(clamp(L, low, cap))
+    = total (the highest such), found by walking the breakpoints of that
+    piecewise-linear sum; the watts left over (fewer than the members still
+    below their caps) go one each in the members' order."""
+    steps: dict[int, int] = {}  # level -> change of slope there
+    for _, low, cap in members:
+        if low < cap:
+            steps[low] = steps.get(low, 0) + 1
+            steps[cap] = steps.get(cap, 0) - 1
+    level, filled, slope = 0, sum(low for _, low, _ in members), 0
+    for point in sorted(steps):
+        # Below the first point no member moves: the sum is its minimums.
+        reach = filled + slope * (point - level)
+        if slope and reach >= total:
+            break
+        level, filled, slope = point, reach, slope + steps[point]
+    if slope:
+        level += (total - filled) // slope
     out = {cid: min(max(level, low), cap) for cid, low, cap in members}
-    left = total - at(level)
+    left = total - sum(out.values())
     for cid, low, cap in members:
         if left <= 0:
             break

@@ -29,6 +29,11 @@ How a step decides:
   at the higher of its limit in force and its measured power, so a raise never
   overtakes a lowering that has not yet taken effect: the rest follows in a
   later step. Raises smaller than ``raise_step_kw`` are not worth a command.
+- Departures (R-E3). A truck without a booking has no known departure; it is
+  taken to be on a driver's 45-minute break (``unbooked_stay_s`` after its
+  session began), so the earliest-departure-first rule also serves unbooked
+  trucks in the order they will leave; past that time it counts as unknown
+  (served last in its class), as an overnight stay without a booking should.
 - Curtailment (R-E5): ``set_limit(kw, until)`` lowers the site limit, and the
   configured limit comes back by itself at ``until``. Every change of limit
   or mode is an event.
@@ -38,7 +43,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Callable, Mapping, Sequence
 
 from edge.parts.power.allocation import (
@@ -70,6 +75,7 @@ class PowerSettings:
     confirm_tolerance_kw: float = 1.0  # a confirmed limit this close to the one sent is that one
     raise_step_kw: float = 5.0  # smallest raise worth a command
     jump_kw: float = 50.0  # a meter change this large calls for a step at once
+    unbooked_stay_s: float | None = 2700.0  # an unbooked truck is taken to leave this long after its session began
     policy: SharePolicy = DEFAULT_POLICY
 
     def __post_init__(self):
@@ -79,8 +85,10 @@ class PowerSettings:
             value = getattr(self, name)
             if not _finite(value) or value < 0:
                 problems.append(f"{name} must be a number 0 or more, got {value!r}")
-        if self.frozen_after_s is not None and (not _finite(self.frozen_after_s) or self.frozen_after_s <= 0):
-            problems.append(f"frozen_after_s must be a positive number of seconds or unset, got {self.frozen_after_s!r}")
+        for name in ("frozen_after_s", "unbooked_stay_s"):
+            value = getattr(self, name)
+            if value is not None and (not _finite(value) or value <= 0):
+                problems.append(f"{name} must be a positive number of seconds or unset, got {value!r}")
         if not problems and self.margin_kw >= self.grid_limit_kw:
             problems.append(f"margin_kw {self.margin_kw} leaves nothing of grid_limit_kw {self.grid_limit_kw}")
         if not problems and self.fallback_kw > self.grid_limit_kw - self.margin_kw:
@@ -137,6 +145,7 @@ class StepResult:
 @dataclass
 class _Track:
     session_id: str | None = None
+    began: datetime | None = None  # when this session was first seen
     sent_kw: float | None = None
     sent_at: datetime | None = None
     started: bool = False  # this session's first limit was confirmed
@@ -233,7 +242,7 @@ class PowerController:
         for c in connectors:
             track = self._tracks.setdefault(c.connector_id, _Track())
             if c.session_id != track.session_id:
-                self._tracks[c.connector_id] = track = _Track(session_id=c.session_id)
+                self._tracks[c.connector_id] = track = _Track(session_id=c.session_id, began=now)
             conf = confirmed.get(c.connector_id)
             pending = track.sent_kw is not None and not self._same(conf, track.sent_kw)
             if track.sent_kw is not None and not pending:
@@ -253,8 +262,11 @@ class PowerController:
                 if late:
                     retry.add(c.connector_id)
                 state = State.CHARGING if track.started else State.STARTING
+            departure = c.departure
+            if departure is None and c.session_id is not None and s.unbooked_stay_s is not None:
+                departure = track.began + timedelta(seconds=s.unbooked_stay_s)
             demands.append(ConnectorDemand(
-                c.connector_id, state, c.priority, c.departure, c.min_kw, c.rated_kw,
+                c.connector_id, state, c.priority, departure, c.min_kw, c.rated_kw,
                 max(0.0, c.measured_kw), confirmed=c.connector_id not in overdue))
 
         charging_kw = sum(max(0.0, c.measured_kw) for c in connectors)
