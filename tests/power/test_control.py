@@ -130,6 +130,17 @@ def test_r_e2_lowered_limits_go_first_and_a_raise_waits_for_them():
     assert raised.commands[0].kw == pytest.approx(1200)
 
 
+def test_r_e2_in_one_step_the_lowered_limits_are_listed_before_the_raised_ones():
+    site = Site(A=mcs("A", priority=Priority.BOOKED, departure=T0 + timedelta(minutes=40)), B=mcs("B"))
+    site.settle(30)
+    site.takes["A"] = 400
+    site.draw("A", 400)  # A tapers: lowered to 450
+    site.base_kw = 0.0  # and the other load falls by 100 kW: room for B at once
+    result = site.step(confirm=False)
+    assert [(c.connector_id, c.lowering) for c in result.commands] == [("A", True), ("B", False)]
+    assert result.commands[1].kw == pytest.approx(1200)
+
+
 def test_race_truck_plugs_in_while_the_limit_is_lowered():
     site = Site(A=mcs("A"), B=mcs("B"))
     site.settle(30)
@@ -162,6 +173,7 @@ def test_r_e4_a_charger_that_does_not_confirm_counts_at_rated_power():
     assert site.confirmed["B"] <= 2000 - 50 - 100 - 1200 + 1e-6
     quiet = site.step(1.0)
     assert ("A", "retry") not in kinds(quiet)  # once per window, not every step
+    assert quiet.allocation.counted_kw["A"] == 1200  # and still counted at rated until it confirms
     site.deaf.clear()
     site.step(1.5)  # retried and confirmed
     site.settle(30)
