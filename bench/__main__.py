@@ -24,6 +24,7 @@ BENCHMARKS = {
     "chaos": "bench.chaos",        # kills, broker restarts, garbled devices; invariants checked
     "fuzz": "bench.fuzz",          # every parser of outside input
     "ocpp": "bench.ocpp",          # the OCPP layer: validation cost, round trips, 40 stations
+    "power": "bench.power",        # a simulated week of site power: limit kept, curtailments met, shares, loop cost
 }
 
 

@@ -270,15 +270,20 @@ def encode_string(text: str, length: int) -> list[int]:
 
 def load_register_map(path: str | Path) -> RegisterMap:
     """Read and validate a register map file; raises RegisterMapError listing every problem."""
+    return parse_register_map(read_map_file(path, "the charger's register_map setting"), source=str(path))
+
+
+def read_map_file(path: str | Path, setting: str) -> dict[str, Any]:
+    """The TOML of a map file; a missing or broken file is a RegisterMapError
+    naming ``setting``, the config key that points at it."""
     path = Path(path)
     try:
         with path.open("rb") as f:
-            data = tomllib.load(f)
+            return tomllib.load(f)
     except FileNotFoundError:
-        raise RegisterMapError([f"file not found: {path}; check the charger's register_map setting"], str(path)) from None
+        raise RegisterMapError([f"file not found: {path}; check {setting}"], str(path)) from None
     except tomllib.TOMLDecodeError as exc:
         raise RegisterMapError([f"not valid TOML: {exc}"], str(path)) from None
-    return parse_register_map(data, source=str(path))
 
 
 def parse_register_map(data: dict[str, Any], source: str = "register map") -> RegisterMap:

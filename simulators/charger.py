@@ -4,6 +4,9 @@ It serves the same register map file the driver reads, on a real pymodbus
 ``ModbusTcpServer``, with a scriptable truck on each connector: plug it in,
 let the driver start it, watch energy flow along a power curve that tapers as
 the battery fills, pause it from the truck side, stop it, unlock, unplug.
+With a ``Ramp`` the truck follows a changed power limit as a real one does,
+over a second or two rather than at once (IEC 61851-1 gives a vehicle 5 s);
+without one (the default) power jumps, which keeps scripted energy simple.
 Faults are injected on purpose: a charger that stops answering (connection
 kept, or refused), answers slowly, answers with exception codes, reports a
 garbage status, or has a lock that will not release.
@@ -67,6 +70,36 @@ class Truck:
     battery_wh: float
     max_power_w: float
     paused: bool = False
+    taper_from: float = 80.0  # state of charge (%) where its power starts to fall
+
+
+@dataclass(frozen=True)
+class Ramp:
+    """How fast a truck's power follows its limit: up by ``up_w_per_s`` when it
+    may take more, down by ``down_w_per_s`` when told to take less. The
+    defaults take a megawatt truck from 0 to full in about ten seconds and
+    drop it to nothing within two, inside the 5 s IEC 61851-1 allows."""
+
+    up_w_per_s: float = 100_000.0
+    down_w_per_s: float = 600_000.0
+
+    def __post_init__(self):
+        if not (self.up_w_per_s > 0 and self.down_w_per_s > 0):
+            raise ValueError("ramp rates must be positive watts per second")
+
+
+def follow(power_w: float, target_w: float, seconds: float, ramp: Ramp | None) -> tuple[float, float]:
+    """Power after ``seconds`` of moving from ``power_w`` towards ``target_w``
+    along the ramp, and the energy (Wh) delivered meanwhile: exact for a
+    straight ramp that may reach its target within the interval."""
+    if ramp is None or power_w == target_w:
+        return target_w, target_w * seconds / 3600.0
+    rate = ramp.up_w_per_s if target_w > power_w else ramp.down_w_per_s
+    reach_s = abs(target_w - power_w) / rate
+    if reach_s >= seconds:
+        end = power_w + math.copysign(rate * seconds, target_w - power_w)
+        return end, (power_w + end) / 2 * seconds / 3600.0
+    return target_w, ((power_w + target_w) / 2 * reach_s + target_w * (seconds - reach_s)) / 3600.0
 
 
 @dataclass
@@ -110,12 +143,13 @@ class SimulatedConnector:
         return HardwareStatus.CHARGING
 
 
-def taper(soc: float) -> float:
+def taper(soc: float, knee: float = 80.0) -> float:
     """Share of full power a truck battery accepts at a state of charge:
-    flat up to 80 %, then falling to 15 % at full, as lithium packs do."""
-    if soc < 80:
+    flat up to the knee (80 % by default; megawatt packs often start falling
+    near 60 %), then falling to 15 % at full, as lithium packs do."""
+    if soc < knee:
         return 1.0
-    return max(0.15, 1.0 - (soc - 80) / 20 * 0.85)
+    return max(0.15, 1.0 - (soc - knee) / (100.0 - knee) * 0.85)
 
 
 class ChargerSimulator:
@@ -129,6 +163,7 @@ class ChargerSimulator:
         time_scale: float = 1.0,
         *,
         meter_start_wh: int = 1_000_000,
+        ramp: Ramp | None = None,
     ):
         if not 1 <= connectors <= register_map.max_connectors:
             raise ValueError(
@@ -139,6 +174,7 @@ class ChargerSimulator:
         self.port = port
         self.unit = unit
         self.time_scale = time_scale
+        self.ramp = ramp
         self.rated_power_w = register_map.rated_power_w or 350_000
         self.connectors = [SimulatedConnector(energy_wh=float(meter_start_wh + 10_000 * i)) for i in range(connectors)]
         self.commands: list[ReceivedCommand] = []
@@ -176,12 +212,14 @@ class ChargerSimulator:
 
     # ---- the truck, as a test or demo script drives it
 
-    def plug(self, i: int, soc: float = 20.0, battery_kwh: float = 600.0, max_power_w: float | None = None) -> None:
+    def plug(self, i: int, soc: float = 20.0, battery_kwh: float = 600.0, max_power_w: float | None = None,
+             taper_from: float = 80.0) -> None:
         c = self._connector(i)
         self._advance()
         if c.truck is not None:
             raise SimulatorError(f"connector {i} already has a truck plugged in; unplug it first")
-        c.truck = Truck(soc=float(soc), battery_wh=battery_kwh * 1000.0, max_power_w=float(max_power_w or self.rated_power_w))
+        c.truck = Truck(soc=float(soc), battery_wh=battery_kwh * 1000.0,
+                        max_power_w=float(max_power_w or self.rated_power_w), taper_from=float(taper_from))
         c.finished = False
 
     def pause_ev(self, i: int) -> None:
@@ -213,6 +251,11 @@ class ChargerSimulator:
     def advance(self, seconds: float) -> None:
         """Move simulated time on by ``seconds`` without waiting for it."""
         self._advance(extra=seconds)
+
+    def drawn_w(self) -> float:
+        """What all connectors draw now, in W (what a grid meter sees of this charger)."""
+        self._advance()
+        return sum(c.power_w for c in self.connectors)
 
     # ---- faults
 
@@ -289,7 +332,7 @@ class ChargerSimulator:
         if c.status() != HardwareStatus.CHARGING or c.truck is None:
             return 0.0
         ceiling = min(c.truck.max_power_w, self.rated_power_w, c.limit_w if c.limit_w is not None else math.inf)
-        return ceiling * taper(c.truck.soc)
+        return ceiling * taper(c.truck.soc, c.truck.taper_from)
 
     def _advance(self, extra: float = 0.0) -> None:
         self._dirty = True  # callers change state after advancing time
@@ -300,12 +343,13 @@ class ChargerSimulator:
             step = min(MAX_STEP_S, remaining)
             remaining -= step
             for c in self.connectors:
-                power = self._available_power(c)
-                if power <= 0 or c.truck is None:
+                target = self._available_power(c)
+                if c.truck is None or not c.active or (target <= 0 and (self.ramp is None or c.power_w <= 0)):
                     c.power_w = 0.0
                     continue
+                power, energy = follow(c.power_w, target, step, self.ramp)
                 room_wh = (100.0 - c.truck.soc) / 100.0 * c.truck.battery_wh
-                energy = min(power * step / 3600.0, room_wh)
+                energy = min(energy, room_wh)
                 c.energy_wh += energy
                 c.truck.soc = min(100.0, c.truck.soc + energy / c.truck.battery_wh * 100.0)
                 c.power_w = power
@@ -524,7 +568,8 @@ async def _main(args: argparse.Namespace) -> None:
     register_map = load_register_map(args.map)
     sims = []
     for n in range(args.chargers):
-        sim = ChargerSimulator(register_map, args.connectors, host=args.host, port=args.port if n == 0 else 0, unit=args.unit, time_scale=args.time_scale)
+        sim = ChargerSimulator(register_map, args.connectors, host=args.host, port=args.port if n == 0 else 0, unit=args.unit,
+                               time_scale=args.time_scale, ramp=Ramp() if args.ramp else None)
         port = await sim.start()
         sims.append(sim)
         print(f"charger_simulator_listening port={port} unit={args.unit} model={register_map.model!r} connectors={args.connectors}", flush=True)
@@ -551,6 +596,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--time-scale", type=float, default=1.0, help="simulated seconds per real second")
     parser.add_argument("--chargers", type=int, default=1, help="how many chargers, each on its own port")
     parser.add_argument("--traffic", action="store_true", help="scripted trucks arrive, charge and leave")
+    parser.add_argument("--ramp", action="store_true", help="trucks follow a changed power limit along a ramp, not at once")
     parser.add_argument("--quiet", action="store_true", help="do not log each command received")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(message)s")
