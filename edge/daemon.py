@@ -37,6 +37,45 @@ def _time(args: dict, key: str):
         raise ControlError("bad_request", f"{key} {v!r} is not an RFC 3339 time such as 2026-11-24T08:00:00Z")
 
 
+def resolve_prefix(ref: str, candidates: list[str], what: str, listing: str) -> str:
+    """The one id that starts with ``ref`` (tables show the first 8
+    characters); ambiguous: refused with the candidates."""
+    found = [c for c in candidates if c.startswith(ref)]
+    if ref in found:
+        return ref
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise NotFound(f"no {what} {ref!r}; `{listing}` lists them")
+    shown = ", ".join(sorted(found)[:10]) + (" ..." if len(found) > 10 else "")
+    raise ControlError("ambiguous", f"{what} {ref!r} matches {len(found)} {what}s ({shown}): give more characters")
+
+
+def _session_ref(hub: Hub, ref: str) -> str:
+    return resolve_prefix(ref, hub.sessions.ids_starting(ref, 11), "session", "hubctl sessions")
+
+
+def _connector_ref(hub: Hub, ref: str) -> str:
+    """A connector id in any case (c1 is C1)."""
+    found = next((cid for cid in hub.connectors if cid.lower() == ref.lower()), None)
+    if found is None:
+        raise NotFound(f"no connector {ref} at this hub (it has {', '.join(hub.connectors) or 'none'}); "
+                       f"`hubctl status` lists them")
+    return found
+
+
+def _served(hub: Hub) -> dict[str, list[str]]:
+    """Which connectors each device serves, for `hubctl devices`."""
+    out: dict[str, list[str]] = {}
+    for cid, place in hub.places.items():
+        out.setdefault(place.charger_id, []).append(cid)
+    for t in hub.cfg.terminals:
+        out[t.id] = list(t.connectors)
+    for r in hub.cfg.readers:
+        out[r.id] = [r.connector]
+    return out
+
+
 def control_handlers(hub: Hub) -> dict:
     """The commands of the control protocol, each a thin call into the hub."""
 
@@ -44,7 +83,8 @@ def control_handlers(hub: Hub) -> dict:
         return hub.status()
 
     async def devices(args: dict, caller: Caller, progress) -> list:
-        return [d.as_dict() for d in hub.devices.values()]
+        served = _served(hub)
+        return [{**d.as_dict(), "connectors": served.get(d.device_id, [])} for d in hub.devices.values()]
 
     async def sessions(args: dict, caller: Caller, progress) -> list:
         limit = args.get("limit", 100)
@@ -53,10 +93,12 @@ def control_handlers(hub: Hub) -> dict:
         status_ = _arg(args, "status", required=False)
         if status_ and status_ not in ("starting", "active", "stopped", "failed"):
             raise ControlError("bad_request", f"status {status_!r} unknown: use starting, active, stopped or failed")
+        session_ref = _arg(args, "session", False)
+        connector_ref = _arg(args, "connector", False)
         found = hub.sessions.query(
-            session=_arg(args, "session", False),
+            session=_session_ref(hub, session_ref) if session_ref else None,
             token=_arg(args, "token", False),
-            connector=_arg(args, "connector", False),
+            connector=_connector_ref(hub, connector_ref) if connector_ref else None,
             location=_arg(args, "location", False),
             status=status_,
             since=_time(args, "since"),
@@ -72,7 +114,7 @@ def control_handlers(hub: Hub) -> dict:
 
     async def connector(args: dict, caller: Caller, progress) -> dict:
         action = _arg(args, "action")
-        cid = _arg(args, "id")
+        cid = _connector_ref(hub, _arg(args, "id"))
         reason = _arg(args, "reason", required=False) or ""
         if action == "unavailable":
             if not reason:
@@ -92,10 +134,10 @@ def control_handlers(hub: Hub) -> dict:
         return {"connector": cid, "message": result, "state": hub.connectors[cid].state}
 
     async def session_stop(args: dict, caller: Caller, progress) -> dict:
-        sid = _arg(args, "id")
         reason = _arg(args, "reason", required=False) or ""
         if not reason:
             raise ControlError("reason_required", "say why with --reason (it goes into the audit log), e.g. --reason 'driver asked by phone'")
+        sid = _session_ref(hub, _arg(args, "id"))
         s = await hub.stop_session(sid, reason="technician")
         hub.audit(caller.user, "session.stop", sid, reason, "stopping")
         return {"session": s.id, "message": f"stop sent to connector {s.connector}; the session ends when the charger confirms"}
@@ -109,7 +151,14 @@ def control_handlers(hub: Hub) -> dict:
             raise ControlError("bad_request", "timeout must be 1 to 3600 seconds")
         return await hub.request_resync(caller.user, progress, float(timeout))
 
+    async def audit(args: dict, caller: Caller, progress) -> list:
+        limit = args.get("limit", 200)
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 10000:
+            raise ControlError("bad_request", "limit must be a whole number from 1 to 10000")
+        return hub.audit_entries(since=_time(args, "since"), user=_arg(args, "user", False), limit=limit)
+
     return {
+        "audit": audit,
         "resync": resync,
         "status": status,
         "devices": devices,

@@ -258,6 +258,17 @@ def _command_key(path: Path) -> bytes:
     return load_keys(path)[0]
 
 
+def _own_group() -> str:
+    """The demo's control socket belongs to whoever runs the demo: their own
+    group stands in for the technicians' group of a real hub."""
+    import grp
+
+    try:
+        return grp.getgrgid(os.getgid()).gr_name
+    except KeyError:
+        return "hubtech"
+
+
 def _config(hub: DemoHub, ports: dict[str, int], broker: str | None) -> str:
     cloud = f'broker = "{broker}"\nclient_id = "hubedge-DEMO-01"' if broker else 'broker = ""'
     if broker and hub.command_key_file is not None:
@@ -283,13 +294,14 @@ outbox_quota_mb = 64
 
 [control]
 socket = "{hub.socket}"
-group = "hubtech"
+group = "{_own_group()}"
 
 [charging]
 poll_interval_s = 1.0
 fault_after_polls = 3
 idle_in_bay_after_s = {max(5.0, 900 / hub.speed):.1f}
 unlock_retry_s = 1.0
+meter_interval_s = {max(1.0, 600 / hub.speed):.1f}
 
 [[chargers]]
 id = "CH1"

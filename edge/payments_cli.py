@@ -40,7 +40,8 @@ def _render_list(items: list, style: Style, args: argparse.Namespace) -> str:
                        "CREATED (UTC)", "TRIES", "NOTE"], style)
     pending = [p for p in items if p["state"] in ("settling", "releasing")]
     if pending:
-        out += f"\n\n{len(pending)} waiting for the terminal: `hubctl payment retry ID` tries again now"
+        out += f"\n\n{len(pending)} waiting for the terminal; to try again now: " + ", ".join(
+            f"`hubctl payment retry {p['id'][:8]}`" for p in pending[:3]) + (" ..." if len(pending) > 3 else "")
     return out
 
 

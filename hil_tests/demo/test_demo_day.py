@@ -1,5 +1,5 @@
 """`hubedge demo`: the whole hub on simulated hardware ends with a summary,
-and with --broker syncs its day exactly as interfaces.md says (R-M2, R-M4)."""
+and with --broker syncs its day exactly as docs/cloud-contract.md says (R-M2, R-M4)."""
 
 import json
 import subprocess
