@@ -167,7 +167,7 @@ class TimeView:
     own day (``instant``)."""
 
     def __init__(self, tz: str | None = None, *, now: datetime | None = None, scale: float = 1.0,
-                 instant: Callable[[datetime], str] | None = None):
+                 instant: Callable[[datetime], str] | None = None, elapsed: Callable[[datetime], float] | None = None):
         try:
             self.tz, self.tz_name = ZoneInfo(tz or "UTC"), tz or "UTC"
         except (ZoneInfoNotFoundError, ValueError):
@@ -175,14 +175,19 @@ class TimeView:
         self.now = now or datetime.now(timezone.utc)
         self.scale = scale
         self._instant = instant
+        self._elapsed = elapsed  # seconds from an instant to now, on the view's clock
 
     def age(self, ts: str | None) -> str:
         when = _parse_ts(ts) if ts else None
         if when is None:
             return ts or "-"
+        if self._elapsed is not None:
+            return _duration(self._elapsed(when))
         return _duration((self.now - when).total_seconds() * self.scale)
 
     def seconds(self, secs: float | None) -> str:
+        if secs is not None and self._elapsed is not None:
+            return _duration(self._elapsed(self.now - timedelta(seconds=secs)))
         return _duration(None if secs is None else secs * self.scale)
 
     def at(self, ts: str | None) -> str:
@@ -214,7 +219,7 @@ def _duration(secs: float | None) -> str:
 
 
 # ------------------------------------------------------------------ renderers
-def render_status(d: dict, style: Style, view: TimeView | None = None) -> str:
+def render_status(d: dict, style: Style, view: TimeView | None = None, hide: tuple[str, ...] = ()) -> str:
     view = view or TimeView(d.get("timezone"))
     head = f"  version {d['version']}  up {view.seconds(d.get('uptime_s'))}"
     if view._instant is None:
@@ -238,7 +243,7 @@ def render_status(d: dict, style: Style, view: TimeView | None = None) -> str:
     for section in ("bays", "bookings", "gates", "terminals", "readers"):
         if d.get(section):
             lines.append("")
-            lines.append(render_section(section, d[section], style, view))
+            lines.append(render_section(section, d[section], style, view, skip=hide))
     faults = [x for x in d.get("devices", []) if x["state"] == "fault"]
     lines.append("")
     if faults:
@@ -628,7 +633,7 @@ def _ask(socket_path: str, cmd: str, req: dict, on_progress=None) -> dict:
         return _request(socket_path, cmd, req, on_progress=on_progress)
     except (FileNotFoundError, ConnectionRefusedError):
         raise HubctlError("unreachable", f"no hub-edge daemon at {socket_path}: start it with `systemctl start hubedge` "
-                                         f"(or `hubedge demo`), or point --socket at its control socket", EXIT_UNREACHABLE)
+                                         f"(on a development machine: `./dev demo` in the repository), or point --socket at its control socket", EXIT_UNREACHABLE)
     except PermissionError:
         raise HubctlError("forbidden", f"not allowed to open {socket_path}: your user must be in the technicians' group "
                                        f"(see `ls -l {socket_path}`)", EXIT_UNREACHABLE)
