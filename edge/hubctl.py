@@ -38,6 +38,7 @@ DEFAULT_SOCKET = "/run/hubedge/control.sock"
 EXIT_HELP = ("exit status: 0 done, 1 failed in the daemon, 2 bad arguments, 3 refused, 4 not found, "
              "5 daemon unreachable or not in the technicians' group, 6 configuration invalid")
 
+
 class HubctlError(Exception):
     """A failure hubctl reports itself: one line on stderr, or with --json
     ``{"ok": false, "code", "message"}`` on stdout, and its exit status."""
@@ -177,6 +178,11 @@ class TimeView:
         self._instant = instant
         self._elapsed = elapsed  # seconds from an instant to now, on the view's clock
 
+    @property
+    def own_day(self) -> bool:
+        """Instants are shown on a day of the view's own (the demo's)."""
+        return self._instant is not None
+
     def age(self, ts: str | None) -> str:
         when = _parse_ts(ts) if ts else None
         if when is None:
@@ -201,10 +207,6 @@ class TimeView:
         return local.strftime("%H:%M" if local.date() == today else "%Y-%m-%d %H:%M")
 
 
-def _age(ts: str | None, now: datetime) -> str:
-    return TimeView(now=now).age(ts)
-
-
 def _duration(secs: float | None) -> str:
     if secs is None:
         return "-"
@@ -222,7 +224,7 @@ def _duration(secs: float | None) -> str:
 def render_status(d: dict, style: Style, view: TimeView | None = None, hide: tuple[str, ...] = ()) -> str:
     view = view or TimeView(d.get("timezone"))
     head = f"  version {d['version']}  up {view.seconds(d.get('uptime_s'))}"
-    if view._instant is None:
+    if not view.own_day:
         head += f"  {view.at(d['ts'])} {view.tz_name}"
     lines = [style.bold(f"hub {d['hub']}") + head]
     rows = []
