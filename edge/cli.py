@@ -19,7 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "mqtt://127.0.0.1:1883: the hub syncs to it as in the field, and the demo prints where the command key is")
     d.add_argument("--duration", type=float, metavar="SECONDS", help="end after this many real seconds, with the summary "
                    "(without it the demo ends by itself when its day is over)")
-    d.add_argument("--speed", type=float, default=60.0, metavar="FACTOR", help="simulated seconds per real second (default 60)")
+    d.add_argument("--speed", type=float, default=60.0, metavar="FACTOR",
+                   help="demo seconds per real second (default 60: an hour of the demo day a minute); "
+                        "the day tells the same story at any speed")
     d.add_argument("--state-dir", metavar="DIR", help="keep the demo hub's state here (default: a new temporary directory)")
     d.add_argument("--socket", metavar="PATH", help="control socket for hubctl (default: inside the state directory)")
     d.add_argument("--no-view", action="store_true", help="no live view; print events as lines (for logs and CI)")

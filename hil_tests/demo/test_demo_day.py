@@ -52,7 +52,7 @@ def test_the_same_day_at_two_speeds_and_synced_to_a_broker(tmp_path):
     try:
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             fast = pool.submit(demo, "--speed", "900", "--broker", broker.url)
-            slower = pool.submit(demo, "--speed", "300")
+            slower = pool.submit(demo, "--speed", "600")
             fast, slower = fast.result(), slower.result()
         for proc in (fast, slower):
             assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -125,7 +125,7 @@ def test_live_view_keeps_the_hubctl_line_and_ctrl_c_gives_the_summary(tmp_path):
                     return
 
     try:
-        read_for(25)
+        read_for(12)
         os.killpg(proc.pid, signal.SIGINT)
         read_for(15)
         proc.wait(30)
