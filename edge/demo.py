@@ -675,6 +675,7 @@ async def _run(args) -> int:
     watch = f"{hubctl_command()} --socket {shlex.quote(str(socket))} status"
     notes: list[str] = []
     story: asyncio.Task | None = None
+    cut = ""  # why the day did not end by itself
     try:
         for note in await hub.start(broker=args.broker):
             print(f"hub-edge demo: {note}", flush=True)
@@ -723,7 +724,10 @@ async def _run(args) -> int:
                 for line in recent:
                     print(line, flush=True)
                 recent.clear()
-            if story.done() or (duration is not None and elapsed >= duration):
+            if story.done():
+                break
+            if duration is not None and elapsed >= duration:
+                cut = f"ended by --duration {duration:g} at demo time {hub.clock.text()}, before the day was over"
                 break
             await asyncio.sleep(1.0 if tty else 0.5)
         interrupted = False
@@ -731,13 +735,14 @@ async def _run(args) -> int:
         # Ctrl-C: the day is cut short, the summary still comes.
         asyncio.current_task().uncancel()
         interrupted = True
+        cut = f"cut short at demo time {hub.clock.text()} by Ctrl-C"
     try:
         if story is not None and not story.done():
             story.cancel()
             await asyncio.gather(story, return_exceptions=True)
         if hub.daemon is not None and hub.daemon.poll() is None:
             try:
-                summary = await _summary(hub, notes, cut_short=interrupted)
+                summary = await _summary(hub, notes, cut=cut)
             except (OSError, RuntimeError, asyncio.TimeoutError) as exc:
                 summary = f"hub-edge demo: no summary, the daemon did not answer ({exc}); its log is {hub.log_path}"
             print(summary, flush=True)
@@ -781,7 +786,7 @@ def _clock(sim_s: float) -> str:
 METHODS = {"free_vend": "free vend", "own_card": "own card", "emsp_card": "roaming card", "bank_card": "bank card"}
 
 
-async def _summary(hub: DemoHub, notes: list[str] = (), *, cut_short: bool = False) -> str:
+async def _summary(hub: DemoHub, notes: list[str] = (), *, cut: str = "") -> str:
     status = await hub.ask("status")
     sessions = await hub.ask("sessions", {"limit": 10000})
     outbox = await hub.ask("outbox")
@@ -794,7 +799,7 @@ async def _summary(hub: DemoHub, notes: list[str] = (), *, cut_short: bool = Fal
     still = sum(1 for s in sessions if s["status"] in ("starting", "active"))
     lines = [
         "",
-        "=== hub-edge demo summary ===" + (f" (cut short at demo time {hub.clock.text()} by Ctrl-C)" if cut_short else ""),
+        "=== hub-edge demo summary ===" + (f" ({cut})" if cut else ""),
         f"sessions: {len(sessions)} ({len(done)} ended, {still} still charging); by method: "
         + (", ".join(f"{n} {METHODS.get(m, m)}" for m, n in sorted(by_method.items())) or "none"),
         f"energy delivered: {energy:.1f} kWh",
