@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from edge.control import request
-from edge.hubctl import Style, render_status
+from edge.hubctl import METHODS, Style, render_status
 
 ROOT = Path(__file__).resolve().parent.parent
 MAPS = ROOT / "config" / "register-maps"
@@ -781,9 +781,6 @@ def _brief(line: str, width: int) -> str:
 def _clock(sim_s: float) -> str:
     sim_s = int(sim_s)
     return f"{sim_s // 3600:02d}:{(sim_s % 3600) // 60:02d}:{sim_s % 60:02d}"
-
-
-METHODS = {"free_vend": "free vend", "own_card": "own card", "emsp_card": "roaming card", "bank_card": "bank card"}
 
 
 async def _summary(hub: DemoHub, notes: list[str] = (), *, cut: str = "") -> str:

@@ -156,10 +156,10 @@ connector = "C2"
     def summary(self, status: dict, sessions: list[dict]) -> list[str]:
         taps = status.get("card_taps") or {}
         by_code = taps.get("by_code") or {}
-        refused = ", ".join(f"{code} {n}" for code, n in sorted(by_code.get("rejected", {}).items())) or "none"
-        accepted = ", ".join(f"{code} {n}" for code, n in sorted(by_code.get("accepted", {}).items())) or "none"
+        refused = ", ".join(f"{code.replace('_', ' ')} {n}" for code, n in sorted(by_code.get("rejected", {}).items())) or "none"
+        accepted = ", ".join(f"{code.replace('_', ' ')} {n}" for code, n in sorted(by_code.get("accepted", {}).items())) or "none"
         card_sessions = [s for s in sessions if s.get("method") in ("own_card", "emsp_card")]
-        readers = ", ".join(f"{r['reader']}={r['state']}" for r in status.get("readers", [])) or "none"
+        readers = ", ".join(f"{r['reader']} {r['state']}" for r in status.get("readers", [])) or "none"
         lines = [
             f"card taps: {taps.get('accepted', 0)} accepted ({accepted}); {taps.get('rejected', 0)} refused ({refused})",
             f"card sessions: {len(card_sessions)} (own {sum(1 for s in card_sessions if s['method'] == 'own_card')}, "

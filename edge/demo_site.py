@@ -227,7 +227,7 @@ camera = {{ listen = "127.0.0.1:{listen['G-OUT']}", vendor = "axis", secret = "{
                 kind = type_.split(".", 1)[1].replace("_", "-")
                 bookings[kind] = bookings.get(kind, 0) + 1
         decided = sum(n for per in gates.values() for n in per.values())
-        by_reason = "; ".join(f"{what}: " + ", ".join(f"{r} {n}" for r, n in sorted(per.items()))
+        by_reason = "; ".join(f"{what}: " + ", ".join(f"{r.replace('_', ' ')} {n}" for r, n in sorted(per.items()))
                               for what, per in sorted(gates.items()))
         closes = sum(len(sim.close_commands) for sim in self.barriers.values())
         lines = [f"gate decisions: {decided} ({by_reason or 'none'}); close commands sent by software: {closes}"]

@@ -236,7 +236,7 @@ def render_status(d: dict, style: Style, view: TimeView | None = None, hide: tup
             details.append(f"why: {c['unavailable_reason']}")
         if c.get("session"):
             kwh = (c.get("session_energy_wh") or 0) / 1000
-            details.append(f"session {c['session'][:8]} {kwh:.1f} kWh" + (f" ({c.get('session_method')})" if c.get("session_method") else ""))
+            details.append(f"session {c['session'][:8]} {kwh:.1f} kWh" + (f" ({METHODS.get(c['session_method'], c['session_method'])})" if c.get("session_method") else ""))
         if c.get("reserved_for") and not c.get("session"):
             details.append(f"reserved for booking {c['reserved_for']}")
         power = f"{(c.get('power_w') or 0) / 1000:.0f} kW" if c.get("power_w") else "-"
@@ -261,6 +261,10 @@ def render_status(d: dict, style: Style, view: TimeView | None = None, hide: tup
         link = f"cloud: {'connected' if cloud.get('connected') else style.state('fault') + ' disconnected'} {cloud.get('broker', '')}"
     lines.append(f"{link}; outbox {ob.get('depth', 0)} waiting, oldest {view.seconds(ob.get('oldest_age_s'))}, quota {(ob.get('quota') or {}).get('state', '?')}")
     return "\n".join(lines)
+
+
+# How a session was authorised, in words (the JSON keeps the codes).
+METHODS = {"free_vend": "free vend", "own_card": "own card", "emsp_card": "roaming card", "bank_card": "bank card"}
 
 
 def _ago(text: str) -> str:
@@ -350,7 +354,7 @@ def render_sessions(items: list, style: Style, *, qr: bool = False) -> str:
     for s in items:
         cost = f"{s['cost_gross']} {s['currency']}" if s.get("cost_gross") else "-"
         kwh = f"{(s.get('energy_wh') or 0) / 1000:.2f}" if s.get("energy_wh") is not None else "-"
-        rows.append([s["id"][:8], s["connector"], s["method"], s.get("token_masked") or "-", style.state(s["status"]), s["started_at"][:19].replace("T", " "), kwh, cost, s.get("stop_reason") or ""])
+        rows.append([s["id"][:8], s["connector"], METHODS.get(s["method"], s["method"]), s.get("token_masked") or "-", style.state(s["status"]), s["started_at"][:19].replace("T", " "), kwh, cost, s.get("stop_reason") or ""])
     out = table(rows, ["SESSION", "CONNECTOR", "METHOD", "TOKEN", "STATUS", "STARTED (UTC)", "KWH", "COST", "STOP REASON"], style)
     if qr:
         for s in items:
