@@ -10,7 +10,7 @@ import time
 from edge import systemd
 from edge.clock import parse_rfc3339
 from edge.config import HubConfig
-from edge.control import Caller, ControlError, ControlServer
+from edge.control import Caller, ControlError, ControlServer, resolve_prefix
 from edge.hub import Hub, NotFound, Refused
 
 log = logging.getLogger("hubedge.daemon")
@@ -35,20 +35,6 @@ def _time(args: dict, key: str):
         return parse_rfc3339(v)
     except ValueError:
         raise ControlError("bad_request", f"{key} {v!r} is not an RFC 3339 time such as 2026-11-24T08:00:00Z")
-
-
-def resolve_prefix(ref: str, candidates: list[str], what: str, listing: str) -> str:
-    """The one id that starts with ``ref`` (tables show the first 8
-    characters); ambiguous: refused with the candidates."""
-    found = [c for c in candidates if c.startswith(ref)]
-    if ref in found:
-        return ref
-    if len(found) == 1:
-        return found[0]
-    if not found:
-        raise NotFound(f"no {what} {ref!r}; `{listing}` lists them")
-    shown = ", ".join(sorted(found)[:10]) + (" ..." if len(found) > 10 else "")
-    raise ControlError("ambiguous", f"{what} {ref!r} matches {len(found)} {what}s ({shown}): give more characters")
 
 
 def _session_ref(hub: Hub, ref: str) -> str:

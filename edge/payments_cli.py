@@ -47,12 +47,30 @@ def _render_list(items: list, style: Style, args: argparse.Namespace) -> str:
 
 def _configure_payment(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["retry"])
-    p.add_argument("id", metavar="ID", help="payment id, or its first 8 characters from `hubctl payments`")
+    p.add_argument("id", metavar="ID", help="payment id, or any unique prefix of it such as the 8 characters `hubctl payments` shows")
     p.add_argument("--timeout", type=int, default=30, help="seconds to wait for the terminal (default 30)")
 
 
 def _request_payment(args: argparse.Namespace) -> tuple[str, dict]:
-    return "payment_retry", {"id": args.id, "timeout": args.timeout}
+    return "payment_retry", {"id": _payment_id(args), "timeout": args.timeout}
+
+
+def _payment_id(args: argparse.Namespace) -> str:
+    """A payment id by any unique prefix, as session ids are taken: the
+    recent holds are asked for, an ambiguous prefix is refused with its
+    candidates; anything else goes to the daemon as given."""
+    from edge.control import ControlError, resolve_prefix
+    from edge.hubctl import HubctlError, _ask, _exit_for
+
+    resp = _ask(args.socket, "payments", {"all": True, "limit": 10000})
+    if not resp.get("ok"):
+        return args.id
+    try:
+        return resolve_prefix(args.id, [p["id"] for p in resp["data"]], "payment", "hubctl payments")
+    except ControlError as exc:
+        if exc.code == "not_found":
+            return args.id  # an older hold: the daemon looks it up itself
+        raise HubctlError(exc.code, exc.message, _exit_for(exc.code)) from None
 
 
 def _render_payment(data: dict, style: Style, args: argparse.Namespace) -> str:

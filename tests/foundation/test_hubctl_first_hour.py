@@ -17,9 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.control import ControlError
-from edge.daemon import resolve_prefix
-from edge.hub import NotFound
+from edge.control import ControlError, resolve_prefix
 from edge.hubctl import MIB, Style, TimeView, main, render_outbox, render_status
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -132,9 +130,9 @@ def test_session_ids_by_any_unique_prefix_and_an_ambiguous_one_refused_with_cand
         resolve_prefix("bcdd6", ids, "session", "hubctl sessions")
     assert ambiguous.value.code == "ambiguous"
     assert "bcdd612b-1111" in ambiguous.value.message and "bcdd6999-2222" in ambiguous.value.message
-    with pytest.raises(NotFound) as none:
+    with pytest.raises(ControlError) as none:
         resolve_prefix("ffff", ids, "session", "hubctl sessions")
-    assert "`hubctl sessions`" in str(none.value)
+    assert none.value.code == "not_found" and "`hubctl sessions`" in none.value.message
 
 
 @pytest.mark.parametrize("key,old,new", [
@@ -195,3 +193,23 @@ def test_every_suggested_command_parses_as_printed(where, command, capsys):
     code = main(words)
     err = capsys.readouterr().err
     assert code != 2, f"{where}: `{command}` does not run as printed: {err}"
+
+
+def test_payment_ids_by_any_unique_prefix_and_an_ambiguous_one_refused(monkeypatch, capsys):
+    import edge.hubctl as hubctl
+
+    asked = []
+
+    def fake_ask(socket_path, cmd, req, on_progress=None):
+        asked.append((cmd, req))
+        if cmd == "payments":
+            return {"ok": True, "data": [{"id": "3f2a9c1e-aaaa"}, {"id": "3f2a0000-bbbb"}]}
+        return {"ok": True, "data": {"state": "settled", "message": f"payment {req['id']} settled"}}
+
+    monkeypatch.setattr(hubctl, "_ask", fake_ask)
+    assert main(["payment", "retry", "3f2a9"]) == 0
+    assert asked[-1] == ("payment_retry", {"id": "3f2a9c1e-aaaa", "timeout": 30})
+    capsys.readouterr()
+    assert main(["--json", "payment", "retry", "3f2a"]) == 2
+    error = json.loads(capsys.readouterr().out)
+    assert error["code"] == "ambiguous" and "3f2a9c1e-aaaa" in error["message"] and "3f2a0000-bbbb" in error["message"]
