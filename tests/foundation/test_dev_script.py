@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 from bench.closing import render, counts_of
@@ -57,3 +58,19 @@ def test_readme_states_the_run_time_and_how_hubctl_runs():
     assert re.search(r"`\./dev test` takes about \d+ minutes", readme)
     assert "./dev hubctl" in readme
     assert "Ctrl-C to leave" not in readme
+
+
+def test_demo_help_says_the_broker_is_used_instead_and_how_it_ends():
+    proc = subprocess.run([sys.executable, "-m", "edge.cli", "demo", "--help"],
+                          capture_output=True, text=True, timeout=60, cwd=str(ROOT))
+    text = " ".join(proc.stdout.split())
+    assert proc.returncode == 0
+    assert "instead of the demo's own" in text and "also sync" not in text
+    assert "Ctrl-C ends it early, with the summary too" in text
+
+
+def test_readme_dev_commands_exist():
+    """Every `./dev X` the README shows is a command of ./dev."""
+    dev = (ROOT / "dev").read_text()
+    for sub in set(re.findall(r"\./dev (\w+)", (ROOT / "README.md").read_text())):
+        assert f"\n  {sub})" in dev, sub
