@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -632,8 +633,6 @@ def _events_since(log_path: Path, offset: int) -> tuple[list[str], int]:
 def hubctl_command() -> str:
     """How to run hubctl on this machine, as a person would type it: through
     ./dev when the demo was started by it, else the hubctl beside this Python."""
-    import shlex
-
     if os.environ.get("HUBEDGE_HUBCTL"):
         return os.environ["HUBEDGE_HUBCTL"]
     beside = Path(sys.executable).parent / "hubctl"
@@ -670,73 +669,71 @@ async def _run(args) -> int:
     hub = DemoHub(state_dir=state_dir, socket=socket, speed=speed)
     tty = sys.stdout.isatty() and not args.no_view
     style = Style(tty and os.environ.get("NO_COLOR") is None)
-    import shlex
-
     watch = f"{hubctl_command()} --socket {shlex.quote(str(socket))} status"
     notes: list[str] = []
     story: asyncio.Task | None = None
     cut = ""  # why the day did not end by itself
+    interrupted = False
     try:
-        for note in await hub.start(broker=args.broker):
-            print(f"hub-edge demo: {note}", flush=True)
-        if args.broker and hub.command_key_file is not None:
-            kept = ("it is deleted with the demo's temporary state when the demo ends (give --state-dir DIR to keep it)"
-                    if own_dir else "it stays there after the demo")
-            notes.append(f"the hub obeys only what is signed with the command key in {hub.command_key_file}; {kept}")
-        print(f"hub-edge demo: state in {state_dir}", flush=True)
-        print(f"hub-edge demo: watch it from another terminal with: {watch}", flush=True)
-        for note in notes:
-            print(f"hub-edge demo: {note}", flush=True)
-        await hub.wait_ready()
-        steps = _script(hub)
-        for part in hub.parts:
-            steps += part.steps()
-        steps.sort(key=lambda st: st.at_s)
-        t0 = time.monotonic()
-        hub.clock = DayClock(speed)  # the day starts now that the hub is ready
-        story = asyncio.get_running_loop().create_task(_tell_the_day(hub, steps))
-        offset = hub.log_size()
-        recent: list[str] = []
-        duration = args.duration
-        ends = (f"the day ends by itself after {duration:g} s" if duration is not None
-                else "the day ends by itself when its story is told")
-        while True:
-            elapsed = time.monotonic() - t0
-            recent += hub.news
-            hub.news.clear()
-            events, offset = _events_since(hub.log_path, offset)
-            for e in events:
-                recent.append("    " + _brief(e, 150 if tty else 400))
-            if hub.daemon.poll() is not None:
-                print(f"hub-edge demo: the daemon stopped unexpectedly (status {hub.daemon.returncode}); see {hub.log_path}", file=sys.stderr)
-                return 1
-            if tty:
-                try:
-                    status = await hub.ask("status")
-                    screen = render_status(status, style, _day_view(hub, status), hide=("LAST END-OF-DAY", "NEXT END-OF-DAY"))
-                except Exception as exc:
-                    screen = f"(daemon not answering: {exc})"
-                head = (f"hub-edge demo — demo time {hub.clock.text()} (x{speed:g}); {ends}; Ctrl-C ends it early, "
-                        f"with the summary\nwatch it from another terminal: {watch}\n\n")
-                sys.stdout.write("\033[H\033[2J" + head + screen + "\n\nthe day so far:\n" + "\n".join(recent[-12:]) + "\n")
-                sys.stdout.flush()
-            else:
-                for line in recent:
-                    print(line, flush=True)
-                recent.clear()
-            if story.done():
-                break
-            if duration is not None and elapsed >= duration:
-                cut = f"ended by --duration {duration:g} at demo time {hub.clock.text()}, before the day was over"
-                break
-            await asyncio.sleep(1.0 if tty else 0.5)
-        interrupted = False
-    except asyncio.CancelledError:
-        # Ctrl-C: the day is cut short, the summary still comes.
-        asyncio.current_task().uncancel()
-        interrupted = True
-        cut = f"cut short at demo time {hub.clock.text()} by Ctrl-C"
-    try:
+        try:
+            for note in await hub.start(broker=args.broker):
+                print(f"hub-edge demo: {note}", flush=True)
+            if args.broker and hub.command_key_file is not None:
+                kept = ("it is deleted with the demo's temporary state when the demo ends (give --state-dir DIR to keep it)"
+                        if own_dir else "it stays there after the demo")
+                notes.append(f"the hub obeys only what is signed with the command key in {hub.command_key_file}; {kept}")
+            print(f"hub-edge demo: state in {state_dir}", flush=True)
+            print(f"hub-edge demo: watch it from another terminal with: {watch}", flush=True)
+            for note in notes:
+                print(f"hub-edge demo: {note}", flush=True)
+            await hub.wait_ready()
+            steps = _script(hub)
+            for part in hub.parts:
+                steps += part.steps()
+            steps.sort(key=lambda st: st.at_s)
+            t0 = time.monotonic()
+            hub.clock = DayClock(speed)  # the day starts now that the hub is ready
+            story = asyncio.get_running_loop().create_task(_tell_the_day(hub, steps))
+            offset = hub.log_size()
+            recent: list[str] = []
+            duration = args.duration
+            ends = (f"the day ends by itself after {duration:g} s" if duration is not None
+                    else "the day ends by itself when its story is told")
+            while True:
+                elapsed = time.monotonic() - t0
+                recent += hub.news
+                hub.news.clear()
+                events, offset = _events_since(hub.log_path, offset)
+                for e in events:
+                    recent.append("    " + _brief(e, 150 if tty else 400))
+                if hub.daemon.poll() is not None:
+                    print(f"hub-edge demo: the daemon stopped unexpectedly (status {hub.daemon.returncode}); see {hub.log_path}", file=sys.stderr)
+                    return 1
+                if tty:
+                    try:
+                        status = await hub.ask("status")
+                        screen = render_status(status, style, _day_view(hub, status), hide=("LAST END-OF-DAY", "NEXT END-OF-DAY"))
+                    except Exception as exc:
+                        screen = f"(daemon not answering: {exc})"
+                    head = (f"hub-edge demo — demo time {hub.clock.text()} (x{speed:g}); {ends}; Ctrl-C ends it early, "
+                            f"with the summary\nwatch it from another terminal: {watch}\n\n")
+                    sys.stdout.write("\033[H\033[2J" + head + screen + "\n\nthe day so far:\n" + "\n".join(recent[-12:]) + "\n")
+                    sys.stdout.flush()
+                else:
+                    for line in recent:
+                        print(line, flush=True)
+                    recent.clear()
+                if story.done():
+                    break
+                if duration is not None and elapsed >= duration:
+                    cut = f"ended by --duration {duration:g} at demo time {hub.clock.text()}, before the day was over"
+                    break
+                await asyncio.sleep(1.0 if tty else 0.5)
+        except asyncio.CancelledError:
+            # Ctrl-C: the day is cut short, the summary still comes.
+            asyncio.current_task().uncancel()
+            interrupted = True
+            cut = f"cut short at demo time {hub.clock.text()} by Ctrl-C"
         if story is not None and not story.done():
             story.cancel()
             await asyncio.gather(story, return_exceptions=True)
