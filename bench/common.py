@@ -1,4 +1,4 @@
-"""The one shape every benchmark reports in (interfaces.md: `python -m bench`).
+"""The one shape every benchmark reports in (the README, "Benchmarks": `python -m bench`).
 
 A figure is never printed alone: each comes with a baseline measured in the
 same run on the same machine, and their ratio. ``lower_is_better`` says which

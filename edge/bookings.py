@@ -280,7 +280,7 @@ def parse_booking_item(item: Any, now: datetime, rules: BookingRules) -> _Bookin
     side = (_text(item, "side") or "").lower()
     if side not in SIDES:
         raise BookingRefused("malformed_field", "booking side must be left or right (the truck's inlet side): correct it and send it again")
-    # interfaces.md names the field `customer` (optional); customer_id and
+    # docs/cloud-contract.md names the field `customer` (optional); customer_id and
     # fleet_id are accepted too.
     customer = (_text(item, "customer", required=False) or _text(item, "customer_id", required=False)
                 or _text(item, "fleet_id", required=False) or "")

@@ -253,7 +253,7 @@ class CardAuthorisation(Capability):
                 "message": (f"card {mask(d.token_uid)} is now {d.status}: "
                             + ("its session is being stopped" if d.stopping
                                else "its session goes on ([auth] stop_on_blocked is off); stop it with "
-                                    f"`hubctl session stop {d.session_id}` if needed")),
+                                    f"`hubctl session stop {d.session_id[:8]} --reason 'card blocked'` if needed")),
             })
 
     def _emit(self, type_: str, data: dict) -> None:

@@ -7,9 +7,8 @@ card part (nfcpy, the decision logic).
 from __future__ import annotations
 
 import argparse
-import sys
 
-from edge.hubctl import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, PartCommand
+from edge.hubctl import EXIT_NOT_FOUND, EXIT_OK, PartCommand, usage_error
 
 _SOURCES = {
     "local_list": "the local token list",
@@ -27,8 +26,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
 
 def _request(args: argparse.Namespace) -> tuple[str, dict]:
     if args.action == "lookup" and not args.uid:
-        print("hubctl: tokens lookup needs the card's uid, e.g. `hubctl tokens lookup 04A1B2C3`", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE)
+        raise usage_error("tokens lookup needs the card's uid, e.g. `hubctl tokens lookup 04A1B2C3`")
     return "tokens", {"action": args.action, "uid": args.uid}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import grp
 import ipaddress
 import re
+import shlex
 import tomllib
 from datetime import time
 from decimal import Decimal
@@ -18,6 +19,7 @@ from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -28,8 +30,26 @@ from pydantic import (
 
 from drivers.anpr.read import DEFAULT_MAX_BODY
 
+
+def _port_in_range(port: int | None, where: str) -> None:
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"port {port} in {where!r} is out of range: use a port from 1 to 65535")
+
+
+def _host_port(v: str) -> str:
+    _port_in_range(int(v.rsplit(":", 1)[1]), v)
+    return v
+
+
+def _url_port(v: str) -> None:
+    """The port of a URL such as mqtt://host:1883 or tcp://host:20007, if any."""
+    tail = v.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+    m = re.search(r":(\d+)$", tail)
+    _port_in_range(int(m.group(1)) if m else None, v)
+
+
 Id = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
-HostPort = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:\[\]-]+:\d{1,5}$")]
+HostPort = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:\[\]-]+:\d{1,5}$"), AfterValidator(_host_port)]
 
 
 class ConfigError(Exception):
@@ -41,7 +61,7 @@ class ConfigError(Exception):
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(
             f"configuration {self.path} has {len(problems)} problem(s):\n{lines}\n"
-            "Fix these keys and run `hubctl config validate FILE` again."
+            f"Fix these keys and run `hubctl config validate {shlex.quote(self.path)}` again."
         )
 
 
@@ -103,6 +123,8 @@ class CloudSection(Section):
     def _url(cls, v: str) -> str:
         if v and not (v.startswith("mqtt://") or v.startswith("mqtts://")):
             raise ValueError("broker must start with mqtt:// or mqtts://, e.g. mqtts://broker.example:8883")
+        if v:
+            _url_port(v)
         return v
 
 
@@ -128,6 +150,7 @@ class ChargingSection(Section):
     unlock_retry_s: float = Field(default=2.0, ge=0, le=60)
     idle_in_bay_after_s: float = Field(default=900, gt=0)
     start_timeout_s: float = Field(default=30, gt=0, description="start command to energy flowing")
+    meter_interval_s: float = Field(default=60, ge=1, le=3600, description="meter samples of charging connectors to the cloud")
 
 
 class AuthSection(Section):
@@ -188,6 +211,13 @@ class TerminalSection(Section):
     t4_completion_s: float = Field(default=180.0, gt=0, le=600, description="ZVT T4: 80 00 to completion (the card holder is typing)")
     end_of_day: str = Field(default="03:00", description='daily end-of-day (ZVT 06 50) at this local time of [hub] timezone, or "off"')
 
+    @field_validator("port")
+    @classmethod
+    def _tcp_port(cls, v: str) -> str:
+        if v.startswith("tcp://"):
+            _url_port(v)
+        return v
+
     @field_validator("end_of_day", mode="before")
     @classmethod
     def _end_of_day(cls, v: object) -> object:
@@ -202,6 +232,13 @@ class ReaderSection(Section):
     id: Id
     path: str = Field(min_length=1)
     connector: Id
+
+    @field_validator("path")
+    @classmethod
+    def _udp_port(cls, v: str) -> str:
+        m = re.fullmatch(r"udp:.*:(\d+)", v)
+        _port_in_range(int(m.group(1)) if m else None, v)
+        return v
 
 
 class BarrierRef(Section):

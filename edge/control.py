@@ -216,6 +216,20 @@ def _runtime_directory(directory: Path) -> bool:
         return False
 
 
+def resolve_prefix(ref: str, candidates: list[str], what: str, listing: str) -> str:
+    """The one id that starts with ``ref`` (tables show the first 8
+    characters): not found, or ambiguous with the candidates, refused."""
+    found = [c for c in candidates if c.startswith(ref)]
+    if ref in found:
+        return ref
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ControlError("not_found", f"no {what} {ref!r}; `{listing}` lists them")
+    shown = ", ".join(sorted(found)[:10]) + (" ..." if len(found) > 10 else "")
+    raise ControlError("ambiguous", f"{what} {ref!r} matches {len(found)} {what}s ({shown}): give more characters")
+
+
 def _error(code: str, message: str) -> dict:
     return {"v": PROTOCOL_VERSION, "ok": False, "code": code, "message": message}
 

@@ -10,7 +10,7 @@ import time
 from edge import systemd
 from edge.clock import parse_rfc3339
 from edge.config import HubConfig
-from edge.control import Caller, ControlError, ControlServer
+from edge.control import Caller, ControlError, ControlServer, resolve_prefix
 from edge.hub import Hub, NotFound, Refused
 from edge.store import DiskError
 
@@ -38,6 +38,31 @@ def _time(args: dict, key: str):
         raise ControlError("bad_request", f"{key} {v!r} is not an RFC 3339 time such as 2026-11-24T08:00:00Z")
 
 
+def _session_ref(hub: Hub, ref: str) -> str:
+    return resolve_prefix(ref, hub.sessions.ids_starting(ref, 11), "session", "hubctl sessions")
+
+
+def _connector_ref(hub: Hub, ref: str) -> str:
+    """A connector id in any case (c1 is C1)."""
+    found = next((cid for cid in hub.connectors if cid.lower() == ref.lower()), None)
+    if found is None:
+        raise NotFound(f"no connector {ref} at this hub (it has {', '.join(hub.connectors) or 'none'}); "
+                       f"`hubctl status` lists them")
+    return found
+
+
+def _served(hub: Hub) -> dict[str, list[str]]:
+    """Which connectors each device serves, for `hubctl devices`."""
+    out: dict[str, list[str]] = {}
+    for cid, place in hub.places.items():
+        out.setdefault(place.charger_id, []).append(cid)
+    for t in hub.cfg.terminals:
+        out[t.id] = list(t.connectors)
+    for r in hub.cfg.readers:
+        out[r.id] = [r.connector]
+    return out
+
+
 def control_handlers(hub: Hub) -> dict:
     """The commands of the control protocol, each a thin call into the hub."""
 
@@ -45,7 +70,8 @@ def control_handlers(hub: Hub) -> dict:
         return hub.status()
 
     async def devices(args: dict, caller: Caller, progress) -> list:
-        return hub.device_views()
+        served = _served(hub)
+        return [{**d, "connectors": served.get(d["device"], [])} for d in hub.device_views()]
 
     async def sessions(args: dict, caller: Caller, progress) -> list:
         limit = args.get("limit", 100)
@@ -54,10 +80,12 @@ def control_handlers(hub: Hub) -> dict:
         status_ = _arg(args, "status", required=False)
         if status_ and status_ not in ("starting", "active", "stopped", "failed"):
             raise ControlError("bad_request", f"status {status_!r} unknown: use starting, active, stopped or failed")
+        session_ref = _arg(args, "session", False)
+        connector_ref = _arg(args, "connector", False)
         found = hub.sessions.query(
-            session=_arg(args, "session", False),
+            session=_session_ref(hub, session_ref) if session_ref else None,
             token=_arg(args, "token", False),
-            connector=_arg(args, "connector", False),
+            connector=_connector_ref(hub, connector_ref) if connector_ref else None,
             location=_arg(args, "location", False),
             status=status_,
             since=_time(args, "since"),
@@ -73,7 +101,7 @@ def control_handlers(hub: Hub) -> dict:
 
     async def connector(args: dict, caller: Caller, progress) -> dict:
         action = _arg(args, "action")
-        cid = _arg(args, "id")
+        cid = _connector_ref(hub, _arg(args, "id"))
         reason = _arg(args, "reason", required=False) or ""
         if action in ("unavailable", "available"):
             if action == "unavailable" and not reason:
@@ -95,10 +123,10 @@ def control_handlers(hub: Hub) -> dict:
         return {"connector": cid, "message": result, "state": hub.connectors[cid].state}
 
     async def session_stop(args: dict, caller: Caller, progress) -> dict:
-        sid = _arg(args, "id")
         reason = _arg(args, "reason", required=False) or ""
         if not reason:
             raise ControlError("reason_required", "say why with --reason (it goes into the audit log), e.g. --reason 'driver asked by phone'")
+        sid = _session_ref(hub, _arg(args, "id"))
         s = await hub.stop_session(sid, reason="technician")
         hub.audit(caller.user, "session.stop", sid, reason, "stopping")
         return {"session": s.id, "message": f"stop sent to connector {s.connector}; the session ends when the charger confirms"}
@@ -112,7 +140,14 @@ def control_handlers(hub: Hub) -> dict:
             raise ControlError("bad_request", "timeout must be 1 to 3600 seconds")
         return await hub.request_resync(caller.user, progress, float(timeout))
 
+    async def audit(args: dict, caller: Caller, progress) -> list:
+        limit = args.get("limit", 200)
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 10000:
+            raise ControlError("bad_request", "limit must be a whole number from 1 to 10000")
+        return hub.audit_entries(since=_time(args, "since"), user=_arg(args, "user", False), limit=limit)
+
     return {
+        "audit": audit,
         "resync": resync,
         "status": status,
         "devices": devices,

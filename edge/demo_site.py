@@ -8,15 +8,15 @@ clock, so the booking timings in the configuration are scaled by the demo's
 speed (an hour of the demo day is an hour of lead time, whatever the speed);
 slots last at least six real minutes, as the hub refuses shorter ones.
 
-The card and payment parts use C1-C4 until about 3.4 h and the base day
-C5-C6 until 3.8 h, so the gate-only scenes come early (they touch no connector)
+The card and payment parts use C1-C4 until 4.3 h and the base day C5-C6
+until 3.8 h, so the gate-only scenes come early (they touch no connector)
 and the bookings come once the bays are quiet:
   0.15 an ad-hoc truck: admitted, bays are free (R-G3)
   1.3  a car: refused (R-G1)   1.4  a blurry read: to the operator (R-G4)
   2.1  a vehicle on the exit loop, no read: the exit opens (R-G6)
   2.2  the ad-hoc truck leaves through the exit
-  3.9  the bookings scene, once C1-C4 are empty, each action waiting for
-       the one before to take effect: five bookings (DM-1..DM-5) hold every
+  4.4  the bookings scene, once every bay is empty, each line told once
+       what it tells of has happened: five bookings (DM-1..DM-5) hold every
        bay; DM-1 arrives early, in at once (R-G2); a truck without a booking
        plugs into DM-2's bay, so DM-2 is moved when it comes (R-B4); an
        ad-hoc truck is refused (R-G3); DM-1 and DM-2 leave through the exit;
@@ -25,13 +25,11 @@ and the bookings come once the bays are quiet:
 
 from __future__ import annotations
 
-import asyncio
 import re
-import time
 from datetime import datetime, timedelta, timezone
 
 from edge.clock import rfc3339
-from edge.demo import DemoHub, DemoPart, Step
+from edge.demo import DemoHub, DemoPart, Step, first_answer
 
 HOUR = 3600.0
 SECRET = "demo-camera-secret"
@@ -40,7 +38,7 @@ PLATES = {"DM-1": "NL-BT-101-K", "DM-2": "D-EV 2024", "DM-3": "B-HX 777", "DM-4"
 # id, connector type, side, slot start in demo hours after they are sent
 BOOKINGS = (("DM-1", "MCS", "left", 0.45), ("DM-2", "MCS", "right", 0.6), ("DM-3", "MCS", "left", 0.1),
             ("DM-4", "CCS", "left", 0.15), ("DM-5", "CCS", "right", 0.15))
-SCENE_AT_H = 3.9
+SCENE_AT_H = 4.4
 _EVENT = re.compile(r" event type=((?:gate|booking)\.\w+) seq=\d+(?: .*?reason=(\w+))?")
 
 
@@ -51,8 +49,6 @@ class SiteDemo(DemoPart):
         self.barriers: dict = {}
         self.no_cloud_reason: str | None = None
         self.taken: str | None = None  # the connector the unbooked truck plugged into
-        self._scene_t0 = 0.0
-        self._scene_task: asyncio.Task | None = None
 
     async def start(self) -> str:
         from simulators.barrier import BarrierSimulator
@@ -119,62 +115,53 @@ camera = {{ listen = "127.0.0.1:{listen['G-OUT']}", vendor = "axis", secret = "{
                           "plates": [PLATES[bid]], "customer": "demo-fleet"})
         self.demo.cloud.send("bookings", {"upsert": items, "cancel": []})
 
-    def _note(self, what: str) -> None:
-        sim_s = int(SCENE_AT_H * HOUR + (time.monotonic() - self._scene_t0) * self.demo.speed)
-        self.demo.script_log.append(f"[{sim_s // 3600:02d}:{sim_s % 3600 // 60:02d}:{sim_s % 60:02d}] {what}")
-
     async def _bay_of(self, booking_id: str) -> str | None:
         rows = await self.demo.ask("bookings", {})
         return next((b.get("connector") for b in rows if b["booking"] == booking_id), None)
 
     async def _scene(self) -> None:
-        """The bookings scene, each action after the one before has had its
-        effect (a poll, a tick), whatever the demo speed."""
-        wait = self.demo.sim_sleep
-        # The other parts' last trucks leave until about 4.4 h: wait for them
-        # (that long in demo time, and at least 15 real seconds).
-        await self._until(self._all_free, real_timeout_s=max(15.0, 0.6 * HOUR / self.demo.speed))
-        self._note("the cloud sends bookings DM-1..DM-5: every bay is held (R-B2, R-B3)")
+        """The bookings scene. Its timings are the hub's booking rules on the
+        daemon's clock, so the demo day's clock keeps running through it and
+        each line is told once the event behind it has come."""
+        d = self.demo
+        wait = d.sim_sleep
+        seen = d.event
+        if not await first_answer(self._all_free, max(15.0, 0.6 * HOUR / d.speed)):
+            d.tell("(a bay is still busy: the bookings scene starts all the same)")
         self._send_bookings()
+        await self._expect(seen("booking.assigned", 5), "the cloud sends bookings DM-1..DM-5: every bay is held (R-B2, R-B3)")
         await wait(0.1 * HOUR)
-        self._note("DM-1's truck arrives early, within its grace: in at once (R-G2)")
         await self._read("G-IN", PLATES["DM-1"])
-        self.taken = await self._until(lambda: self._bay_of("DM-2"))
+        await self._expect(seen("booking.arrived", 1), "DM-1's truck arrives early, within its grace: in at once (R-G2)")
+        self.taken = await first_answer(lambda: self._bay_of("DM-2"), 15.0)
         if self.taken:
-            self._note(f"a truck without a booking plugs in at {self.taken}, DM-2's bay")
-            sim, i = self.demo.connector_sim(self.taken)
+            sim, i = d.connector_sim(self.taken)
             sim.plug(i, soc=45, battery_kwh=500)
-            await self._until(lambda: self._plugged(self.taken))  # DM-2 must find its bay taken
+            await self._expect(lambda: self._plugged(self.taken),  # DM-2 must find its bay taken
+                               f"a truck without a booking plugs in at {self.taken}, DM-2's bay")
             await wait(0.05 * HOUR)
-        self._note("DM-2's truck arrives: its bay is taken, so it gets another (R-B4)")
         await self._read("G-IN", PLATES["DM-2"], 0.97)
+        await self._expect(seen("booking.reassigned", 1), "DM-2's truck arrives: its bay is taken, so it gets another (R-B4)")
         await wait(0.1 * HOUR)
-        self._note("another ad-hoc truck: refused, every bay is held or taken (R-G3)")
         await self._read("G-IN", "NL-98-ZZY")
+        await self._expect(seen("gate.refused", 1), "another ad-hoc truck: refused, every bay is held or taken (R-G3)")
         await wait(0.1 * HOUR)
         if self.taken:
-            self._note("the unbooked truck leaves")
-            sim, i = self.demo.connector_sim(self.taken)
+            sim, i = d.connector_sim(self.taken)
             sim.unplug(i)
+            await self._expect(d.connector_is(self.taken, "Available", "Reserved"), "the unbooked truck leaves")
         await wait(0.05 * HOUR)
-        self._note("DM-1's and DM-2's trucks leave through the exit: bookings fulfilled, bays free")
         await self._read("G-OUT", PLATES["DM-1"], 0.91, direction="leave")
         await wait(0.05 * HOUR)
         await self._read("G-OUT", PLATES["DM-2"], 0.93, direction="leave")
-        self._note("DM-3, DM-4 and DM-5 never come: no-shows free their bays (R-B3)")
+        await self._expect(seen("booking.fulfilled", 2), "DM-1's and DM-2's trucks leave through the exit: bookings fulfilled")
+        await self._expect(seen("booking.no_show", 3), "DM-3, DM-4 and DM-5 never come: no-shows free their bays (R-B3)",
+                           within_s=1.5 * HOUR)
 
-    @staticmethod
-    async def _until(check, real_timeout_s: float = 15.0):
-        """``check()``'s first truthy answer, asked every 50 ms for up to
-        ``real_timeout_s`` real seconds (a sync or a poll takes what it takes,
-        whatever the demo's speed); None when it never comes."""
-        deadline = time.monotonic() + real_timeout_s
-        while time.monotonic() < deadline:
-            answer = await check()
-            if answer:
-                return answer
-            await asyncio.sleep(0.05)
-        return None
+    async def _expect(self, check, what: str, within_s: float = 0.5 * HOUR) -> None:
+        """Tell ``what`` once ``check`` holds; say so when it never does."""
+        seen = await self.demo.until_seen(check, within_s)
+        self.demo.tell(what if seen else f"{what} — not seen in time, so this part of the story did not happen")
 
     async def _all_free(self) -> bool:
         status = await self.demo.ask("status")
@@ -185,14 +172,6 @@ camera = {{ listen = "127.0.0.1:{listen['G-OUT']}", vendor = "axis", secret = "{
         status = await self.demo.ask("status")
         return any(c["connector"] == connector and c["status"] not in ("Available", "Reserved")
                    for c in status["connectors"])
-
-    def _start_scene(self) -> None:
-        self._scene_t0 = time.monotonic()
-        self._scene_task = asyncio.get_running_loop().create_task(self._scene())
-
-    async def _end_scene(self) -> None:
-        if self._scene_task is not None:
-            await self._scene_task
 
     async def _read(self, gate: str, plate: str, confidence: float = 0.94, vehicle_class: str = "truck",
                     direction: str = "approach") -> None:
@@ -208,32 +187,26 @@ camera = {{ listen = "127.0.0.1:{listen['G-OUT']}", vendor = "axis", secret = "{
 
     def steps(self) -> list[Step]:
         h = HOUR
+        seen = self.demo.event
         steps = [
             Step(0.15 * h, "an ad-hoc truck at the entry: admitted, bays are free (R-G3)",
-                 lambda: self._read("G-IN", "NL-99-ZZX")),
+                 lambda: self._read("G-IN", "NL-99-ZZX"), until=seen("gate.opened")),
             Step(1.3 * h, "a car at the entry: refused, the hub is for trucks (R-G1)",
-                 lambda: self._read("G-IN", "NL-12-CAR", 0.98, vehicle_class="car")),
+                 lambda: self._read("G-IN", "NL-12-CAR", 0.98, vehicle_class="car"), until=seen("gate.refused")),
             Step(1.4 * h, "a blurry plate at the entry: the operator checks it (R-G4)",
-                 lambda: self._read("G-IN", "NL-77-BLR", 0.42)),
+                 lambda: self._read("G-IN", "NL-77-BLR", 0.42), until=seen("gate.manual_review")),
             Step(2.1 * h, "a vehicle on the exit loop, no plate read: the exit opens anyway (R-G6)",
-                 self._exit_loop_only),
+                 self._exit_loop_only, until=seen("gate.opened")),
             Step(2.2 * h, "the ad-hoc truck leaves through the exit",
-                 lambda: self._read("G-OUT", "NL-99-ZZX", 0.9, direction="leave")),
+                 lambda: self._read("G-OUT", "NL-99-ZZX", 0.9, direction="leave"), until=seen("gate.opened")),
         ]
         if self.no_cloud_reason:
             return steps
-        steps += [
-            # One step starts the scene in the background so the live view
-            # keeps running; the last one makes sure it has finished.
-            Step(SCENE_AT_H * h, "bookings scene: DM-1..DM-5 from the cloud, two arrivals, a taken bay, no-shows",
-                 self._start_scene),
-            Step(4.9 * h, "bookings scene over", self._end_scene),
-        ]
+        # The scene tells its own lines as they happen.
+        steps.append(Step(SCENE_AT_H * h, "the bookings scene is over", self._scene, hold=False))
         return steps
 
     async def stop(self) -> None:
-        if self._scene_task is not None and not self._scene_task.done():
-            self._scene_task.cancel()
         for sim in self.barriers.values():
             await sim.stop()
 
@@ -254,7 +227,7 @@ camera = {{ listen = "127.0.0.1:{listen['G-OUT']}", vendor = "axis", secret = "{
                 kind = type_.split(".", 1)[1].replace("_", "-")
                 bookings[kind] = bookings.get(kind, 0) + 1
         decided = sum(n for per in gates.values() for n in per.values())
-        by_reason = "; ".join(f"{what}: " + ", ".join(f"{r} {n}" for r, n in sorted(per.items()))
+        by_reason = "; ".join(f"{what}: " + ", ".join(f"{r.replace('_', ' ')} {n}" for r, n in sorted(per.items()))
                               for what, per in sorted(gates.items()))
         closes = sum(len(sim.close_commands) for sim in self.barriers.values())
         lines = [f"gate decisions: {decided} ({by_reason or 'none'}); close commands sent by software: {closes}"]

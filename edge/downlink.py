@@ -40,7 +40,7 @@ from tinydb import Query
 
 from edge.clock import Clock, parse_rfc3339, rfc3339
 from edge.pricing import CURRENCIES
-from edge.schemas import validator
+from edge.schemas import SCHEMA_DIR, validator
 from edge.signing import SIGNATURE_PROPERTY, verify
 from edge.store import Store
 
@@ -156,7 +156,7 @@ class Downlink:
         """kind: tokens, bookings, tariffs, maintenance, auth_response or cmd:<name>."""
         if kind.startswith("cmd:"):
             if kind[4:] not in COMMANDS:
-                raise ValueError(f"unknown command {kind[4:]!r}: interfaces.md names {', '.join(COMMANDS)}")
+                raise ValueError(f"unknown command {kind[4:]!r}: docs/cloud-contract.md names {', '.join(COMMANDS)}")
         elif kind not in SYNC_KINDS + ("auth_response",):
             raise ValueError(f"unknown downlink kind {kind!r}: use one of {', '.join(SYNC_KINDS)}, "
                              f"auth_response or cmd:<name>")
@@ -287,14 +287,19 @@ class Downlink:
             return message, self._refusal(message_id, kind, "unknown_kind",
                                           f"sync kind {kind!r} is unknown: send tokens, bookings, tariffs or maintenance")
         errors = sorted(validator(schema).iter_errors(message), key=lambda e: list(e.absolute_path))
+        within: list = []
+        if not errors and kind.startswith("cmd:") and (SCHEMA_DIR / "cmd" / f"{kind[4:]}.json").exists():
+            # Each command's args have a schema of their own (edge/schemas/cmd/).
+            schema, within = f"cmd/{kind[4:]}", ["args"]
+            errors = sorted(validator(schema).iter_errors(message["args"]), key=lambda e: list(e.absolute_path))
         if errors:
             first = errors[0]
-            where = "/".join(str(p) for p in first.absolute_path) or "(top level)"
+            where = "/".join(str(p) for p in within + list(first.absolute_path)) or "(top level)"
             return message, self._refusal(message_id, kind, "schema",
                                           f"{where}: {first.message} - fix the message to match "
                                           f"edge/schemas/{schema}.json and send it under a new id; nothing was "
                                           f"applied",
-                                          {"errors": [{"path": "/".join(str(p) for p in e.absolute_path),
+                                          {"errors": [{"path": "/".join(str(p) for p in within + list(e.absolute_path)),
                                                        "error": e.message} for e in errors[:10]]})
         if kind not in self._handlers:
             return message, self._refusal(message_id, kind, "unknown_kind",

@@ -1,4 +1,4 @@
-"""The MQTT envelope every hub event travels in (interfaces.md, "Envelope fields").
+"""The MQTT envelope every hub event travels in (docs/cloud-contract.md, "Envelope fields").
 
 An event's type names its stream: the part before the first dot
 ("session.started" -> session). The bare type "alarm" is a device alarm and

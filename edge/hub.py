@@ -51,6 +51,16 @@ CREATE TABLE IF NOT EXISTS booking_journal (
     id TEXT NOT NULL,
     doc TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS audit_log (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    user TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    result TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_log_at ON audit_log(at);
 CREATE TABLE IF NOT EXISTS connector_state (
     id TEXT PRIMARY KEY,
     state TEXT NOT NULL,
@@ -216,6 +226,7 @@ class Hub:
         self._pending_unavailable: dict[str, str] = {}
         self._starts_resumed: set[str] = set()
         self._faults_reported: set[str] = set()
+        self._meter_at: datetime | None = None  # when the last meter samples went out
         self.session_started_hooks: list[Callable[[Session], Awaitable[None] | None]] = []
         self.session_ended_hooks: list[Callable[[Session], Awaitable[None] | None]] = []
         self.tokens_applied_hooks: list[Callable[[Any], None]] = []  # called with the ApplyResult, on the loop
@@ -731,7 +742,7 @@ class Hub:
     async def unlock(self, connector_id: str) -> bool:
         c = self._connector(connector_id)
         if c.session_id:
-            raise Refused(f"connector {connector_id} has session {c.session_id} running: stop it first with `hubctl session stop {c.session_id}`")
+            raise Refused(f"connector {connector_id} has session {c.session_id} running: stop it first with `hubctl session stop {c.session_id[:8]} --reason 'truck cannot unplug'`")
         return await self._unlock(c, retries=0)
 
     # --------------------------------------------------------- availability
@@ -829,11 +840,34 @@ class Hub:
                     )
                     self._idle_reported.add(c.id)
         self._apply_maintenance(now)
+        self._meter_samples(now)
         for part in self.capabilities:
             try:
                 part.tick(now)
             except Exception:
                 log.exception("capability.failed part=%s hook=tick", part.name)
+
+    def _meter_samples(self, now: datetime) -> None:
+        """hub/{id}/telemetry/meter: energy and power of every charging
+        connector, every [charging] meter_interval_s, on the outbox's
+        telemetry stream, the one the quota sheds oldest first (R-M6)."""
+        if self._meter_at is not None and (now - self._meter_at).total_seconds() < self.cfg.charging.meter_interval_s:
+            return
+        samples = []
+        for cid, c in self.connectors.items():
+            r = self.readings.get(cid)
+            if c.state not in ACTIVE or r is None:
+                continue
+            sample = {"connector": cid, "ts": rfc3339(now), "energy_wh": int(r.energy_wh), "power_w": float(r.power_w)}
+            if getattr(r, "soc", None) is not None:
+                sample["soc"] = float(r.soc)
+            if c.session_id:
+                sample["session"] = c.session_id
+            samples.append(sample)
+        # Nothing charging: the next session's first sample goes at once.
+        self._meter_at = now if samples else None
+        if samples:
+            self.outbox.put_telemetry({"samples": samples})
 
     def _apply_maintenance(self, now: datetime) -> None:
         from edge.downlink import maintenance_in_force, maintenance_windows
@@ -1004,40 +1038,60 @@ class Hub:
                 log.exception("capability.failed part=%s hook=link", part.name)
 
     def _register_commands(self) -> None:
+        """The cloud's commands (docs/cloud-contract.md). Their args were
+        checked against edge/schemas/cmd/ before they get here; a refusal is
+        answered in the cloud's terms (reply codes of edge/schemas/reply.json,
+        no advice meant for a technician's hubctl)."""
         from edge.downlink import Rejected
 
+        def refusal(exc: Refused) -> Rejected:
+            text = "; ".join(part for part in str(exc).split("; ") if "hubctl" not in part)
+            if isinstance(exc, NotFound):
+                return Rejected("not_found", text, {"reason": exc.code})
+            return Rejected("refused", text, {"reason": exc.code})
+
+        def connector_of(cid: str) -> Connector:
+            if cid not in self.connectors:
+                raise Rejected("not_found", f"no connector {cid!r} at hub {self.hub_id}: it has "
+                                            f"{', '.join(self.connectors) or 'none'}; nothing was done")
+            return self.connectors[cid]
+
         async def unlock_connector(msg: dict) -> dict:
-            cid = (msg.get("args") or {}).get("connector")
+            cid = msg["args"]["connector"]
+            c = connector_of(cid)
+            if c.session_id:
+                raise Rejected("refused", f"connector {cid} has session {c.session_id} running: send stop_session "
+                                          f"for it first, then unlock_connector", {"session": c.session_id})
             try:
-                ok = await self.unlock(str(cid))
+                ok = await self.unlock(cid)
             except Refused as exc:
-                raise Rejected(exc.code, str(exc))
+                raise refusal(exc)
             if not ok:
                 raise Rejected("unlock_failed", f"connector {cid} stayed locked; send a technician")
-            self.audit("cloud", "connector.unlock", str(cid), "", "done")
+            self.audit("cloud", "connector.unlock", cid, "", "done")
             return {"connector": cid}
 
         async def set_availability(msg: dict) -> dict:
-            args = msg.get("args") or {}
-            cid = str(args.get("connector"))
-            available = args.get("available")
-            if not isinstance(available, bool):
-                raise Rejected("schema", "args.available must be true or false")
+            args = msg["args"]
+            cid, available = args["connector"], args["available"]
+            connector_of(cid)
             try:
                 with self.store.transaction():  # the change and its audit event, one commit
                     result = self.set_availability(cid, available, str(args.get("reason") or "cloud command"))
                     self.audit("cloud", "connector.available" if available else "connector.unavailable", cid,
                                str(args.get("reason") or ""), result)
             except Refused as exc:
-                raise Rejected(exc.code, str(exc))
+                raise refusal(exc)
             return {"connector": cid, "message": result}
 
         async def stop_session(msg: dict) -> dict:
-            sid = str((msg.get("args") or {}).get("session"))
+            sid = msg["args"]["session"]
+            if self.sessions.get(sid) is None:
+                raise Rejected("not_found", f"no session {sid!r} at hub {self.hub_id}; nothing was done")
             try:
                 await self.stop_session(sid, reason="remote")
             except Refused as exc:
-                raise Rejected(exc.code, str(exc))
+                raise refusal(exc)
             self.audit("cloud", "session.stop", sid, "", "stopping")
             return {"session": sid}
 
@@ -1117,8 +1171,8 @@ class Hub:
 
         async def bookings(msg: dict) -> dict:
             outcome = self.bookings.apply_sync(msg, self.clock.now())
-            if not outcome.ok:
-                raise Rejected(outcome.code, outcome.reason)
+            if not outcome.ok:  # the schema check lets none through: kept in the reply codes all the same
+                raise Rejected("wrong_version" if outcome.code == "unsupported_version" else "schema", outcome.reason)
             await self.save_bookings()
             results = [
                 {"booking": r.booking_id, "op": r.op, "ok": r.accepted, "code": r.code, "reason": r.reason}
@@ -1229,8 +1283,27 @@ class Hub:
 
     # ----------------------------------------------------------------- audit
     def audit(self, user: str, action: str, target: str, reason: str, result: str) -> None:
-        """R-T1: every action is an audit.action event synced to the cloud."""
-        self.emit("audit.action", {"user": user, "action": action, "target": target, "reason": reason, "result": result})
+        """R-T1: every action is an audit.action event synced to the cloud, and
+        a row of the append-only audit table that `hubctl audit` reads (the
+        event leaves the outbox once delivered); both in one commit."""
+        with self.store.transaction() as db:
+            db.execute("INSERT INTO audit_log (at, user, action, target, reason, result) VALUES (?,?,?,?,?,?)",
+                       (rfc3339(self.clock.now()), user, action, target, reason, result))
+            self.emit("audit.action", {"user": user, "action": action, "target": target, "reason": reason, "result": result})
+
+    def audit_entries(self, *, since: datetime | None = None, user: str | None = None, limit: int = 200) -> list[dict]:
+        """The audited actions, newest first."""
+        where, args = [], []
+        if since is not None:
+            where.append("at >= ?")
+            args.append(rfc3339(since))
+        if user:
+            where.append("user = ?")
+            args.append(user)
+        sql = "SELECT at, user, action, target, reason, result FROM audit_log"
+        sql += (" WHERE " + " AND ".join(where)) if where else ""
+        rows = self.store.db.execute(sql + " ORDER BY seq DESC LIMIT ?", (*args, int(limit))).fetchall()
+        return [dict(zip(("at", "user", "action", "target", "reason", "result"), r)) for r in rows]
 
     # ------------------------------------------------------------------ views
     def status(self) -> dict:
@@ -1248,6 +1321,7 @@ class Hub:
             "hub": self.hub_id,
             "version": VERSION,
             "ts": rfc3339(now),
+            "timezone": self.cfg.hub.timezone,
             "uptime_s": round(time.monotonic() - self.started_mono),
             "ready": self.ready.is_set(),
             "clock": self.clock.view(),

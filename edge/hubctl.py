@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from edge.clock import rfc3339
 
@@ -27,6 +29,7 @@ CODE_EXIT = {
     "not_found": EXIT_NOT_FOUND,
     "bad_request": EXIT_USAGE,
     "reason_required": EXIT_USAGE,
+    "ambiguous": EXIT_USAGE,
     "internal": EXIT_FAILED,
     "version": EXIT_FAILED,
     "unknown_command": EXIT_FAILED,
@@ -34,6 +37,38 @@ CODE_EXIT = {
 DEFAULT_SOCKET = "/run/hubedge/control.sock"
 EXIT_HELP = ("exit status: 0 done, 1 failed in the daemon, 2 bad arguments, 3 refused, 4 not found, "
              "5 daemon unreachable or not in the technicians' group, 6 configuration invalid")
+
+
+class HubctlError(Exception):
+    """A failure hubctl reports itself: one line on stderr, or with --json
+    ``{"ok": false, "code", "message"}`` on stdout, and its exit status."""
+
+    def __init__(self, code: str, message: str, exit_status: int):
+        super().__init__(message)
+        self.code, self.message, self.exit_status = code, message, exit_status
+
+
+def usage_error(message: str) -> HubctlError:
+    return HubctlError("bad_request", message, EXIT_USAGE)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with "did you mean" for a misspelt word and errors that
+    main() prints as one line (or as JSON with --json)."""
+
+    def error(self, message: str):
+        m = re.search(r"invalid choice: '?([^'\s]*)'? \(choose from (.*)\)", message)
+        if m:
+            choices = re.findall(r"[\w-]+", m.group(2))
+            close = difflib.get_close_matches(m.group(1), choices, n=1, cutoff=0.6)
+            where = "command" if self.prog == "hubctl" else "choice"
+            message = f"{self.prog}: no {where} {m.group(1)!r}" + (
+                f": did you mean `{self.prog} {close[0]}`?" if close else f" (choose from {', '.join(choices)})")
+            message += f" — see `{self.prog} --help`"
+        else:
+            message = f"{self.prog}: {message} — see `{self.prog} --help`"
+        raise usage_error(message)
+
 
 # Commands contributed by the hub's parts (cards, payments, site access),
 # each module exposing hubctl_commands() -> list[PartCommand]. Kept in small
@@ -118,14 +153,58 @@ def _strip(s: str) -> str:
     return re.sub(r"\033\[[0-9;]*m", "", str(s))
 
 
-def _age(ts: str | None, now: datetime) -> str:
-    if not ts:
-        return "-"
+def _parse_ts(ts: str) -> datetime | None:
     try:
-        secs = (now - datetime.fromisoformat(ts.replace("Z", "+00:00"))).total_seconds()
+        return datetime.fromisoformat(ts.replace("Z", "+00:00"))
     except ValueError:
-        return ts
-    return _duration(secs)
+        return None
+
+
+class TimeView:
+    """One clock for a view: ages ("for 5m") and instants (booking slots)
+    both in the hub's time. The daemon's times are UTC; a person reads them
+    in the hub's local time zone. The demo, whose day runs ``scale`` times
+    faster than the daemon's clock, shows ages scaled and instants on its
+    own day (``instant``)."""
+
+    def __init__(self, tz: str | None = None, *, now: datetime | None = None, scale: float = 1.0,
+                 instant: Callable[[datetime], str] | None = None, elapsed: Callable[[datetime], float] | None = None):
+        try:
+            self.tz, self.tz_name = ZoneInfo(tz or "UTC"), tz or "UTC"
+        except (ZoneInfoNotFoundError, ValueError):
+            self.tz, self.tz_name = timezone.utc, "UTC"
+        self.now = now or datetime.now(timezone.utc)
+        self.scale = scale
+        self._instant = instant
+        self._elapsed = elapsed  # seconds from an instant to now, on the view's clock
+
+    @property
+    def own_day(self) -> bool:
+        """Instants are shown on a day of the view's own (the demo's)."""
+        return self._instant is not None
+
+    def age(self, ts: str | None) -> str:
+        when = _parse_ts(ts) if ts else None
+        if when is None:
+            return ts or "-"
+        if self._elapsed is not None:
+            return _duration(self._elapsed(when))
+        return _duration((self.now - when).total_seconds() * self.scale)
+
+    def seconds(self, secs: float | None) -> str:
+        if secs is not None and self._elapsed is not None:
+            return _duration(self._elapsed(self.now - timedelta(seconds=secs)))
+        return _duration(None if secs is None else secs * self.scale)
+
+    def at(self, ts: str | None) -> str:
+        when = _parse_ts(ts) if ts else None
+        if when is None:
+            return ts or "-"
+        if self._instant is not None:
+            return self._instant(when)
+        local = when.astimezone(self.tz)
+        today = self.now.astimezone(self.tz).date()
+        return local.strftime("%H:%M" if local.date() == today else "%Y-%m-%d %H:%M")
 
 
 def _duration(secs: float | None) -> str:
@@ -142,31 +221,38 @@ def _duration(secs: float | None) -> str:
 
 
 # ------------------------------------------------------------------ renderers
-def render_status(d: dict, style: Style) -> str:
-    now = datetime.now(timezone.utc)
-    lines = [style.bold(f"hub {d['hub']}") + f"  version {d['version']}  up {_duration(d.get('uptime_s'))}  {d['ts']}"]
+def render_status(d: dict, style: Style, view: TimeView | None = None, hide: tuple[str, ...] = ()) -> str:
+    view = view or TimeView(d.get("timezone"))
+    head = f"  version {d['version']}  up {view.seconds(d.get('uptime_s'))}"
+    if not view.own_day:
+        head += f"  {view.at(d['ts'])} {view.tz_name}"
+    lines = [style.bold(f"hub {d['hub']}") + head]
     rows = []
     for c in d["connectors"]:
-        detail = c.get("fault") or c.get("unavailable_reason") or ""
+        details = []
+        if c.get("status") == "Faulted" and c.get("fault"):
+            details.append(f"why: {c['fault']}")
+        elif c.get("unavailable_reason"):
+            details.append(f"why: {c['unavailable_reason']}")
         if c.get("session"):
             kwh = (c.get("session_energy_wh") or 0) / 1000
-            detail = f"session {c['session'][:8]} {kwh:.1f} kWh" + (f" ({c.get('session_method')})" if c.get("session_method") else "")
-        if c.get("reserved_for") and not detail:
-            detail = f"reserved for booking {c['reserved_for']}"
+            details.append(f"session {c['session'][:8]} {kwh:.1f} kWh" + (f" ({METHODS.get(c['session_method'], c['session_method'])})" if c.get("session_method") else ""))
+        if c.get("reserved_for") and not c.get("session"):
+            details.append(f"reserved for booking {c['reserved_for']}")
         power = f"{(c.get('power_w') or 0) / 1000:.0f} kW" if c.get("power_w") else "-"
-        rows.append([c["connector"], c.get("bay") or "-", style.state(c["status"]), _age(c.get("since"), now), power, detail])
+        rows.append([c["connector"], c.get("bay") or "-", style.state(c["status"]), view.age(c.get("since")), power, "; ".join(details)])
     lines.append(table(rows, ["CONNECTOR", "BAY", "STATE", "FOR", "POWER", "DETAIL"], style))
     for section in ("bays", "bookings", "gates", "terminals", "readers"):
         if d.get(section):
             lines.append("")
-            lines.append(render_section(section, d[section], style))
+            lines.append(render_section(section, d[section], style, view, skip=hide))
     devices = [x for x in d.get("devices", []) if x["class"] != "task"]
     tasks = [x for x in d.get("devices", []) if x["class"] == "task"]
     faults = [x for x in devices if x["state"] == "fault"]
     lines.append("")
     if faults:
         lines.append(style.bold("devices in fault"))
-        lines.append(table([[f["device"], f["class"], _age(f["since"], now), f.get("last_error") or ""] for f in faults], ["DEVICE", "CLASS", "SINCE", "ERROR"], style))
+        lines.append(table([[f["device"], f["class"], view.age(f["since"]), f.get("last_error") or ""] for f in faults], ["DEVICE", "CLASS", "FOR", "ERROR"], style))
     else:
         lines.append(f"devices: {len(devices)} all answering")
     stuck = [x for x in tasks if x["state"] == "fault"]
@@ -183,7 +269,7 @@ def render_status(d: dict, style: Style) -> str:
         link = "cloud: not configured (events kept in the outbox)"
     else:
         link = f"cloud: {'connected' if cloud.get('connected') else style.state('fault') + ' disconnected'} {cloud.get('broker', '')}"
-    lines.append(f"{link}; outbox {ob.get('depth', 0)} waiting, oldest {_duration(ob.get('oldest_age_s'))}, quota {(ob.get('quota') or {}).get('state', '?')}")
+    lines.append(f"{link}; outbox {ob.get('depth', 0)} waiting, oldest {view.seconds(ob.get('oldest_age_s'))}, quota {(ob.get('quota') or {}).get('state', '?')}")
     clock = d.get("clock")
     if clock is not None:
         lines.append(f"clock: synchronised ({clock.get('source')})" if clock.get("synced") else
@@ -192,19 +278,88 @@ def render_status(d: dict, style: Style) -> str:
     return "\n".join(lines)
 
 
-def render_section(name: str, items: list, style: Style) -> str:
+# How a session was authorised, in words (the JSON keeps the codes).
+METHODS = {"free_vend": "free vend", "own_card": "own card", "emsp_card": "roaming card", "bank_card": "bank card"}
+
+
+def _ago(text: str) -> str:
+    return "-" if text == "-" else f"{text} ago"
+
+
+def _words(value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+# The sections of `hubctl status` in words: (header, how to show the value).
+SECTION_COLUMNS: dict[str, list[tuple[str, Callable[[dict, TimeView], str]]]] = {
+    "bookings": [
+        ("BOOKING", lambda b, v: b["booking"]),
+        ("SLOT", lambda b, v: f"{v.at(b.get('slot_start'))} to {v.at(b.get('slot_end'))}"),
+        ("FOR", lambda b, v: f"{b.get('type')} {b.get('side')}"),
+        ("BAY", lambda b, v: _words(b.get("bay"))),
+        ("CONNECTOR", lambda b, v: _words(b.get("connector"))),
+        ("STATE", lambda b, v: _words(b.get("state")).replace("_", " ")),
+    ],
+    "gates": [
+        ("GATE", lambda g, v: g["gate"]),
+        ("ROLE", lambda g, v: _words(g.get("role"))),
+        ("BARRIER", lambda g, v: _words(g.get("barrier")) + (", held open" if g.get("hold_open") else "")),
+        ("VEHICLE", lambda g, v: "present" if g.get("presence") else "none"),
+        ("LAST DECISION", lambda g, v: _words(g.get("last_decision")).replace(":", ", ").replace("_", " ")),
+        ("DECIDED", lambda g, v: _ago(v.seconds(g.get("decided_ago_s")))),
+    ],
+    "terminals": [
+        ("TERMINAL", lambda t, v: t["terminal"]),
+        ("STATE", lambda t, v: _words(t.get("state"))),
+        ("CONNECTORS", lambda t, v: _words(t.get("connectors"))),
+        ("OPEN HOLDS", lambda t, v: _words(t.get("open_holds"))),
+        ("LAST RESULT", lambda t, v: _words(t.get("last_result"))),
+        ("LAST END-OF-DAY", lambda t, v: _words(t.get("last_closing"))),
+        ("NEXT END-OF-DAY", lambda t, v: _words(t.get("next_closing"))),
+    ],
+    "readers": [
+        ("READER", lambda r, v: r["reader"]),
+        ("CONNECTOR", lambda r, v: _words(r.get("connector"))),
+        ("STATE", lambda r, v: _words(r.get("state"))),
+        ("TAPS", lambda r, v: _words(r.get("taps"))),
+        ("LAST TAP", lambda r, v: _ago(v.seconds(r.get("last_tap_age_s")))),
+    ],
+}
+
+
+def render_section(name: str, items: list, style: Style, view: TimeView | None = None,
+                   skip: tuple[str, ...] = ()) -> str:
+    view = view or TimeView()
     if not items:
         return f"{name}: (none)"
-    keys = [k for k in items[0].keys() if not isinstance(items[0][k], (dict, list))]
-    rows = [[style.state(str(i.get(k, ""))) if k in ("state", "status") else str(i.get(k, "") if i.get(k) is not None else "-") for k in keys] for i in items]
-    return style.bold(name) + "\n" + table(rows, [k.upper() for k in keys], style)
+    columns = [c for c in SECTION_COLUMNS.get(name, []) if c[0] not in skip]
+    if not columns:  # a section without a layout of its own: its keys in words
+        columns = [(k.replace("_", " ").upper(), lambda i, v, k=k: _words(i.get(k)))
+                   for k in items[0] if not isinstance(items[0][k], (dict, list))]
+    rows = [[style.state(text) if header == "STATE" else text
+             for header, show in columns for text in [show(i, view)]] for i in items]
+    return style.bold(name) + "\n" + table(rows, [h for h, _ in columns], style)
 
 
 def render_devices(items: list, style: Style) -> str:
-    now = datetime.now(timezone.utc)
+    view = TimeView()
     return table(
-        [[d["device"], d["class"], style.state(d["state"]), _age(d["since"], now), d.get("last_error") or ""] for d in items],
-        ["DEVICE", "CLASS", "STATE", "SINCE", "LAST ERROR"],
+        [[d["device"], d["class"], ", ".join(d.get("connectors") or []) or "-", style.state(d["state"]),
+          view.age(d["since"]), d.get("last_error") or ""] for d in items],
+        ["DEVICE", "CLASS", "CONNECTORS", "STATE", "FOR", "LAST ERROR"],
+        style,
+    )
+
+
+def render_audit(items: list, style: Style) -> str:
+    return table(
+        [[a["at"][:19].replace("T", " "), a["user"], a["action"], a["target"], a.get("reason") or "-", a.get("result") or "-"]
+         for a in items],
+        ["AT (UTC)", "USER", "ACTION", "TARGET", "REASON", "RESULT"],
         style,
     )
 
@@ -214,7 +369,7 @@ def render_sessions(items: list, style: Style, *, qr: bool = False) -> str:
     for s in items:
         cost = f"{s['cost_gross']} {s['currency']}" if s.get("cost_gross") else "-"
         kwh = f"{(s.get('energy_wh') or 0) / 1000:.2f}" if s.get("energy_wh") is not None else "-"
-        rows.append([s["id"][:8], s["connector"], s["method"], s.get("token_masked") or "-", style.state(s["status"]), s["started_at"][:19].replace("T", " "), kwh, cost, s.get("stop_reason") or ""])
+        rows.append([s["id"][:8], s["connector"], METHODS.get(s["method"], s["method"]), s.get("token_masked") or "-", style.state(s["status"]), s["started_at"][:19].replace("T", " "), kwh, cost, s.get("stop_reason") or ""])
     out = table(rows, ["SESSION", "CONNECTOR", "METHOD", "TOKEN", "STATUS", "STARTED (UTC)", "KWH", "COST", "STOP REASON"], style)
     if qr:
         for s in items:
@@ -233,12 +388,16 @@ def _qr_text(url: str) -> str:
     return buf.getvalue()
 
 
+MIB = 1024 * 1024
+
+
 def render_outbox(d: dict, style: Style) -> str:
     lines = [
         f"outbox: {d.get('depth', 0)} waiting, oldest {_duration(d.get('oldest_age_s'))}, last acknowledged {d.get('last_ack_at') or 'never'}",
-        "quota: {:.1f} MB of {:.1f} MB ({}){}".format(
-            (d.get("quota") or {}).get("bytes_used", 0) / 1e6,
-            (d.get("quota") or {}).get("quota_bytes", 0) / 1e6,
+        # MiB, the unit [storage] outbox_quota_mb is configured in.
+        "quota: {:.1f} MiB of {:g} MiB ({}){}".format(
+            (d.get("quota") or {}).get("bytes_used", 0) / MIB,
+            round((d.get("quota") or {}).get("quota_bytes", 0) / MIB, 1),
             (d.get("quota") or {}).get("state", "?"),
             "" if d.get("accepting_sessions", True) else ": new sessions refused until the outbox drains",
         ),
@@ -258,10 +417,11 @@ EXAMPLES = {
     "devices": "hubctl devices\nhubctl --json devices",
     "sessions": "hubctl sessions --connector C7 --since 2h\nhubctl sessions --status active\n"
                 "hubctl sessions --token 04A1B2C3 --since 2026-11-01 --until 2026-12-01\n"
-                "hubctl sessions --session 6b6a49be-... --qr\nhubctl sessions --since 30d --csv november.csv",
+                "hubctl sessions --session 6b6a49be --qr\nhubctl sessions --since 30d --csv november.csv",
     "connector": "hubctl connector unavailable C7 --reason 'cable cut'\nhubctl connector available C7\n"
                  "hubctl connector unlock C7 --reason 'driver cannot unplug'",
-    "session": "hubctl session stop 6b6a49be-... --reason 'driver asked by phone'",
+    "session": "hubctl session stop 6b6a49be --reason 'driver asked by phone'",
+    "audit": "hubctl audit --since 1d\nhubctl audit --user alice --since 2026-11-01",
     "outbox": "hubctl outbox",
     "resync": "hubctl resync --timeout 120",
     "config": "hubctl config validate /etc/hubedge/hub.toml",
@@ -287,11 +447,13 @@ DESCRIPTIONS = {
     "resync": "Ask the cloud to resend the token list, bookings, tariffs and maintenance windows in full, and "
               "follow their arrival. Exit 3 if not everything came back in time.",
     "config": "Check a configuration file without a daemon: every problem is listed with its key path.",
+    "audit": "The audited actions (R-T1), newest first: who (the Unix user, or cloud for a cloud command), what, "
+             "on which target, why, and what came of it. Kept on the hub after the cloud has received them.",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="hubctl",
         description="Look at and act on the hub-edge daemon running on this gateway.",
         epilog="Exit status: 0 done, 1 failed in the daemon, 2 bad arguments, 3 refused, 4 not found, 5 daemon unreachable, 6 configuration invalid.",
@@ -313,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("devices", help="every device with its health and since when")
 
     s = sub.add_parser("sessions", help="charging sessions, newest first, with the portal's filters (R-S2)")
-    s.add_argument("--session", metavar="ID")
+    s.add_argument("--session", metavar="ID", help="session id, or its first characters as tables show them")
     s.add_argument("--token", metavar="ID")
     s.add_argument("--connector", metavar="ID")
     s.add_argument("--location", metavar="ID", help="hub id")
@@ -331,8 +493,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     se = sub.add_parser("session", help="act on a session")
     se.add_argument("action", choices=["stop"])
-    se.add_argument("id", metavar="ID")
-    se.add_argument("--reason", default="", help="why (required; kept in the audit log)")
+    se.add_argument("id", metavar="ID", help="session id, or its first characters as tables show them")
+    se.add_argument("--reason", required=True, help="why (required; kept in the audit log)")
+
+    au = sub.add_parser("audit", help="the audited actions: who did what, when and why (R-T1)")
+    au.add_argument("--since", type=parse_when, metavar="T", help="date, time or relative (2h, 3d)")
+    au.add_argument("--user", metavar="U", help="only this user's actions (cloud: the cloud's commands)")
+    au.add_argument("--limit", type=int, default=200)
 
     sub.add_parser("outbox", help="what waits for the cloud: depth per stream, oldest age, link, quota")
     rs = sub.add_parser("resync", help="ask the cloud to resend tokens, bookings, tariffs and maintenance windows; shows progress")
@@ -345,6 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
         pc.configure(sub.add_parser(pc.name, help=pc.help))
     helps = {a.dest: a.help for a in sub._choices_actions}
     for name, sp in sub.choices.items():
+        # --json before or after the command: hubctl --json status, hubctl status --json.
+        sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print machine-readable JSON")
         sp.formatter_class = argparse.RawDescriptionHelpFormatter
         if not sp.description:
             sp.description = DESCRIPTIONS.get(name) or helps.get(name)
@@ -371,6 +540,32 @@ def _show_progress(p: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in argv[: argv.index("--") if "--" in argv else None]
+    try:
+        return _main(argv)
+    except HubctlError as exc:
+        return _fail(exc.code, exc.message, exc.exit_status, as_json)
+    except BrokenPipeError:
+        # The reader went away (hubctl --json watch | head): stop quietly,
+        # and keep Python from complaining about the closed pipe at exit.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        return EXIT_OK
+
+
+def _fail(code: str, message: str, exit_status: int, as_json: bool) -> int:
+    """Every error hubctl prints: one line on stderr, or JSON on stdout."""
+    if as_json:
+        print(json.dumps({"ok": False, "code": code, "message": message}))
+    else:
+        print(message if message.startswith("hubctl") else f"hubctl: {message}", file=sys.stderr)
+    return exit_status
+
+
+def _main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     style = Style(sys.stdout.isatty() and not args.json and os.environ.get("NO_COLOR") is None)
@@ -396,35 +591,23 @@ def main(argv: list[str] | None = None) -> int:
             "until": rfc3339(args.until) if args.until else None, "limit": args.limit,
         }
     elif cmd == "connector":
+        if args.action == "unavailable" and not args.reason:
+            raise HubctlError("reason_required", "say why with --reason (it goes into the audit log), e.g. "
+                                                 f"`hubctl connector unavailable {args.id} --reason 'cable cut'`", EXIT_USAGE)
         req = {"action": args.action, "id": args.id, "reason": args.reason}
     elif cmd == "session":
         cmd, req = "session_stop", {"id": args.id, "reason": args.reason}
     elif cmd == "resync":
         req = {"timeout": args.timeout}
+    elif cmd == "audit":
+        req = {"since": rfc3339(args.since) if args.since else None, "user": args.user, "limit": args.limit}
 
     if cmd == "sessions" and args.csv:
         return _export_csv(args, req)
-    try:
-        resp = _request(args.socket, cmd, req, on_progress=None if args.json else _show_progress)
-    except (FileNotFoundError, ConnectionRefusedError):
-        print(f"hubctl: no hub-edge daemon at {args.socket}: start it with `systemctl start hubedge` (or `hubedge demo`), or point --socket at its control socket", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    except PermissionError:
-        print(f"hubctl: not allowed to open {args.socket}: your user must be in the technicians' group (see `ls -l {args.socket}`)", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    except (ConnectionError, TimeoutError, asyncio.TimeoutError, OSError) as exc:
-        print(f"hubctl: the daemon at {args.socket} did not answer ({exc}): check `systemctl status hubedge`", file=sys.stderr)
-        return EXIT_UNREACHABLE
-
+    resp = _ask(args.socket, cmd, req, on_progress=None if args.json else _show_progress)
     if not resp.get("ok"):
         code = resp.get("code", "internal")
-        if args.json:
-            print(json.dumps({"ok": False, "code": code, "message": resp.get("message")}))
-        else:
-            print(f"hubctl: {resp.get('message')}", file=sys.stderr)
-        if code == "forbidden":
-            return EXIT_UNREACHABLE
-        return CODE_EXIT.get(code, EXIT_REFUSED)
+        return _fail(code, str(resp.get("message")), _exit_for(code), args.json)
 
     data = resp.get("data")
     if args.json:
@@ -445,6 +628,8 @@ def main(argv: list[str] | None = None) -> int:
         print(render_sessions(data, style, qr=args.qr))
     elif cmd == "outbox":
         print(render_outbox(data, style))
+    elif cmd == "audit":
+        print(render_audit(data, style))
     elif cmd == "resync":
         if sys.stderr.isatty():
             sys.stderr.write("\n")
@@ -457,6 +642,27 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(data.get("message") if isinstance(data, dict) and "message" in data else json.dumps(data))
     return EXIT_OK
+
+
+def _exit_for(code: str) -> int:
+    if code == "forbidden":
+        return EXIT_UNREACHABLE
+    return CODE_EXIT.get(code, EXIT_REFUSED)
+
+
+def _ask(socket_path: str, cmd: str, req: dict, on_progress=None) -> dict:
+    """One request to the daemon; an unreachable daemon is a HubctlError."""
+    try:
+        return _request(socket_path, cmd, req, on_progress=on_progress)
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise HubctlError("unreachable", f"no hub-edge daemon at {socket_path}: start it with `systemctl start hubedge` "
+                                         f"(on a development machine: `./dev demo` in the repository), or point --socket at its control socket", EXIT_UNREACHABLE)
+    except PermissionError:
+        raise HubctlError("forbidden", f"not allowed to open {socket_path}: your user must be in the technicians' group "
+                                       f"(see `ls -l {socket_path}`)", EXIT_UNREACHABLE)
+    except (ConnectionError, TimeoutError, asyncio.TimeoutError, OSError) as exc:
+        raise HubctlError("unreachable", f"the daemon at {socket_path} did not answer ({exc}): check "
+                                         f"`systemctl status hubedge`", EXIT_UNREACHABLE)
 
 
 CSV_COLUMNS = ["id", "hub", "connector", "bay", "method", "token_masked", "booking_id", "payment_id", "status",
@@ -474,20 +680,21 @@ def _export_csv(args, req: dict) -> int:
     try:
         out = open(args.csv, "w", newline="")
     except OSError as exc:
-        print(f"hubctl: cannot write {args.csv} ({exc.strerror}): choose another path", file=sys.stderr)
-        return EXIT_USAGE
+        raise usage_error(f"cannot write {args.csv} ({exc.strerror}): choose another path")
     with out:
         writer = csv.DictWriter(out, CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         while True:
             try:
-                resp = _request(args.socket, "sessions", page)
-            except (OSError, TimeoutError, asyncio.TimeoutError) as exc:
-                print(f"\nhubctl: the daemon stopped answering after {total} sessions ({exc}); {args.csv} is incomplete — run it again", file=sys.stderr)
-                return EXIT_UNREACHABLE
+                resp = _ask(args.socket, "sessions", page)
+            except HubctlError as exc:
+                if total == 0:
+                    raise
+                raise HubctlError(exc.code, f"the daemon stopped answering after {total} sessions ({exc.message}); "
+                                            f"{args.csv} is incomplete — run it again", EXIT_UNREACHABLE)
             if not resp.get("ok"):
-                print(f"hubctl: {resp.get('message')}", file=sys.stderr)
-                return CODE_EXIT.get(resp.get("code", ""), EXIT_REFUSED)
+                code = resp.get("code", "internal")
+                raise HubctlError(code, str(resp.get("message")), _exit_for(code))
             rows = [r for r in resp["data"] if r["id"] not in seen]
             for r in rows:
                 writer.writerow(r)
@@ -523,11 +730,13 @@ def _watch(args, style: Style) -> int:
                 resp = _request(args.socket, "status", {})
             except (OSError, TimeoutError, asyncio.TimeoutError) as exc:
                 text = f"hubctl: the daemon at {args.socket} is not answering ({exc}); still trying — Ctrl-C to stop"
+                if args.json:
+                    text = json.dumps({"ok": False, "code": "unreachable", "message": text[len("hubctl: "):]})
                 resp = None
             if resp is not None:
                 if not resp.get("ok"):
-                    print(f"hubctl: {resp.get('message')}", file=sys.stderr)
-                    return CODE_EXIT.get(resp.get("code", ""), EXIT_REFUSED)
+                    code = resp.get("code", "internal")
+                    raise HubctlError(code, str(resp.get("message")), _exit_for(code))
                 if args.json:
                     text = json.dumps(resp["data"], sort_keys=True)
                 else:
@@ -549,7 +758,8 @@ def _validate(path: str, as_json: bool) -> int:
         cfg = load_config(path)
     except ConfigError as exc:
         if as_json:
-            print(json.dumps({"ok": False, "file": exc.path, "problems": exc.problems}, indent=2))
+            print(json.dumps({"ok": False, "code": "config_invalid", "message": str(exc).splitlines()[0],
+                              "file": exc.path, "problems": exc.problems}, indent=2))
         else:
             print(str(exc), file=sys.stderr)
         return EXIT_CONFIG
@@ -575,4 +785,8 @@ def _validate(path: str, as_json: bool) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # The parts import edge.hubctl: run that module's main, not this copy's,
+    # so their errors are the same class as the one main() catches.
+    from edge.hubctl import main as _main_of_module
+
+    sys.exit(_main_of_module())

@@ -44,14 +44,15 @@ def _render_list(items: list, style: Style, args: argparse.Namespace) -> str:
                        "CREATED (UTC)", "TRIES", "NOTE"], style)
     pending = [p for p in items if p["state"] in ("settling", "releasing")]
     if pending:
-        out += f"\n\n{len(pending)} waiting for the terminal: `hubctl payment retry ID` tries again now"
+        out += f"\n\n{len(pending)} waiting for the terminal; to try again now: " + ", ".join(
+            f"`hubctl payment retry {p['id'][:8]}`" for p in pending[:3]) + (" ..." if len(pending) > 3 else "")
     review = [p for p in items if p["state"] == "review"]
     if review:
         ids = ", ".join(p["id"][:8] for p in review[:5]) + (" ..." if len(review) > 5 else "")
         out += (f"\n\n{len(review)} in review ({ids}): a booking was sent and its answer never came, so the money may "
                 f"have been booked; the hub keeps asking the terminal and never releases these. `hubctl payment retry "
                 f"ID` asks now; if the terminal cannot tell, look the receipt up in the acquirer's records and run "
-                f"`hubctl payment resolve ID --booked` or `--not-booked` with --reason")
+                f"`hubctl payment resolve ID --booked --reason TEXT` or `--not-booked --reason TEXT`")
     return out
 
 
@@ -79,7 +80,7 @@ def _configure_payment(p: argparse.ArgumentParser) -> None:
     p.description = PAYMENT_DESCRIPTION
     p.epilog = PAYMENT_EPILOG
     p.add_argument("action", choices=["retry", "resolve"])
-    p.add_argument("id", metavar="ID", help="payment id, or its first 8 characters from `hubctl payments`")
+    p.add_argument("id", metavar="ID", help="payment id, or any unique prefix of it such as the 8 characters `hubctl payments` shows")
     p.add_argument("--timeout", type=int, default=30, help="retry: seconds to wait for the terminal (default 30)")
     seen = p.add_mutually_exclusive_group()
     seen.add_argument("--booked", dest="outcome", action="store_const", const="booked",
@@ -91,8 +92,26 @@ def _configure_payment(p: argparse.ArgumentParser) -> None:
 
 def _request_payment(args: argparse.Namespace) -> tuple[str, dict]:
     if args.action == "resolve":
-        return "payment_resolve", {"id": args.id, "outcome": args.outcome, "reason": args.reason}
-    return "payment_retry", {"id": args.id, "timeout": args.timeout}
+        return "payment_resolve", {"id": _payment_id(args), "outcome": args.outcome, "reason": args.reason}
+    return "payment_retry", {"id": _payment_id(args), "timeout": args.timeout}
+
+
+def _payment_id(args: argparse.Namespace) -> str:
+    """A payment id by any unique prefix, as session ids are taken: the
+    recent holds are asked for, an ambiguous prefix is refused with its
+    candidates; anything else goes to the daemon as given."""
+    from edge.control import ControlError, resolve_prefix
+    from edge.hubctl import HubctlError, _ask, _exit_for
+
+    resp = _ask(args.socket, "payments", {"all": True, "limit": 10000})
+    if not resp.get("ok"):
+        return args.id
+    try:
+        return resolve_prefix(args.id, [p["id"] for p in resp["data"]], "payment", "hubctl payments")
+    except ControlError as exc:
+        if exc.code == "not_found":
+            return args.id  # an older hold: the daemon looks it up itself
+        raise HubctlError(exc.code, exc.message, _exit_for(exc.code)) from None
 
 
 def _render_payment(data: dict, style: Style, args: argparse.Namespace) -> str:

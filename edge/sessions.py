@@ -178,6 +178,13 @@ class SessionLedger:
         row = self._one("SELECT * FROM sessions WHERE id=?", (session_id,))
         return _from_row(row) if row else None
 
+    def ids_starting(self, prefix: str, limit: int) -> list[str]:
+        """Session ids beginning with ``prefix`` (hubctl shows 8 characters)."""
+        # A range on the primary key: quick with a million sessions.
+        rows = self.db.execute("SELECT id FROM sessions WHERE id >= ? AND id < ? LIMIT ?",
+                               (prefix, prefix + "\U0010ffff", limit))
+        return [r[0] for r in rows]
+
     def open_sessions(self) -> list[Session]:
         return [
             _from_row(r)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from edge.hubctl import PartCommand, Style, table
+from edge.hubctl import EXIT_REFUSED, HubctlError, PartCommand, Style, table
 
 
 def _configure_bookings(p: argparse.ArgumentParser) -> None:
@@ -34,14 +34,19 @@ def render_bookings(items: list, style: Style, args: argparse.Namespace) -> str:
 
 
 def _configure_gate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=["open", "hold-open", "release"],
+    p.add_argument("action", choices=["open", "hold-open", "release", "close"],
                    help="open: one OPEN pulse; hold-open: keep it open until release; release: drop the hold "
-                        "(the barrier closes by itself, software never closes it)")
+                        "(the barrier closes by itself); close: refused, software never closes a barrier (R-G5)")
     p.add_argument("id", metavar="ID", help="gate id from the configuration, e.g. G-IN")
     p.add_argument("--reason", default="", help="why (required for hold-open; kept in the audit log)")
 
 
 def _request_gate(args: argparse.Namespace) -> tuple[str, dict]:
+    if args.action == "close":
+        raise HubctlError(
+            "refused", f"software never closes a barrier (R-G5): gate {args.id} closes by itself once its loops and "
+                       f"photocells see the lane clear; to end a hold-open, run `hubctl gate release {args.id}`",
+            EXIT_REFUSED)
     return "gate", {"action": args.action, "id": args.id, "reason": args.reason}
 
 

@@ -43,7 +43,7 @@ log = logging.getLogger("hubedge.tokens")
 
 STATUSES = ("Active", "Blocked", "Expired")
 TOKEN_TYPES = ("own", "emsp")
-# Answers the cloud gives for a roaming check (interfaces.md auth/response).
+# Answers the cloud gives for a roaming check (docs/cloud-contract.md auth/response).
 CLOUD_STATUSES = ("Accepted", "Blocked", "Expired", "Invalid", "Unknown")
 
 _STATUS_SET = frozenset(STATUSES)

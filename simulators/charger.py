@@ -71,6 +71,9 @@ class Truck:
     max_power_w: float
     paused: bool = False
     taper_from: float = 80.0  # state of charge (%) where its power starts to fall
+    # The driver's charge limit: at this state of charge the truck stops
+    # drawing power and waits, plugged (SuspendedEV), as trucks set to 80 % do.
+    limit_soc: float = 100.0
 
 
 @dataclass(frozen=True)
@@ -213,13 +216,14 @@ class ChargerSimulator:
     # ---- the truck, as a test or demo script drives it
 
     def plug(self, i: int, soc: float = 20.0, battery_kwh: float = 600.0, max_power_w: float | None = None,
-             taper_from: float = 80.0) -> None:
+             taper_from: float = 80.0, limit_soc: float = 100.0) -> None:
         c = self._connector(i)
         self._advance()
         if c.truck is not None:
             raise SimulatorError(f"connector {i} already has a truck plugged in; unplug it first")
         c.truck = Truck(soc=float(soc), battery_wh=battery_kwh * 1000.0,
-                        max_power_w=float(max_power_w or self.rated_power_w), taper_from=float(taper_from))
+                        max_power_w=float(max_power_w or self.rated_power_w), taper_from=float(taper_from),
+                        limit_soc=float(limit_soc))
         c.finished = False
 
     def pause_ev(self, i: int) -> None:
@@ -348,13 +352,17 @@ class ChargerSimulator:
                     c.power_w = 0.0
                     continue
                 power, energy = follow(c.power_w, target, step, self.ramp)
-                room_wh = (100.0 - c.truck.soc) / 100.0 * c.truck.battery_wh
+                limit = min(100.0, c.truck.limit_soc)
+                room_wh = max(0.0, limit - c.truck.soc) / 100.0 * c.truck.battery_wh
                 energy = min(energy, room_wh)
                 c.energy_wh += energy
-                c.truck.soc = min(100.0, c.truck.soc + energy / c.truck.battery_wh * 100.0)
+                c.truck.soc = min(limit, c.truck.soc + energy / c.truck.battery_wh * 100.0)
                 c.power_w = power
                 if c.truck.soc >= 100.0 - 1e-6:
                     self._finish(c)
+                elif c.truck.soc >= limit - 1e-6:
+                    c.truck.paused = True  # at the driver's limit
+                    c.power_w = 0.0
 
     def _finish(self, c: SimulatedConnector) -> None:
         if c.active:

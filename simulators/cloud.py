@@ -1,8 +1,9 @@
-"""The cloud's side of the MQTT contract, simulated (interfaces.md).
+"""The cloud's side of the MQTT contract, simulated (docs/cloud-contract.md).
 
 Used by the demo and the tests: it records what the hub sends, publishes
-sync messages and commands, and answers roaming authorisation requests from
-a table it is given. Given the hub's command key, it signs everything it
+sync messages and commands, answers roaming authorisation requests from
+a table it is given, and answers a resync request (the hub's
+sync.resync_requested event) by resending what it has synced. Given the hub's command key, it signs everything it
 publishes, as the real cloud does (edge/signing.py). A real cloud is another
 team's system; this one only plays its part on a local broker.
 """
@@ -37,6 +38,15 @@ class CloudSimulator:
         self.messages: list[tuple[str, dict | None, bool]] = []  # (topic, payload, retained)
         self.auth_answers: dict[str, dict] = {}
         self._silent = False
+        # The cloud's view of what it has synced, resent in full when the hub
+        # asks for a resync (hubctl resync).
+        self.answer_resync = True
+        self._tokens: dict[str, dict] = {}
+        self._token_version = 0
+        self._bookings: dict[str, dict] = {}
+        self._tariffs: dict[str, dict] = {}
+        self._windows: dict[str, dict] = {}
+        self._resyncs_answered: set[str] = set()
         self._lock = threading.Condition()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"cloud-sim-{hub_id}",
                                   protocol=mqtt.MQTTv5)
@@ -77,6 +87,11 @@ class CloudSimulator:
             self._lock.notify_all()
         if msg.topic == f"{self.root}/auth/request" and isinstance(payload, dict):
             self._answer(payload)
+        elif (msg.topic == f"{self.root}/event/sync" and isinstance(payload, dict)
+              and payload.get("type") == "sync.resync_requested" and self.answer_resync
+              and payload.get("id") not in self._resyncs_answered):  # a resent event is answered once
+            self._resyncs_answered.add(payload.get("id"))
+            self.resend_all()
 
     # -------------------------------------------------------- cloud -> hub
     def publish(self, topic: str, body: bytes) -> None:
@@ -99,8 +114,50 @@ class CloudSimulator:
             topic = f"{self.root}/cmd/{kind[4:]}"
         else:
             topic = f"{self.root}/sync/{kind}"
+            self._remember(kind, body)
         self.publish(topic, json.dumps(body).encode())
         return body["id"]
+
+    def _remember(self, kind: str, body: dict) -> None:
+        """Keep the cloud's side of a sync. A malformed message (the tests
+        send those on purpose) changes nothing here either."""
+        try:
+            if kind == "tokens" and "part" not in body:
+                if body["kind"] == "full":
+                    self._tokens = {}
+                for t in body["upsert"]:
+                    self._tokens[t["uid"]] = t
+                for uid in body["remove"]:
+                    self._tokens.pop(uid if isinstance(uid, str) else uid["uid"], None)
+                self._token_version = max(self._token_version, int(body["version"]))
+            elif kind == "bookings":
+                for b in body.get("upsert", []):
+                    self._bookings[b["id"]] = b
+                for c in body.get("cancel", []):
+                    self._bookings.pop(c if isinstance(c, str) else c["id"], None)
+            elif kind == "tariffs":
+                for t in body["tariffs"]:
+                    self._tariffs[t["id"]] = t
+            elif kind == "maintenance":
+                for w in body["windows"]:
+                    self._windows[w["id"]] = w
+                for c in body.get("cancel", []):
+                    self._windows.pop(c, None)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            pass
+
+    def resend_all(self) -> dict[str, str]:
+        """Answer a resync: every sync kind sent again in full (an empty one
+        for a kind never sent), as the real cloud does. Returns kind -> id."""
+        now = datetime.now(timezone.utc)
+        future = [b for b in self._bookings.values() if str(b.get("slot_end", "")) > rfc3339(now)]
+        return {
+            "tokens": self.send("tokens", {"version": max(1, self._token_version), "kind": "full",
+                                           "upsert": list(self._tokens.values()), "remove": []}),
+            "bookings": self.send("bookings", {"upsert": future, "cancel": []}),
+            "tariffs": self.send("tariffs", {"tariffs": list(self._tariffs.values())}),
+            "maintenance": self.send("maintenance", {"windows": list(self._windows.values())}),
+        }
 
     def answer_auth(self, uid: str, status: str, *, group: str | None = None, reference: str | None = None,
                     expires_s: int = 3600) -> None:

@@ -8,7 +8,7 @@ another bay (R-B4) is the ``reassign_bay`` transition, not a state: the
 booking stays assigned (or arrived) and only its bay changes.
 
 Trigger names are verbs that no model method uses: transitions 0.9 silently
-skips binding a trigger that shadows a method (reference.md).
+skips binding a trigger that shadows a method (a rule of the transitions library).
 
 `BookingBook` does not build a machine per booking (10,000 machines cost
 memory and time on a Pi); it asks `next_status`, whose table is read from

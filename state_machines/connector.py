@@ -93,7 +93,7 @@ class Connector:
     since: datetime | None = None
     history: list[str] = field(default_factory=list, repr=False)
 
-    # --- conditions (names distinct from triggers, see reference.md) ---
+    # --- conditions (names distinct from triggers, as the transitions library requires) ---
     def is_reserved(self) -> bool:
         return self.reserved_for is not None
 

@@ -24,7 +24,7 @@ def render() -> str:
         "# Events the hub sends",
         "",
         "Generated from `edge/schemas/events/` by `python -m edge.schemas.catalogue`; do not edit by hand.",
-        "Every event travels in the envelope of interfaces.md (`{v, id, hub, stream, seq, ts, type, offline, data}`)",
+        "Every event travels in the envelope of [cloud-contract.md](cloud-contract.md) (`{v, id, hub, stream, seq, ts, type, offline, data}`)",
         "on `hub/{id}/event/{stream}`; `data` follows the schema named here.",
         "",
     ]

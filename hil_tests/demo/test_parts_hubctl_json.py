@@ -4,35 +4,16 @@ code, and gate actions are audited (issue 7)."""
 
 import asyncio
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-import jsonschema
 import pytest
 
-from edge.demo import DemoHub
+from hil_tests.demo.site import hubctl, started_site, valid as check
 
 pytestmark = pytest.mark.hil
-SCHEMAS = Path(__file__).resolve().parents[2] / "edge" / "schemas" / "hubctl"
-
-
-async def hubctl(hub, *args):
-    return await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "edge.hubctl", "--socket", str(hub.socket), *args],
-                                   capture_output=True, text=True, timeout=30)
-
-
-def check(name, out):
-    data = json.loads(out)
-    jsonschema.Draft202012Validator(json.loads((SCHEMAS / f"{name}.json").read_text())).validate(data)
-    return data
 
 
 async def test_parts_commands_json_and_errors(tmp_path):
-    hub = DemoHub(state_dir=tmp_path / "site", socket=tmp_path / "site" / "control.sock", speed=60)
-    await hub.start()
-    try:
-        await hub.wait_ready()
+    async with started_site(tmp_path) as hub:
         cases = [
             (("tokens", "lookup", "04A1B2C3"), "tokens_lookup", 4),
             (("tokens", "version"), "tokens_version", 0),
@@ -59,5 +40,3 @@ async def test_parts_commands_json_and_errors(tmp_path):
         status = json.loads((await hubctl(hub, "--json", "status")).stdout)
         check("status", json.dumps(status))
         assert {"readers", "terminals", "gates"} <= status.keys()
-    finally:
-        await hub.stop()

@@ -1,4 +1,4 @@
-"""Ten hubs on one broker (issue 9 item 3; R-M2, R-M4, R-M5, interfaces.md).
+"""Ten hubs on one broker (issue 9 item 3; R-M2, R-M4, R-M5, docs/cloud-contract.md).
 
 Ten real daemons (`edge.cli run` subprocesses), each with its own state
 directory, control socket and simulated charger, sync over mqtts:// to ONE

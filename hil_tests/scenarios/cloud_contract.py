@@ -1,5 +1,5 @@
 """The cloud's side of every scenario: a subscriber on the real broker that
-holds the hub to the MQTT contract (interfaces.md; R-M2, R-M4).
+holds the hub to the MQTT contract (docs/cloud-contract.md; R-M2, R-M4).
 
 It connects with a persistent session (clean start off, a session expiry),
 so what the hub publishes while this subscriber's connection is down - the

@@ -123,10 +123,12 @@ def test_hubctl_tokens_lookup_renders_status_source_and_version():
 
 
 def test_hubctl_tokens_lookup_without_uid_is_a_usage_error():
+    from edge.hubctl import HubctlError
+
     cmd, parser = _cli()
-    with pytest.raises(SystemExit) as exc:
+    with pytest.raises(HubctlError) as exc:  # main() prints it, as JSON with --json
         cmd.request(parser.parse_args(["lookup"]))
-    assert exc.value.code == 2
+    assert exc.value.exit_status == 2 and "hubctl tokens lookup 04A1B2C3" in exc.value.message
 
 
 def _message(n: int, **extra) -> dict:

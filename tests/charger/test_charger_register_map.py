@@ -1,5 +1,5 @@
 """Register map files: good ones load, bad ones are refused with every problem
-listed by key path (interfaces.md: a bad file fails with every problem)."""
+listed by key path (config/README.md: a bad file fails with every problem)."""
 
 from __future__ import annotations
 

@@ -46,4 +46,4 @@ def test_config_validate_good_and_bad(tmp_path, capsys):
 def test_bad_arguments_exit_2():
     proc = subprocess.run([sys.executable, "-m", "edge.hubctl", "connector", "explode", "C1"], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert "invalid choice" in proc.stderr
+    assert "no choice 'explode'" in proc.stderr and "available, unavailable, unlock" in proc.stderr

@@ -1,5 +1,5 @@
 """Every MQTT message kind has a JSON Schema that is itself valid Draft 2020-12
-(interfaces.md), and validate_event checks envelopes with their data."""
+(docs/cloud-contract.md), and validate_event checks envelopes with their data."""
 
 from __future__ import annotations
 

@@ -243,10 +243,8 @@ async def test_r_p1_r_p6_read_card_gives_the_token_of_the_real_capture_not_the_n
     information carries the card token (TLV 1F14) and a masked track."""
     from pathlib import Path
 
-    # The shared capture corpus, found the way test_zvt_corpus.py finds it.
-    capture = Path(__file__).resolve().parents[2].parent / "shared/data/zvt-captures/status_information_read_card.blob"
-    if not capture.exists():
-        pytest.skip("ZVT capture corpus not available")
+    # The capture corpus in the project's test data (test_zvt_corpus.py).
+    capture = Path(__file__).resolve().parents[1] / "data" / "zvt-captures" / "status_information_read_card.blob"
     info = capture.read_bytes()
     client, link = await client_for([m.ack(), m.intermediate_status(0x0A), info, m.completion()])
     result = await client.read_card(30)
