@@ -51,18 +51,6 @@ def _connector_ref(hub: Hub, ref: str) -> str:
     return found
 
 
-def _served(hub: Hub) -> dict[str, list[str]]:
-    """Which connectors each device serves, for `hubctl devices`."""
-    out: dict[str, list[str]] = {}
-    for cid, place in hub.places.items():
-        out.setdefault(place.charger_id, []).append(cid)
-    for t in hub.cfg.terminals:
-        out[t.id] = list(t.connectors)
-    for r in hub.cfg.readers:
-        out[r.id] = [r.connector]
-    return out
-
-
 def control_handlers(hub: Hub) -> dict:
     """The commands of the control protocol, each a thin call into the hub."""
 
@@ -70,8 +58,7 @@ def control_handlers(hub: Hub) -> dict:
         return hub.status()
 
     async def devices(args: dict, caller: Caller, progress) -> list:
-        served = _served(hub)
-        return [{**d, "connectors": served.get(d["device"], [])} for d in hub.device_views()]
+        return hub.device_views()
 
     async def sessions(args: dict, caller: Caller, progress) -> list:
         limit = args.get("limit", 100)

@@ -1333,9 +1333,17 @@ class Hub:
         }
 
     def device_views(self) -> list[dict]:
-        """`hubctl devices`: every device, then the hub's own tasks and the
-        store's writer (class ``task``)."""
-        return [d.as_dict() for d in self.devices.values()] + self.supervisor.views() + [self._writer_view()]
+        """`hubctl devices`: every device with the connectors it serves, then
+        the hub's own tasks and the store's writer (class ``task``)."""
+        served: dict[str, list[str]] = {}
+        for cid, place in self.places.items():
+            served.setdefault(place.charger_id, []).append(cid)
+        for t in self.cfg.terminals:
+            served[t.id] = list(t.connectors)
+        for r in self.cfg.readers:
+            served[r.id] = [r.connector]
+        rows = [d.as_dict() for d in self.devices.values()] + self.supervisor.views() + [self._writer_view()]
+        return [{**row, "connectors": served.get(row["device"], [])} for row in rows]
 
     def _writer_view(self) -> dict:
         w = self.store.writer_view()

@@ -96,6 +96,7 @@ class TaskHealth:
         return {
             "device": self.name,
             "class": "task",
+            "connectors": [],  # a task of the hub serves no connector itself
             "state": "fault" if fault else "ok",
             "since": rfc3339(self.since),
             "last_error": self._explain(now) if fault or self.errors else None,

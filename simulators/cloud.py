@@ -91,7 +91,10 @@ class CloudSimulator:
               and payload.get("type") == "sync.resync_requested" and self.answer_resync
               and payload.get("id") not in self._resyncs_answered):  # a resent event is answered once
             self._resyncs_answered.add(payload.get("id"))
-            self.resend_all()
+            data = payload.get("data") or {}
+            # A technician's resync waits for every kind: sent in full. The
+            # hub's own requests (start, reconnect) say what it holds.
+            self.resend_all(None if data.get("reason") == "technician" else data.get("held"))
 
     # -------------------------------------------------------- cloud -> hub
     def publish(self, topic: str, body: bytes) -> None:
@@ -146,18 +149,24 @@ class CloudSimulator:
         except (KeyError, TypeError, ValueError, AttributeError):
             pass
 
-    def resend_all(self) -> dict[str, str]:
+    def resend_all(self, held: dict | None = None) -> dict[str, str]:
         """Answer a resync: every sync kind sent again in full (an empty one
-        for a kind never sent), as the real cloud does. Returns kind -> id."""
+        for a kind never sent), as the real cloud does. The token list, the
+        one kind that can be large, is left out when ``held`` (what the hub
+        says it holds) shows the hub has this very version already, or when
+        this cloud never sent one (without ``held``, a technician's resync,
+        it is always sent). Returns kind -> id."""
         now = datetime.now(timezone.utc)
         future = [b for b in self._bookings.values() if str(b.get("slot_end", "")) > rfc3339(now)]
-        return {
-            "tokens": self.send("tokens", {"version": max(1, self._token_version), "kind": "full",
-                                           "upsert": list(self._tokens.values()), "remove": []}),
-            "bookings": self.send("bookings", {"upsert": future, "cancel": []}),
-            "tariffs": self.send("tariffs", {"tariffs": list(self._tariffs.values())}),
-            "maintenance": self.send("maintenance", {"windows": list(self._windows.values())}),
-        }
+        sent: dict[str, str] = {}
+        hub_version = ((held or {}).get("tokens") or {}).get("version")
+        if held is None or (self._token_version and hub_version != self._token_version):
+            sent["tokens"] = self.send("tokens", {"version": max(1, self._token_version), "kind": "full",
+                                                  "upsert": list(self._tokens.values()), "remove": []})
+        sent["bookings"] = self.send("bookings", {"upsert": future, "cancel": []})
+        sent["tariffs"] = self.send("tariffs", {"tariffs": list(self._tariffs.values())})
+        sent["maintenance"] = self.send("maintenance", {"windows": list(self._windows.values())})
+        return sent
 
     def answer_auth(self, uid: str, status: str, *, group: str | None = None, reference: str | None = None,
                     expires_s: int = 3600) -> None:
