@@ -22,6 +22,7 @@ BENCHMARKS = {
     "scale": "bench.scale",        # 1M tokens and 1M sessions: filters, insert, memory, CPU, READY
     "chaos": "bench.chaos",        # kills, broker restarts, garbled devices; invariants checked
     "fuzz": "bench.fuzz",          # every parser of outside input
+    "crashpoints": "bench.crashpoints",  # a SIGKILL before and after every commit of four journeys; invariants checked
 }
 
 
@@ -32,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print a JSON list of {name, value, unit, baseline, baseline_value, ratio, goal, ok}")
     p.add_argument("--strict", action="store_true", help="exit 1 when any figure misses its goal or any invariant fails (CI)")
     args = p.parse_args(argv)
-    # chaos (45 min in full) and fuzz (about 20 min) run only when named.
-    names = args.names or [n for n in BENCHMARKS if n not in ("chaos", "fuzz")]
+    # chaos (45 min in full), fuzz (about 20 min) and crashpoints (about an hour) run only when named.
+    names = args.names or [n for n in BENCHMARKS if n not in ("chaos", "fuzz", "crashpoints")]
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         p.error(f"unknown benchmark {', '.join(unknown)}: choose from {', '.join(BENCHMARKS)}")
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             failed = True
             continue
         results += got
-        if name == "chaos" and any(r.ok is False for r in got):
+        if name in ("chaos", "crashpoints") and any(r.ok is False for r in got):
             failed = True  # an invariant broken is a failure, not a missed goal
         if not args.json:
             print(f"\n== {name} ({time.monotonic() - t0:.1f} s) ==")
