@@ -132,8 +132,9 @@ def check_run(run, journey, *, finished: bool, status: dict | None, daemon_runni
     if not finished:
         out.append(f"the journey could not finish; the driver was left with: {journey.where}")
     if journey.locked_in:
-        out.append(f"the truck stayed locked to its connector after the charge, {UNLOCK_PATIENCE_S:.0f} s and more "
-                   f"(R-C5); tried {len(journey.locked_in)} times: {journey.locked_in[-1]}")
+        calls = len(journey.locked_in)
+        out.append(f"the truck stayed locked to its connector after the charge (R-C5): the driver called a technician "
+                   f"after {UNLOCK_PATIENCE_S:.0f} s{'' if calls == 1 else f', {calls} times'}; {journey.locked_in[-1]}")
     out += [f"events: {p}" for p in verdict.problems]
     started = [e for e in events if e.get("type") == "session.started"]
     payments = [e for e in events if str(e.get("type", "")).startswith("payment.")]

@@ -22,11 +22,14 @@ wrote (or the file it replaced), plus its occurrence number among the points
 of that name. ``--arm FILE`` starts the counting once FILE exists, so a
 journey counts from its own first step, not from the daemon's start-up.
 ``--trace FILE`` appends one JSON line per counted commit as it lands.
+Without ``--trace`` or ``--kill`` nothing is wrapped: the daemon runs as it
+ships. Either way SIGUSR1 writes every thread's stack to the log.
 """
 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import re
@@ -261,7 +264,10 @@ def main(argv: list[str] | None = None) -> int:
         except argparse.ArgumentTypeError as exc:
             p.error(str(exc))
         kill = (when, label, n)
-    install(Commits(args.trace, args.arm, kill))
+    if args.trace or kill:
+        install(Commits(args.trace, args.arm, kill))  # without either, the daemon runs as it ships
+    # A daemon that stops answering: SIGUSR1 writes every thread's stack to its log.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     from edge.cli import main as hubedge
 
     return hubedge(args.hubedge)

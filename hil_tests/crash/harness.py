@@ -100,6 +100,8 @@ async def run_journey(site: CrashSite, journey: str, *, point: Point | None = No
             break
         await asyncio.sleep(0.15)
     status = await _settle(site, SETTLE_S if finished else SETTLE_STUCK_S)
+    if status is None or await site.status() is None:
+        site.stacks()
     commits = run.commits()
     verdict = await asyncio.to_thread(run.contract.final_check, run.db_path, 20.0)
     resp = await site.call("bookings")
@@ -220,6 +222,9 @@ async def crash_points(site: CrashSite, journeys: list[str], pick=every_point, p
             progress(clean, len(points))
         for point, when in pick(points):
             outcome = await run_journey(site, journey, point=point, when=when)
+            if not outcome.reached:  # a delivery merged with the next one, say: the numbering differed once
+                outcome = await run_journey(site, journey, point=point, when=when)
+                outcome.notes.append("reached only on the second try" if outcome.reached else "not reached in two tries")
             report.outcomes.append(outcome)
             if progress:
                 progress(outcome, len(points))

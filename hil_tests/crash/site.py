@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -214,6 +215,14 @@ class CrashSite:
         if self.hub is not None:
             self.hub.kill_daemon()
 
+    def stacks(self) -> None:
+        """The daemon's threads' stacks into its log (hil_tests/crash/daemon.py
+        answers SIGUSR1 so), for a daemon that stopped answering."""
+        proc = self.hub.daemon
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGUSR1)
+            time.sleep(0.5)
+
     async def _supervise(self, run: Run) -> None:
         """Restart the daemon whenever it dies: after its SIGKILL at the
         chosen point (a crash), or by itself (counted as unexpected)."""
@@ -235,8 +244,8 @@ class CrashSite:
             else:
                 run.unexpected_exits += 1
                 run.notes.append(f"the daemon exited by itself with status {proc.returncode}")
-            # Restarted as the field would: the same state, no kill point.
-            self.hub.daemon_argv = ["--trace", str(run.dir / "commits-after-restart.jsonl")]
+            # Restarted as the field would: the same state, nothing counted.
+            self.hub.daemon_argv = []
             self.hub.start_daemon()
             try:
                 await self.wait_up(60)
