@@ -25,6 +25,7 @@ BENCHMARKS = {
     "fuzz": "bench.fuzz",          # every parser of outside input
     "ocpp": "bench.ocpp",          # the OCPP layer: validation cost, round trips, 40 stations
     "power": "bench.power",        # a simulated week of site power: limit kept, curtailments met, shares, loop cost
+    "crashpoints": "bench.crashpoints",  # a SIGKILL before and after every commit of four journeys; invariants checked
 }
 
 
@@ -35,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print a JSON list of {name, value, unit, baseline, baseline_value, ratio, goal, ratio_goal, ok}")
     p.add_argument("--strict", action="store_true", help="exit 1 when any figure misses its goal or any invariant fails (CI)")
     args = p.parse_args(argv)
-    # chaos (45 min in full) and fuzz (about 20 min) run only when named.
-    names = args.names or [n for n in BENCHMARKS if n not in ("chaos", "fuzz")]
+    # chaos (45 min in full), fuzz (about 20 min) and crashpoints (about an hour) run only when named.
+    names = args.names or [n for n in BENCHMARKS if n not in ("chaos", "fuzz", "crashpoints")]
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         p.error(f"unknown benchmark {', '.join(unknown)}: choose from {', '.join(BENCHMARKS)}")
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             failed = True
             continue
         results += got
-        if name == "chaos" and any(r.ok is False for r in got):
+        if name in ("chaos", "crashpoints") and any(r.ok is False for r in got):
             failed = True  # an invariant broken is a failure, not a missed goal
         if not args.json:
             print(f"\n== {name} ({time.monotonic() - t0:.1f} s) ==")

@@ -41,8 +41,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import signal
 import sqlite3
 import time
 import uuid
@@ -99,16 +97,6 @@ CARD_CHECK_AMOUNT = Decimal("1.00")
 # ZVT result codes meaning "that reservation is not open (any more)".
 NOT_OPEN_CODES = frozenset({0xB8, 0xB4})
 DEFAULT_TARIFF_FROM = datetime(2000, 1, 1, tzinfo=timezone.utc)
-
-# Crash points for the crash tests (hil_tests/payments): the daemon kills
-# itself with SIGKILL at the named points. Never set in the field.
-_CRASH_AT = frozenset(p for p in os.environ.get("HUBEDGE_CRASH_AT", "").split(",") if p)
-
-
-def crash_point(name: str) -> None:
-    if name in _CRASH_AT:
-        log.warning("payment.crash_point name=%s", name)
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # =========================================================== pure decisions
@@ -1069,7 +1057,6 @@ class Payments(Capability):
             step = self.ledger.begin_step(rec.id, "preauthorize", hold, now)
             await self.hub.store.durable()
             log.info("payment.requested payment=%s terminal=%s connector=%s hold=%s", rec.id, lane.id, connector, hold)
-            crash_point("payments.preauth_sent")
             result, error = await self._with_screen(lane, progress, lane.client.preauthorize(hold, tariff.currency))
             now = self._now()
             error = error or self._foreign_approval(lane, rec, result)
@@ -1099,7 +1086,6 @@ class Payments(Capability):
                     held_at=now, hold=result.amount if result.amount is not None else hold,
                 )
             log.info("payment.approved payment=%s connector=%s receipt=%s hold=%s", rec.id, connector, rec.receipt_no, rec.hold)
-        crash_point("payments.after_approval")
         return await self._start_paid_session(rec, tariff)
 
     def _foreign_approval(self, lane: TerminalLane, rec: PaymentRecord, result):
@@ -1274,7 +1260,6 @@ class Payments(Capability):
     def _on_session_ended(self, s) -> None:
         if not s.payment_id:
             return
-        crash_point("payments.session_ended")
         rec = self.ledger.get(s.payment_id)
         if rec is None:
             return
@@ -1377,7 +1362,6 @@ class Payments(Capability):
         now = self._now()
         step = self.ledger.begin_step(rec.id, action, amount, now)
         await self.hub.store.durable()
-        crash_point(f"payments.before_{action}_call")
         lane.activity = "busy"
         try:
             if settle:
@@ -1394,7 +1378,6 @@ class Payments(Capability):
             return
         finally:
             lane.activity = "idle" if lane.connected else "down"
-        crash_point(f"payments.after_{action}_call")
         lane.last_result = f"{action}: {result.reason}"
         if result.ok and result.receipt_no != rec.receipt_no:
             # Another reservation's answer (the driver matches them; this is the ledger's own check).

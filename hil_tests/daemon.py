@@ -31,10 +31,13 @@ class RunningDaemon:
         self.env_extra: dict[str, str] = {}
 
     # -- the process -------------------------------------------------------
-    def start(self, **env: str) -> None:
+    def start(self, *, kill: tuple[str, str] | None = None, **env: str) -> None:
+        """Start the daemon. ``kill`` = (before|after, commit point): it runs
+        through hil_tests/crash/daemon.py and SIGKILLs itself at that commit."""
         environ = dict(os.environ, PYTHONUNBUFFERED="1", **self.env_extra, **env)
+        entry = ["edge.cli"] if kill is None else ["hil_tests.crash.daemon", "--kill", *kill]
         with open(self.log, "ab") as f:
-            self.proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(self.config)],
+            self.proc = subprocess.Popen([sys.executable, "-m", *entry, "run", "--config", str(self.config)],
                                          stdout=f, stderr=f, env=environ, cwd=str(ROOT))
 
     def kill(self) -> None:

@@ -32,11 +32,10 @@ class PaidHub(RunningDaemon):
     terminal, R-P7)."""
 
     def __init__(self, tmp: Path, charger: ChargerSimulator, terminal: ZvtTerminalSimulator, transport: str,
-                 *, preauth: str = "199.00", crash_at: str | None = None, extra: str = ""):
+                 *, preauth: str = "199.00", extra: str = ""):
         super().__init__(tmp)
         self.charger, self.terminal, self.transport = charger, terminal, transport
         self.db_path = tmp / "state" / "hub.sqlite3"
-        self.crash_at = crash_at
         port = terminal.pty_path if transport == "pty" else terminal.tcp_url
         self.config.write_text(f"""
 [hub]
@@ -72,11 +71,6 @@ password = "123456"
 """)
 
     # ---------------------------------------------------------- process
-    def start(self, crash_at: str | None = None) -> None:
-        # A crash point only where a test asks for one, never inherited.
-        self.env_extra = {"HUBEDGE_CRASH_AT": crash_at or ""}
-        super().start()
-
     async def wait_exit(self, timeout: float = 20) -> int:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -213,9 +207,9 @@ async def terminal():
 def make_hub(tmp_path, charger, terminal):
     made: list[PaidHub] = []
 
-    async def make(transport: str = "tcp", **kw) -> PaidHub:
+    async def make(transport: str = "tcp", *, kill: tuple[str, str] | None = None, **kw) -> PaidHub:
         hub = PaidHub(tmp_path, charger, terminal, transport, **kw)
-        hub.start(crash_at=hub.crash_at)
+        hub.start(kill=kill)
         await hub.wait_ready()
         made.append(hub)
         return hub

@@ -2,8 +2,13 @@
 restart every hold ends settled or released exactly once, with the right
 amount, as the terminal simulator's own records show.
 
-Crash points inside a step use HUBEDGE_CRASH_AT (the daemon SIGKILLs itself
-at the named point, edge/payments.py); the others are SIGKILLs from the test.
+A kill inside a step is a kill at a commit point: started with ``kill``, the
+daemon runs through the commit-counting entry point (hil_tests/crash/daemon.py)
+and SIGKILLs itself just before or just after the commit named by its label
+(the edge/* functions that made it, the tables it wrote; ``*`` stands for any
+text); the restart runs plainly. The other kills come from the test. Every
+commit of a paid session is crashed in turn by `python -m bench crashpoints`
+(journey bank_card).
 """
 
 from __future__ import annotations
@@ -16,6 +21,12 @@ import pytest
 from hil_tests.payments.conftest import expected_cost
 
 pytestmark = pytest.mark.hil
+
+# The commits of a paid session where a kill used to be placed by hand.
+APPROVAL_RECORDED = ("after", "Payments._preauthorize_and_start < * [payment_holds,payment_steps] #1")
+SESSION_ENDED_NOT_BILLED = ("before", "Payments._session_over < * #1")
+SETTLE_CALL_WRITTEN = ("after", "PaymentLedger.begin_step < Payments._attempt < * #1")
+SETTLE_ANSWER_NOT_RECORDED = ("before", "Payments._finish < Payments._attempt < * #1")
 
 
 def _steps(hub, payment_id: str) -> list[tuple]:
@@ -39,7 +50,7 @@ async def _charging(hub, charger, connector="C1", i=0) -> str:
 
 
 async def test_r_p4_sigkill_after_approval_before_start_releases_the_hold(make_hub, charger, terminal):
-    hub = await make_hub("tcp", crash_at="payments.after_approval")
+    hub = await make_hub("tcp", kill=APPROVAL_RECORDED)
     charger.plug(0, soc=40)
     await hub.wait_connector("C1", "Preparing")
     with pytest.raises((ConnectionError, OSError, asyncio.TimeoutError)):
@@ -72,7 +83,7 @@ async def test_r_p4_sigkill_while_charging_session_goes_on_and_settles_once(make
 
 
 async def test_r_p4_sigkill_after_stop_before_settlement_settles_after_restart(make_hub, charger, terminal):
-    hub = await make_hub("tcp", crash_at="payments.session_ended")
+    hub = await make_hub("tcp", kill=SESSION_ENDED_NOT_BILLED)
     await _charging(hub, charger)
     sid = (await hub.connector("C1"))["session"]
     await hub.ask("session_stop", {"id": sid, "reason": "HIL"})
@@ -87,24 +98,25 @@ async def test_r_p4_sigkill_after_stop_before_settlement_settles_after_restart(m
     hub.assert_every_hold_ended_once()
 
 
-@pytest.mark.parametrize("point", ["payments.before_settle_call", "payments.after_settle_call"])
+@pytest.mark.parametrize("point", [SETTLE_CALL_WRITTEN, SETTLE_ANSWER_NOT_RECORDED], ids=["before_call", "after_call"])
 async def test_r_p4_sigkill_during_settlement_books_exactly_once(make_hub, charger, terminal, point):
-    hub = await make_hub("tcp", crash_at=point)
+    hub = await make_hub("tcp", kill=point)
+    booked_at_kill = point is SETTLE_ANSWER_NOT_RECORDED
     sid = await _charging(hub, charger)
     await hub.ask("session_stop", {"id": sid, "reason": "HIL"})
     await hub.wait_exit()
     rec = hub.payments()[0]
     assert rec["state"] == "settling"
     booked_before = terminal.transaction(rec["receipt_no"]).state
-    assert booked_before == ("booked" if point.endswith("after_settle_call") else "open")
+    assert booked_before == ("booked" if booked_at_kill else "open")
     await hub.restart()
     paid = await hub.wait_payment("settled")
     energy = hub.sessions()[0]["energy_wh"]
     assert terminal.transaction(paid["receipt_no"]).booked == expected_cost(energy) == Decimal(paid["settle_amount"])
     steps = [st for st in _steps(hub, paid["id"]) if st[0] == "settle"]
-    # after_settle_call: the booking went through, the restart confirms it from the terminal's open list
-    # and sends no second one; before_settle_call: the intent was never sent, so it is sent once now.
-    assert len(steps) == (1 if point.endswith("after_settle_call") else 2), steps
+    # After the call: the booking went through, the restart confirms it from the terminal's open list
+    # and sends no second one; before it: the intent was never sent, so it is sent once now.
+    assert len(steps) == (1 if booked_at_kill else 2), steps
     assert len(hub.events("payment.settled")) == 1
     hub.assert_every_hold_ended_once()
 
