@@ -1,0 +1,1 @@
+"""The hub's core: what every part plugs into (the charger interface first)."""
