@@ -4,8 +4,10 @@ The part of the hub that owns the gates and turns bookings into held bays.
 Per `[[gates]]` entry it runs an ANPR listener (the camera posts its reads)
 and a barrier driver (Modbus I/O module). Every plate read goes through the
 gate policy (`edge.gate_policy.decide_at_gate`) with the hub's live view of
-its bays; the barrier is pulsed first and the decision recorded right after,
-so a truck never waits for the disk. Once a second the booking book is
+its bays; an opening is recorded first (its event and the booking's arrival
+in one commit) and the barrier pulsed once that commit is on disk, so a
+truck let through is never unrecorded after a crash; the wait is one fsync
+of the store's writer, shared with every commit made meanwhile. Once a second the booking book is
 reviewed (`edge.bay_assignment.review`): bays are assigned as slots
 approach and their connectors show Reserved (R-B3), no-shows release them,
 overstays are reported once (R-B6).
@@ -63,6 +65,7 @@ from edge.gate_policy import (
 )
 from edge.hub import Capability
 from edge.plates import log_ref
+from edge.store import DiskError
 from state_machines import booking as lifecycle
 
 log = logging.getLogger("hubedge.site")
@@ -374,23 +377,32 @@ class SiteAccess(Capability):
         rt.presence_handled = True
         if decision.reason_code == GateReason.ADHOC_ADMITTED:
             self.on_way.admit(mono)  # now, not with the records: the next read must count it
-        def record(failure: str | None = None) -> None:
-            self._record(rt, decision, now, trigger, read, plate_hash, failure)
-
         if decision.open and rt.barrier is not None:
-            # The barrier first: the event and booking records (a disk write
-            # or two) are made once the OPEN write is answered.
+            # The records first: the decision's event and the booking's
+            # arrival (or leaving) are one commit, on disk before the barrier
+            # moves, so a truck let through is never unrecorded after a crash.
             rt.last_open_mono = mono  # a presence right behind this read is the same vehicle
-            self.hub.spawn(self._pulse(rt, record))
-        else:
-            asyncio.get_running_loop().call_soon(record)
+            self._record(rt, decision, now, trigger, read, plate_hash)
 
-    async def _pulse(self, rt: GateRuntime, record) -> None:
-        """Pulse the barrier open; ``record(failure)`` makes the records:
-        with ``None`` as soon as the OPEN write is answered, or with the
-        reason once the I/O module has not taken it (never both)."""
+            def failed(reason: str) -> None:
+                self._record(rt, decision, now, trigger, read, plate_hash, reason)
+
+            self.hub.spawn(self._open(rt, failed))
+        else:
+            asyncio.get_running_loop().call_soon(self._record, rt, decision, now, trigger, read, plate_hash)
+
+    async def _open(self, rt: GateRuntime, failed) -> None:
+        """Pulse the barrier open once the records made for the opening are
+        durable (one fsync of the store's writer, shared with every commit
+        made meanwhile); ``failed(reason)`` says the I/O module did not take
+        it. A disk that fails the records does not keep the barrier shut
+        (R-G6): the store has raised its alarm, the vehicle goes through."""
         try:
-            await rt.barrier.pulse_open(on_sent=lambda ok: record(None) if ok else None)
+            await self.hub.store.durable()
+        except DiskError as exc:
+            log.error("gate.record_not_durable gate=%s error=%r", rt.id, str(exc))
+        try:
+            await rt.barrier.pulse_open()
             rt.open_pending = False
         except BarrierUnavailable as exc:
             # The driver has reported the fault; the event says the opening
@@ -400,7 +412,7 @@ class SiteAccess(Capability):
             rt.open_pending = True
             rt.last_open_mono = None
             log.warning("gate.open_failed gate=%s reason=%r", rt.id, exc.reason)
-            record(exc.reason)
+            failed(exc.reason)
 
     def _record(self, rt: GateRuntime, decision: GateDecision, now: datetime, trigger: str,
                 read: CameraRead | None, plate_hash: str | None, failure: str | None = None) -> None:
@@ -411,10 +423,10 @@ class SiteAccess(Capability):
 
     def _record_decision(self, rt: GateRuntime, decision: GateDecision, now: datetime, trigger: str,
                          read: CameraRead | None, plate_hash: str | None, failure: str | None = None) -> None:
-        """The decision's event and booking records. ``failure``: the
-        barrier did not take the opening, so the event is gate.open_failed
-        (with the decision's reason in its detail), never gate.opened; the
-        booking records stand, as the vehicle was decided on and the
+        """The decision's event and booking records, one commit. ``failure``:
+        the barrier did not take the opening recorded just before, so
+        gate.open_failed follows (with the decision's reason in its detail);
+        the booking records stand, as the vehicle was decided on and the
         opening is owed."""
         data: dict = {"gate": rt.id, "role": rt.role.value, "reason": decision.reason_code.value,
                       "message": decision.reason, "trigger": trigger}
@@ -430,18 +442,20 @@ class SiteAccess(Capability):
         if failure is not None:
             data["detail"] = {**data.get("detail", {}), "decision": data["reason"], "decision_message": data["message"]}
             data.update(reason="barrier_unavailable",
-                        message=f"{failure}; let the vehicle through by hand or over the intercom")
+                        message=f"{failure}: the barrier did not open; let the vehicle through by hand or over "
+                                f"the intercom (the hub opens it as soon as the I/O module answers again)")
             self.hub.emit("gate.open_failed", data)
-        else:
+            return
+        with self.hub.store.transaction():
             self.hub.emit(EVENT_OF_ACTION[decision.action], data)
+            if rt.role == GateRole.ENTRY:
+                if decision.booking_id and decision.marks_arrival:
+                    self._arrived(decision.booking_id, rt.id, now)
+            elif decision.booking_id:
+                self._left(decision.booking_id, rt.id, now)
         log.info("gate.decided gate=%s action=%s reason=%s booking=%s plate=%s trigger=%s", rt.id,
                  decision.action.value, decision.reason_code.value, decision.booking_id or "-",
                  log_ref(plate_hash) if plate_hash else "-", trigger)
-        if rt.role == GateRole.ENTRY:
-            if decision.booking_id and decision.marks_arrival:
-                self._arrived(decision.booking_id, rt.id, now)
-        elif decision.booking_id:
-            self._left(decision.booking_id, rt.id, now)
 
     # ------------------------------------------------------------ barriers
     def _on_barrier(self, gate_id: str, ev) -> None:
@@ -471,21 +485,20 @@ class SiteAccess(Capability):
                 rt.presence_handled = passing
 
     def _owed_open(self, rt: GateRuntime, why: str) -> None:
-        """Open a gate whose opening failed while its I/O module was silent."""
+        """Open a gate whose opening failed while its I/O module was silent:
+        recorded first, like every opening."""
         rt.open_pending = False
         rt.last_open_mono = self.hub.clock.monotonic()
         log.info("gate.owed_open gate=%s why=%r", rt.id, why)
+        self.hub.emit("gate.opened", {"gate": rt.id, "role": rt.role.value, "reason": "owed_after_fault",
+                                      "message": f"opened late: {why}", "trigger": "barrier_recovered"})
 
-        def record(failure: str | None = None) -> None:
-            if failure is None:
-                self.hub.emit("gate.opened", {"gate": rt.id, "role": rt.role.value, "reason": "owed_after_fault",
-                                              "message": f"opened late: {why}", "trigger": "barrier_recovered"})
-            else:
-                self.hub.emit("gate.open_failed", {
-                    "gate": rt.id, "role": rt.role.value, "reason": "barrier_unavailable", "trigger": "barrier_recovered",
-                    "message": f"{failure}; the owed opening failed again: let the vehicle through by hand or over the intercom"})
+        def failed(reason: str) -> None:
+            self.hub.emit("gate.open_failed", {
+                "gate": rt.id, "role": rt.role.value, "reason": "barrier_unavailable", "trigger": "barrier_recovered",
+                "message": f"{reason}: the owed opening failed again; let the vehicle through by hand or over the intercom"})
 
-        self.hub.spawn(self._pulse(rt, record))
+        self.hub.spawn(self._open(rt, failed))
 
     def _check_waiting(self, now: datetime) -> None:
         """R-G4: a vehicle on the entry loop that no read has decided on

@@ -127,8 +127,12 @@ class SiteRig:
                                             "hikvision", event or f"ev-{len(self.events)}-{id(plate)}", now))
 
     async def settle(self) -> None:
-        for _ in range(5):
-            await asyncio.sleep(0)
+        """Until what the last calls set going is done: an opening waits for
+        the store's writer before the barrier moves."""
+        for _ in range(3):
+            for _ in range(5):
+                await asyncio.sleep(0)
+            await self.hub.store.durable()
 
 
 def booking(bid: str, start: datetime, minutes: int = 90, *, side: str = "left", plate: str | None = None, **extra) -> dict:
