@@ -252,6 +252,16 @@ class GateRuntime:
 
 # ------------------------------------------------------------------- the part
 
+# A technician's hold-open (R-G5, R-T3), kept so a restart re-applies it.
+GATE_HOLDS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS gate_holds (
+    gate TEXT PRIMARY KEY,
+    since TEXT NOT NULL,
+    user TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+"""
+
 
 class SiteAccess(Capability):
     name = "site"
@@ -285,6 +295,7 @@ class SiteAccess(Capability):
         self._last_purge = 0.0
         hub.session_started_hooks.append(self._session_started)
         hub.session_ended_hooks.append(self._session_ended)
+        hub.store.db.executescript(GATE_HOLDS_SCHEMA)
 
     @property
     def book(self) -> BookingBook:
@@ -292,19 +303,41 @@ class SiteAccess(Capability):
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        held = self.held_gates()
         for g in self.hub.cfg.gates:
             rt = self.gates[g.id]
-            host, port = g.barrier.address.rsplit(":", 1)
-            rt.barrier = BarrierDriver(g.id, host.strip("[]"), int(port), g.barrier.unit, None,
-                                       lambda ev, gid=g.id: self._on_barrier(gid, ev),
-                                       open_confirm_s=self.hub.cfg.gate.open_confirm_s,
-                                       pulse_ms=self.hub.cfg.gate.pulse_ms)
+            rt.barrier = self._barrier(g, held)
             self.hub.devices[g.id] = rt.barrier.health
             self.hub.spawn(rt.barrier.run())
             if g.camera is not None:
                 await self._start_camera(rt, g.camera)
         if self.gates:
             log.info("site.started gates=%d bookings=%d", len(self.gates), len(self.book))
+
+    def _barrier(self, g, held: set[str]) -> BarrierDriver:
+        """A gate's barrier driver; a technician's hold-open still in force
+        when the hub stopped is wanted again from its first connection (the
+        driver puts every output where it wants it on each connection)."""
+        host, port = g.barrier.address.rsplit(":", 1)
+        if g.id in held:
+            log.warning("gate.hold_restored gate=%s action=%r", g.id, f"held open by a technician before the restart; "
+                        f"`hubctl gate release {g.id}` ends it")
+        return BarrierDriver(g.id, host.strip("[]"), int(port), g.barrier.unit, None,
+                             lambda ev, gid=g.id: self._on_barrier(gid, ev),
+                             open_confirm_s=self.hub.cfg.gate.open_confirm_s,
+                             pulse_ms=self.hub.cfg.gate.pulse_ms, hold_open=g.id in held)
+
+    def held_gates(self) -> set[str]:
+        """Gates a technician holds open (`hubctl gate hold-open`), as stored."""
+        return {gid for (gid,) in self.hub.store.db.execute("SELECT gate FROM gate_holds")}
+
+    def _store_hold(self, gate_id: str, held: bool, user: str = "", reason: str = "") -> None:
+        with self.hub.store.transaction() as db:
+            if held:
+                db.execute("INSERT OR REPLACE INTO gate_holds (gate, since, user, reason) VALUES (?,?,?,?)",
+                           (gate_id, rfc3339(self.hub.clock.now()), user, reason))
+            else:
+                db.execute("DELETE FROM gate_holds WHERE gate = ?", (gate_id,))
 
     async def _start_camera(self, rt: GateRuntime, cam) -> None:
         rt.camera_id = f"{rt.id}-camera"
@@ -737,18 +770,26 @@ class SiteAccess(Capability):
                 raise ControlError("reason_required", "say why with --reason (it goes into the audit log), "
                                                       "e.g. --reason 'convoy arriving, barrier control by technician'")
             audit_action = "gate." + action.replace("-", "_")
+            if action != "open":
+                # The hold as wanted, on disk before the barrier hears of it:
+                # a restart re-applies it (or keeps it dropped).
+                self._store_hold(gid, action == "hold-open", caller.user, reason)
+                await self.hub.store.durable()
             try:
                 if action == "open":
                     await rt.barrier.pulse_open()
                     message = f"gate {gid} opened once; it closes by itself when the lane is clear"
                 elif action == "hold-open":
                     await rt.barrier.hold_open()
-                    message = f"gate {gid} held open until `hubctl gate release {gid}`"
+                    message = f"gate {gid} held open until `hubctl gate release {gid}`, also across a restart of the hub"
                 else:
                     await rt.barrier.release()
                     message = f"gate {gid} released: the barrier closes by itself once its loop and photocells are clear"
             except BarrierUnavailable as exc:
-                self.hub.audit(caller.user, audit_action, gid, reason, "failed")
+                with self.hub.store.transaction():
+                    if not rt.barrier.hold_wanted:
+                        self._store_hold(gid, False)  # a hold the barrier never took is not kept
+                    self.hub.audit(caller.user, audit_action, gid, reason, "failed")
                 raise ControlError("device_failed", f"gate {gid} did not take the command: {exc.reason}")
             if action != "release":
                 rt.last_open_mono = rt.last_mono = self.hub.clock.monotonic()

@@ -73,6 +73,8 @@ class FakeBarrier:
             on_sent(True)
 
     async def hold_open(self):
+        if self.silent:
+            raise BarrierUnavailable("I/O module 192.0.2.1:502 did not answer: check its power and network")
         self.hold_wanted = True
         self.commands.append("hold_open")
 

@@ -306,3 +306,48 @@ async def test_r_g7_r_c9_an_opening_is_recorded_and_durable_before_the_barrier_m
     at_exit = seen["G-OUT"]
     assert at_exit["types"].count("gate.opened") == 2 and "booking.fulfilled" in at_exit["types"]
     assert at_exit["journal"][-1] == "fulfilled" and at_exit["durable"]
+
+
+async def test_r_g5_r_t3_a_technicians_hold_open_is_kept_across_a_restart_and_its_release_too(rig, tmp_path):
+    """A hold-open a technician ordered is stored before the barrier hears
+    of it; the hub restarted builds that gate's driver with the hold
+    wanted, so its first connection writes it again (drivers/barrier.py).
+    A release is stored the same way; a hold the barrier never took is not
+    kept."""
+    from types import SimpleNamespace
+
+    from edge.config import parse_config
+    from edge.control import ControlError
+    from edge.hub import Hub
+    from site_builders import config
+
+    async def progress(_):
+        pass
+
+    tech = SimpleNamespace(user="tech1")
+    gate = rig.site.control_handlers()["gate"]
+    await gate({"action": "hold-open", "id": "G-IN", "reason": "convoy arriving"}, tech, progress)
+    assert rig.barriers["G-IN"].commands == ["hold_open"]
+    rig.barriers["G-OUT"].silent = True
+    try:
+        await gate({"action": "hold-open", "id": "G-OUT", "reason": "convoy leaving"}, tech, progress)
+    except ControlError as exc:
+        assert exc.code == "device_failed"
+    else:
+        raise AssertionError("a hold the barrier did not take was reported as done")
+    await rig.settle()
+
+    def restarted():
+        hub = Hub(parse_config(config(tmp_path), tmp_path / "hub.toml"), clock=rig.clock)
+        site = next(p for p in hub.capabilities if p.name == "site")
+        held = site.held_gates()
+        drivers = {g.id: site._barrier(g, held) for g in hub.cfg.gates}
+        hub.store.close()
+        return held, {gid: d.hold_wanted for gid, d in drivers.items()}
+
+    held, wanted = restarted()
+    assert held == {"G-IN"} and wanted == {"G-IN": True, "G-OUT": False}
+    await gate({"action": "release", "id": "G-IN", "reason": "convoy through"}, tech, progress)
+    await rig.settle()
+    held, wanted = restarted()
+    assert held == set() and wanted == {"G-IN": False, "G-OUT": False}
