@@ -583,40 +583,46 @@ class SiteAccess(Capability):
         return cid
 
     def _apply(self, decisions: list[BookingDecision], now: datetime) -> None:
-        """Carry out bay decisions on the connectors, publish them, then
-        record them in the book."""
+        """Carry out bay decisions: each one's hold on the connector, its
+        event and the booking's journal entry are one commit, so a restart
+        never finds a decision announced but not recorded (made and
+        announced again) or recorded but not announced."""
         for d in decisions:
-            b = self.book.get(d.booking_id)
-            if isinstance(d, BayAssigned):
-                cid = self._reserve(d.bay_id, d.booking_id)
-                self._unplaced.discard(d.booking_id)
-                self.hub.emit("booking.assigned", {
-                    "booking": d.booking_id, "bay": d.bay_id, "connector": cid,
-                    "slot_start": rfc3339(b.slot_start) if b else None, "slot_end": rfc3339(b.slot_end) if b else None,
-                    "reason": d.reason})
-            elif isinstance(d, BayReassigned):
-                self._release_hold(d.from_bay_id, d.booking_id)
-                cid = self._reserve(d.to_bay_id, d.booking_id)
-                self._unplaced.discard(d.booking_id)
-                self.hub.emit("booking.reassigned", {"booking": d.booking_id, "from_bay": d.from_bay_id,
-                                                     "bay": d.to_bay_id, "connector": cid, "reason": d.reason})
-            elif isinstance(d, NoShow):
-                self.hub.emit("booking.no_show", {"booking": d.booking_id, "bay": d.bay_id, "reason": d.reason})
-            elif isinstance(d, BayReleased):
-                self._release_hold(d.bay_id, d.booking_id)
-            elif isinstance(d, Overstay):
-                self.hub.emit("booking.overstay", {"booking": d.booking_id, "bay": d.bay_id,
-                                                   "overstay_s": int(d.overstay.total_seconds()), "reason": d.reason})
-            elif isinstance(d, NoBayAvailable):
-                if d.booking_id in self._unplaced:
-                    continue  # reported once; review finds it again every second
-                self._unplaced.add(d.booking_id)
-                self.hub.emit("booking.unplaced", {"booking": d.booking_id, "reason": d.reason})
-            try:
-                apply_decisions(self.book, [d], now)
-            except BookingStateError as exc:
-                log.warning("booking.decision_not_recorded booking=%s kind=%s reason=%r", d.booking_id, d.kind, str(exc))
-            self._changed(d.booking_id)
+            with self.hub.store.transaction():
+                self._apply_one(d, now)
+
+    def _apply_one(self, d: BookingDecision, now: datetime) -> None:
+        b = self.book.get(d.booking_id)
+        if isinstance(d, BayAssigned):
+            cid = self._reserve(d.bay_id, d.booking_id)
+            self._unplaced.discard(d.booking_id)
+            self.hub.emit("booking.assigned", {
+                "booking": d.booking_id, "bay": d.bay_id, "connector": cid,
+                "slot_start": rfc3339(b.slot_start) if b else None, "slot_end": rfc3339(b.slot_end) if b else None,
+                "reason": d.reason})
+        elif isinstance(d, BayReassigned):
+            self._release_hold(d.from_bay_id, d.booking_id)
+            cid = self._reserve(d.to_bay_id, d.booking_id)
+            self._unplaced.discard(d.booking_id)
+            self.hub.emit("booking.reassigned", {"booking": d.booking_id, "from_bay": d.from_bay_id,
+                                                 "bay": d.to_bay_id, "connector": cid, "reason": d.reason})
+        elif isinstance(d, NoShow):
+            self.hub.emit("booking.no_show", {"booking": d.booking_id, "bay": d.bay_id, "reason": d.reason})
+        elif isinstance(d, BayReleased):
+            self._release_hold(d.bay_id, d.booking_id)
+        elif isinstance(d, Overstay):
+            self.hub.emit("booking.overstay", {"booking": d.booking_id, "bay": d.bay_id,
+                                               "overstay_s": int(d.overstay.total_seconds()), "reason": d.reason})
+        elif isinstance(d, NoBayAvailable):
+            if d.booking_id in self._unplaced:
+                return  # reported once; review finds it again every second
+            self._unplaced.add(d.booking_id)
+            self.hub.emit("booking.unplaced", {"booking": d.booking_id, "reason": d.reason})
+        try:
+            apply_decisions(self.book, [d], now)
+        except BookingStateError as exc:
+            log.warning("booking.decision_not_recorded booking=%s kind=%s reason=%r", d.booking_id, d.kind, str(exc))
+        self._changed(d.booking_id)
 
     def _release_stale(self, now: datetime) -> None:
         for h in stale_holds(self._reserved(), self.book, self.bay_of_connector):

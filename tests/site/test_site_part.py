@@ -351,3 +351,33 @@ async def test_r_g5_r_t3_a_technicians_hold_open_is_kept_across_a_restart_and_it
     await rig.settle()
     held, wanted = restarted()
     assert held == set() and wanted == {"G-IN": False, "G-OUT": False}
+
+
+async def test_r_b2_r_c9_a_bay_assignment_its_event_and_its_journal_entry_are_one_commit(rig, tmp_path, monkeypatch):
+    """Killed between the booking.assigned event and the booking's journal
+    entry, the restarted hub found the booking unassigned and assigned and
+    announced it again. Every commit the assignment makes leaves either both
+    or neither on disk (the database as a SIGKILL right after each commit
+    leaves it)."""
+    import sqlite3
+
+    from edge import store as store_module
+    from tests.foundation.hub_rig import CrashImages
+
+    monkeypatch.setattr(store_module, "CHECKPOINT_AFTER_COMMITS", 10**6)
+    monkeypatch.setattr(store_module, "CHECKPOINT_FORCED_AFTER_COMMITS", 10**6)
+    rig.sync(booking("K1", NOW + timedelta(minutes=30)))
+    images = CrashImages(rig.hub.store, tmp_path / "images")
+    rig.tick()
+    taken = images.stop()
+    assert [d["booking"] for d in rig.of("booking.assigned")] == ["K1"]
+    assert taken
+    for image in taken:
+        db = sqlite3.connect(image / "hub.sqlite3")
+        try:
+            announced = [json.loads(b)["type"] for (b,) in db.execute("SELECT body FROM outbox")].count("booking.assigned")
+            journal = [json.loads(d)["status"] for (d,) in db.execute("SELECT doc FROM booking_journal WHERE id = 'K1'")]
+        finally:
+            db.close()
+        assert announced == journal.count("assigned") == 1 or announced == journal.count("assigned") == 0, \
+            f"{image.name}: booking.assigned {announced} times with the journal saying {journal}"
