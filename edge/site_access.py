@@ -293,8 +293,9 @@ class SiteAccess(Capability):
         self._saving = False
         self._last_save = 0.0
         self._last_purge = 0.0
-        hub.session_started_hooks.append(self._session_started)
-        hub.session_ended_hooks.append(self._session_ended)
+        # The booking's step is in the commit of the session's own.
+        hub.session_started_records.append(self._session_started)
+        hub.session_ended_records.append(self._session_ended)
         hub.store.db.executescript(GATE_HOLDS_SCHEMA)
 
     @property
@@ -328,7 +329,7 @@ class SiteAccess(Capability):
                              pulse_ms=self.hub.cfg.gate.pulse_ms, hold_open=g.id in held)
 
     def held_gates(self) -> set[str]:
-        """Gates a technician holds open (`hubctl gate hold-open`), as stored."""
+        """Gates a technician holds open (hubctl gate hold-open), as stored."""
         return {gid for (gid,) in self.hub.store.db.execute("SELECT gate FROM gate_holds")}
 
     def _store_hold(self, gate_id: str, held: bool, user: str = "", reason: str = "") -> None:
