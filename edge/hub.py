@@ -513,9 +513,12 @@ class Hub:
             log.warning("session.not_started connector=%s reason=%s", connector_id, exc)
 
     def _resume_starts(self, charger_id: str) -> None:
-        """After a restart: a session written as 'starting' whose charger is
-        not charging yet gets its start sent again (the first may never have
-        left); one already charging simply goes on (R-C9)."""
+        """After a restart, what a commit set going may never have left
+        (R-C9): a session written as 'starting' whose charger is not charging
+        yet gets its start sent again; one already charging simply goes on.
+        A connector found Finishing with its session ended gets the unlock it
+        is owed (R-C5), and a free-vend connector found Preparing with no
+        session gets its start. Each command is safe to repeat."""
         for cid, place in self.places.items():
             if place.charger_id != charger_id:
                 continue
@@ -526,6 +529,12 @@ class Hub:
                 if age < self.cfg.charging.start_timeout_s:
                     log.info("session.start_resent session=%s connector=%s", s.id, cid)
                     self._spawn(self._send(place.charger_id, "start", cid))
+            elif c.state == "Finishing" and not c.session_id:
+                log.info("connector.unlock_resumed connector=%s", cid)
+                self._spawn(self._unlock(c, retries=self.cfg.charging.unlock_retries))
+            elif c.state == "Preparing" and not c.session_id and place.free_vend and c.hw_plugged():
+                log.info("session.free_vend_resumed connector=%s", cid)
+                self._spawn(self._start_free_vend(cid))
 
     # -------------------------------------------------------------- sessions
     def _session_event(self, s: Session) -> dict:
