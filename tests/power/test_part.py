@@ -97,9 +97,10 @@ async def test_r_e4_a_charger_that_refuses_its_limit_is_counted_at_rated_power(r
     rig.plug("C1", session="S1")
     rig.plug("C3", session="S3")
     rig.chargers["CH2"].refusing = True
-    rig.meter(100)
     for _ in range(4):
+        rig.meter(100)
         result = await rig.step(1)
+    assert result.mode == "normal"
     assert result.allocation.counted_kw["C3"] == pytest.approx(400)  # the VoltFlow's rated power
     assert len(limits(rig, "C3")) >= 2, "it is sent its limit again"
     # C1 gets only what is left beside C3 counted at rated.
@@ -239,3 +240,31 @@ def test_amps_only_station_is_sent_whole_amps_never_above_its_share(tmp_path):
         assert rig.part.watts_for(LimitCommand("C1", 100.0, False, "raise")) == 100_000
     finally:
         rig.close()
+
+
+async def test_r_e6_hubctl_power_shows_each_share_and_its_json_follows_the_schema(rig):
+    import argparse
+    import json
+    from pathlib import Path
+
+    import jsonschema
+
+    from edge.hubctl import Style
+    from edge.parts.power.cli import render_power
+
+    rig.plug("C1", session="S1")
+    rig.plug("C3", session="S3")
+    rig.chargers["CH2"].refusing = True
+    for _ in range(4):
+        rig.meter(100)
+        await rig.step(1)
+    data = json.loads(json.dumps(rig.part.view()))
+    schema = json.loads((Path(__file__).resolve().parents[2] / "edge/schemas/hubctl/power.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(data)
+    text = render_power(data, Style(False), argparse.Namespace())
+    assert "site load   100 kW" in text and "mode normal" in text
+    c1 = next(line for line in text.splitlines() if line.startswith("C1 "))
+    c3 = next(line for line in text.splitlines() if line.startswith("C3 "))
+    assert "ad-hoc" in c1 and " ok" in c1
+    assert "counted at rated power" in c3
+    assert next(line for line in text.splitlines() if line.startswith("C2 ")).rstrip().endswith("idle")
