@@ -4,12 +4,18 @@ raises and keeps, with stand-in chargers behind the charger interface
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 from datetime import timedelta
+from pathlib import Path
 
+import jsonschema
 import pytest
 
 from edge.hub import Refused
+from edge.hubctl import Style
+from edge.parts.power.cli import render_power
 from edge.schemas import validator
 from tests.power.part_rig import POWER, T0, PowerRig
 
@@ -93,13 +99,19 @@ async def test_r_e2_lowered_limits_are_sent_before_raised_ones(rig):
     assert first_c1 < first_c3, f"the lowering went out first: {order}"
 
 
-async def test_r_e4_a_charger_that_refuses_its_limit_is_counted_at_rated_power(rig):
+async def c3_refusing(rig, steps: int = 4):
+    """C1 and C3 charging, C3's charger refusing every limit; the meter reads 100 kW."""
     rig.plug("C1", session="S1")
     rig.plug("C3", session="S3")
     rig.chargers["CH2"].refusing = True
-    for _ in range(4):
+    for _ in range(steps):
         rig.meter(100)
         result = await rig.step(1)
+    return result
+
+
+async def test_r_e4_a_charger_that_refuses_its_limit_is_counted_at_rated_power(rig):
+    result = await c3_refusing(rig)
     assert result.mode == "normal"
     assert result.allocation.counted_kw["C3"] == pytest.approx(400)  # the VoltFlow's rated power
     assert len(limits(rig, "C3")) >= 2, "it is sent its limit again"
@@ -243,21 +255,7 @@ def test_amps_only_station_is_sent_whole_amps_never_above_its_share(tmp_path):
 
 
 async def test_r_e6_hubctl_power_shows_each_share_and_its_json_follows_the_schema(rig):
-    import argparse
-    import json
-    from pathlib import Path
-
-    import jsonschema
-
-    from edge.hubctl import Style
-    from edge.parts.power.cli import render_power
-
-    rig.plug("C1", session="S1")
-    rig.plug("C3", session="S3")
-    rig.chargers["CH2"].refusing = True
-    for _ in range(4):
-        rig.meter(100)
-        await rig.step(1)
+    await c3_refusing(rig)
     data = json.loads(json.dumps(rig.part.view()))
     schema = json.loads((Path(__file__).resolve().parents[2] / "edge/schemas/hubctl/power.json").read_text())
     jsonschema.Draft202012Validator(schema).validate(data)
