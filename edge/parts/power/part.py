@@ -74,6 +74,7 @@ class SitePower(Capability):
         super().__init__(hub)
         self.cfg = hub.cfg.power
         self.controller: PowerController | None = None
+        self._wake: asyncio.Event | None = None
         if self.cfg is None:
             return
         p = self.cfg
@@ -98,7 +99,6 @@ class SitePower(Capability):
         self.confirmed: dict[str, float | None] = {}
         self.steps = 0
         self.step_s = 0.0  # time spent deciding, for the loop's cost
-        self._wake: asyncio.Event | None = None
         self._published_at = -math.inf
         self._publish_due = False
         self._fail_safe = {ch: -math.inf for ch in hub.chargers}  # charger -> when last tried; absent: taken
