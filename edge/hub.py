@@ -134,6 +134,11 @@ class Capability:
         """Extra control-socket commands: name -> async handler(args, caller, progress)."""
         return {}
 
+    def booked_slot(self, connector_id: str) -> tuple[datetime, datetime] | None:
+        """The slot (start, end) of the booking whose truck is at this
+        connector, when this part knows of one (site power asks, R-E3)."""
+        return None
+
 
 # The parts of the hub, in start order. Each module exposes a Capability
 # subclass; a part with nothing configured stays idle.
@@ -141,6 +146,7 @@ CAPABILITIES = (
     "edge.cards:CardAuthorisation",
     "edge.payments:Payments",
     "edge.site_access:SiteAccess",
+    "edge.parts.power.part:SitePower",
 )
 
 
@@ -1370,6 +1376,19 @@ class Hub:
                                       f"check the SD card (dmesg, free space)" if failing else None),
             "detail": {"critical": True, **w},
         }
+
+    def booked_slot(self, connector_id: str) -> tuple[datetime, datetime] | None:
+        """The booked slot of the truck at a connector, from whichever part
+        keeps bookings; None for a truck without one."""
+        for part in self.capabilities:
+            try:
+                slot = part.booked_slot(connector_id)
+            except Exception:
+                log.exception("capability.failed part=%s hook=booked_slot", part.name)
+                continue
+            if slot is not None:
+                return slot
+        return None
 
     def _part_sections(self) -> dict:
         out: dict = {}

@@ -293,6 +293,7 @@ class SiteAccess(Capability):
         self._saving = False
         self._last_save = 0.0
         self._last_purge = 0.0
+        self._charging_at: dict[str, str] = {}  # connector -> booking charging there
         hub.session_started_hooks.append(self._session_started)
         hub.session_ended_hooks.append(self._session_ended)
         hub.store.db.executescript(GATE_HOLDS_SCHEMA)
@@ -696,7 +697,22 @@ class SiteAccess(Capability):
             log.warning("booking.charging_not_recorded booking=%s reason=%r", bid, str(exc))
             return
         self._changed(bid)
+        self._charging_at[s.connector] = bid
         self.hub.emit("booking.charging", {"booking": bid, "session": s.id, "connector": s.connector, "bay": b.bay_id})
+
+    def booked_slot(self, connector_id: str):
+        """The slot of the booking charging at this connector (site power
+        gives it its departure, R-E3): the one whose session started there,
+        the session's own booking, or the one the connector is held for."""
+        c = self.hub.connectors.get(connector_id)
+        if c is None or not c.session_id:
+            return None
+        s = self.hub.sessions.get(c.session_id)
+        for bid in (self._charging_at.get(connector_id), s.booking_id if s else None, c.reserved_for):
+            b = self.book.get(bid) if bid else None
+            if b is not None and b.status == lifecycle.CHARGING:
+                return (b.slot_start, b.slot_end)
+        return None
 
     def _session_ended(self, s) -> None:
         c = self.hub.connectors.get(s.connector)
