@@ -285,7 +285,7 @@ class Hub:
         """A charger of a protocol part (OCPP ...), built by the factory
         its part registered in PROTOCOLS; it reports through this hub as
         its ChargerSink."""
-        import edge.parts.chargers.ocpp  # noqa: F401  (registers ocpp1.6 and ocpp2.0.1)
+        import edge.parts.chargers.ocpp.part  # noqa: F401  (registers ocpp1.6 and ocpp2.0.1)
         from edge.core.charger import PROTOCOLS
 
         charger = PROTOCOLS[ch.protocol](self, ch)

@@ -318,3 +318,30 @@ def test_hub_builds_ocpp_chargers_through_protocols(tmp_path):
     assert isinstance(ch, Charger) and isinstance(ch, Reservations) and isinstance(ch, PowerLimits)
     assert rig.hub.places["C8"].index == 2 and isinstance(rig.hub, Hub)
     rig.close()
+
+
+async def test_every_event_of_an_ocpp_day_follows_its_schema(rig):
+    from edge.envelope import validate_event
+    from drivers.ocpp.events import HandshakeRefused, Notification
+
+    await rig.boot()
+    assert (await rig.authorise("04BB0002")).status == "Blocked"
+    await rig.status(1, "Preparing")
+    tx = str((await rig.start(1, "04AA0001", meter=10)).transaction_id)
+    await rig.status(1, "Charging")
+    await rig.stop(tx, 5000, evse=1)
+    rig.station.answers["unlock"] = "Rejected"
+    await rig.hub.unlock("C8")
+    await rig.site.handshake_refused(HandshakeRefused("CS9", "10.0.0.9:4000", 401, "unknown station", rig.clock.now()))
+    await rig.site.notification(Notification("CS1", "security", "SecurityEventNotification",
+                                             "SettingSystemTime at 2026-12-04", True, rig.clock.now()))
+    rig.charger._lose("charger offline", "no frame for 95 s")
+    await rig.connect()
+    await rig.settle()
+    events = rig.events()
+    types = {e["type"] for e in events}
+    assert {"device.command_failed", "device.handshake_refused", "device.notification", "auth.rejected",
+            "session.started", "session.stopped", "device.fault", "device.recovered"} <= types
+    for e in events:
+        validate_event(e)
+    assert "s3cret" not in str(events)
