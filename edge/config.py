@@ -218,7 +218,7 @@ class OcppSection(Section):
     """The hub's OCPP-J endpoint for the stations on its site network (R-O1)."""
 
     listen: HostPort = "0.0.0.0:9000"
-    heartbeat_interval_s: int = Field(default=300, ge=10, le=86_400, description="sent in the BootNotification answer")
+    heartbeat_interval_s: int = Field(default=300, ge=1, le=86_400, description="sent in the BootNotification answer")
     offline_after_s: float = Field(default=600, gt=0, le=86_400, description="silent this long: connectors Unavailable")
     max_frame_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
     meter_interval_s: int = Field(default=60, ge=1, le=3600, description="meter sample interval asked of stations")

@@ -713,10 +713,11 @@ class Hub:
         s.status = "stopped"
         s.stop_reason = reason
         s.stopped_at = now
-        s.meter_stop_wh = reading.energy_wh
+        stop = reading.energy_wh if reading.energy_wh is not None else s.meter_start_wh
+        s.meter_stop_wh = stop
         s.signed_stop = getattr(reading, "signed_meter_value", None)
-        start = s.meter_start_wh if s.meter_start_wh is not None else reading.energy_wh
-        s.energy_wh = max(0, reading.energy_wh - start)
+        start = s.meter_start_wh if s.meter_start_wh is not None else stop
+        s.energy_wh = max(0, stop - start) if stop is not None else 0
         with _changing(c), self.store.transaction():
             self.sessions.update(s, now)
             c.last_session_id = s.id
@@ -915,9 +916,9 @@ class Hub:
         samples = []
         for cid, c in self.connectors.items():
             r = self.readings.get(cid)
-            if c.state not in ACTIVE or r is None:
-                continue
-            sample = {"connector": cid, "ts": rfc3339(now), "energy_wh": int(r.energy_wh), "power_w": float(r.power_w)}
+            if c.state not in ACTIVE or r is None or r.energy_wh is None:
+                continue  # a charger that has not said its meter yet (an OCPP station before MeterValues)
+            sample = {"connector": cid, "ts": rfc3339(now), "energy_wh": int(r.energy_wh), "power_w": float(r.power_w or 0)}
             if getattr(r, "soc", None) is not None:
                 sample["soc"] = float(r.soc)
             if c.session_id:
@@ -1373,7 +1374,8 @@ class Hub:
             s = self.sessions.get(c.session_id) if c.session_id else None
             if s:
                 r = self.readings.get(cid)
-                v["session_energy_wh"] = max(0, getattr(r, "energy_wh", 0) - (s.meter_start_wh or 0)) if r else None
+                energy = getattr(r, "energy_wh", None)
+                v["session_energy_wh"] = max(0, energy - (s.meter_start_wh or 0)) if energy is not None else None
                 v["session_method"] = s.method
             connectors.append(v)
         return {

@@ -315,7 +315,9 @@ class OcppCharger(Charger):
             verdict = await self.site.decide_token(ev.id_token, cid or self.id)
             decision = IdTokenDecision(verdict.status, group=verdict.group)
         now = self.hub.clock.now()
-        method = "remote" if pending is not None else (verdict.method if verdict and verdict.method else "emsp_card")
+        method = "remote"
+        if pending is None and verdict is not None:
+            method = verdict.method or ("own_card" if verdict.token_type == "own" else "emsp_card")
         with self.hub.store.transaction():
             tx_id = str(store.new_transaction_id(self.id, now)) if ev.transaction_id is None else ev.transaction_id
             extra = {"ocpp": {"charger": self.id, "transaction_id": tx_id, "offline": ev.offline,
