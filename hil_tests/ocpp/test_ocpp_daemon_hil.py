@@ -174,7 +174,7 @@ async def test_r_o1_unknown_station_and_wrong_password_refused_401_and_evented(h
         for sid, password in (("NOPE", PASSWORD), ("CS1", "wrong-password")):
             with pytest.raises(aiohttp.WSServerHandshakeError) as info:
                 await http.ws_connect(f"{hub.url}/{sid}", protocols=("ocpp1.6",),
-                                      headers={"Authorization": aiohttp.BasicAuth(sid, password).encode()})
+                                      headers={"Authorization": aiohttp.encode_basic_auth(sid, password)})
             assert info.value.status == 401
     refused = await until(lambda: len(hub.events("device.handshake_refused")) >= 2 and
                           hub.events("device.handshake_refused"), what="two refusals evented")
