@@ -69,10 +69,10 @@ def test_loop_thread_at_reads_the_innermost_frames_of_the_thread_that_took_the_s
         '  File "/x/threading.py", line 331 in wait\n'
         "\n"
         "Current thread 0x00007f0000000002 (most recent call first):\n"
-        '  File "/x/edge/store.py", line 844 in durable\n'
-        '  File "/x/edge/hub.py", line 12 in save_bookings\n'
+        '  File "/x/edge/core/store.py", line 844 in durable\n'
+        '  File "/x/edge/core/hub.py", line 12 in save_bookings\n'
         '  File "/x/asyncio/events.py", line 84 in _run\n'
         "\n"
     )
-    assert loop_thread_at(dump, frames=2) == '"/x/edge/store.py", line 844 in durable < "/x/edge/hub.py", line 12 in save_bookings'
+    assert loop_thread_at(dump, frames=2) == '"/x/edge/core/store.py", line 844 in durable < "/x/edge/core/hub.py", line 12 in save_bookings'
     assert loop_thread_at("no dump here") is None

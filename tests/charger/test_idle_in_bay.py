@@ -12,9 +12,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from edge.clock import FakeClock
-from edge.config import parse_config
-from edge.envelope import validate_event
+from units import FakeClock
+from edge.core.config import parse_config
+from edge.cloud.envelope import validate_event
 
 ROOT = Path(__file__).resolve().parents[2]
 MAPS = ROOT / "config" / "register-maps"
@@ -37,7 +37,7 @@ class AcceptingCharger:
 
 class IdleRig:
     def __init__(self, tmp: Path):
-        from edge.hub import Hub
+        from edge.core.hub import Hub
 
         cfg = tomllib.loads(f"""
 [hub]
@@ -115,6 +115,7 @@ async def test_r_c8_idle_in_bay_after_the_configured_time_once(rig):
     for _ in range(5):
         rig.tick(IDLE_AFTER_S)
     assert len(rig.idle_events()) == 1, "R-C8: one event per stay, not one per tick"
+    await rig.hub.store.durable()  # the outbox hands out only what is on disk
     stored = [e for e in rig.hub.outbox.read_batch(1000) if e.type == "connector.idle_in_bay"]
     assert len(stored) == 1
     validate_event(stored[0].to_dict())
