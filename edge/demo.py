@@ -198,6 +198,7 @@ class DemoHub:
     log_path: Path | None = None
     script_log: list[str] = field(default_factory=list)
     parts: list = field(default_factory=list)
+    part_modules: tuple = DEMO_PARTS  # the demo parts to bring (a test site may leave some out)
     # Simulators the parts share, e.g. readers["R1"] -> CardSimulator,
     # terminals["T1"] -> ZvtTerminalSimulator, cameras / barriers by gate id.
     devices: dict = field(default_factory=dict)
@@ -453,7 +454,7 @@ def load_parts(demo: "DemoHub") -> list[DemoPart]:
     import importlib
 
     parts = []
-    for name in DEMO_PARTS:
+    for name in demo.part_modules:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:

@@ -23,7 +23,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from edge.core.control import request
-from edge.demo import ROOT, DemoHub
+from edge.demo import DEMO_PARTS, ROOT, DemoHub
 
 SPEED = 60.0  # simulated seconds per real second: about 5 kWh a real second at 300 kW
 DEMO_ID = "DEMO-01"
@@ -31,7 +31,9 @@ DEMO_ID = "DEMO-01"
 
 class CrashHub(DemoHub):
     """The demo hub whose daemon is the counting entry point; it starts
-    no daemon of its own: each run starts one with its arguments."""
+    no daemon of its own: each run starts one with its arguments. The demo's
+    OCPP station is left out: no journey uses it, and its connection is
+    the demo day's first step, which these runs do not play."""
 
     daemon_argv: list[str] | None = None
 
@@ -113,7 +115,8 @@ class CrashSite:
 
     # ------------------------------------------------------------ the site
     async def start(self) -> "CrashSite":
-        self.hub = CrashHub(state_dir=self.base / "site", socket=self.base / "site" / "control.sock", speed=SPEED)
+        self.hub = CrashHub(state_dir=self.base / "site", socket=self.base / "site" / "control.sock", speed=SPEED,
+                            part_modules=tuple(name for name in DEMO_PARTS if ".ocpp." not in name))
         notes = await self.hub.start()
         if self.hub.private_broker is None or self.hub.cloud is None:
             await self.hub.stop()
