@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import jsonschema
 import pytest
 
 from edge.envelope import validate_event
@@ -22,6 +23,7 @@ from hil_tests.daemon import RunningDaemon
 from simulators.broker import free_port
 from simulators.ocpp_station import OcppStation
 
+ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "station-pw-0123456789"
 OWN = "04A1B2C3"
 BLOCKED = "0BADBAD0"
@@ -121,7 +123,7 @@ async def hub(tmp_path):
     d.terminate()
 
 
-async def test_r_o1_r_o2_r_o4_card_at_the_stations_reader_charges_and_stops_end_to_end(hub):
+async def test_r_o1_r_o2_r_o4_r_o7_card_at_the_stations_reader_charges_and_stops_end_to_end(hub):
     cs1 = hub.station("CS1", signed=True)
     await cs1.connect()
     try:
@@ -132,6 +134,9 @@ async def test_r_o1_r_o2_r_o4_card_at_the_stations_reader_charges_and_stops_end_
             "SimCharge", "SIM-MCS-1200", "1.0.0-sim", True)
         out = await hub.hubctl("chargers")
         assert out.returncode == 0 and "SimCharge" in out.stdout and "ocpp1.6" in out.stdout, out
+        machine = await hub.hubctl("--json", "chargers")
+        schema = json.loads((ROOT / "edge" / "schemas" / "hubctl" / "chargers.json").read_text())
+        jsonschema.Draft202012Validator(schema).validate(json.loads(machine.stdout))
         assert await cs1.tap(OWN, 0) == "Accepted"  # tapped before plugging: the station waits
         cs1.plug(0, soc=30)
         await hub.wait_connector("C1", "Charging")
