@@ -30,9 +30,12 @@ BLOCKED = "0BADBAD0"
 
 
 class OcppDaemon(RunningDaemon):
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, pki=None):
         super().__init__(tmp)
         self.port = free_port()
+        self.scheme = "wss" if pki else "ws"
+        tls = f'tls_cert = "{pki.server_cert}"\ntls_key = "{pki.server_key}"' if pki else ""
+        profile = "security_profile = 2" if pki else ""
         for sid in ("CS1", "CS2"):
             key = tmp / f"{sid}.key"
             key.write_text(PASSWORD + "\n")
@@ -51,9 +54,11 @@ listen = "127.0.0.1:{self.port}"
 heartbeat_interval_s = 1
 offline_after_s = 3
 meter_interval_s = 1
+{tls}
 [[chargers]]
 id = "CS1"
 protocol = "ocpp1.6"
+{profile}
 password_file = "{tmp / 'CS1.key'}"
 connectors = [ {{ id = "C1", evse = 1 }}, {{ id = "C2", evse = 2 }} ]
 [[chargers]]
@@ -71,7 +76,7 @@ connectors = [ {{ id = "C3", evse = 1, connector = 1 }} ]
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ocpp"
+        return f"{self.scheme}://127.0.0.1:{self.port}/ocpp"
 
     def station(self, sid: str, version: str = "ocpp1.6", **kw) -> OcppStation:
         kw.setdefault("connectors", 2 if sid == "CS1" else 1)
@@ -284,3 +289,27 @@ async def test_r_o5_silent_station_makes_its_connectors_unavailable_and_comes_ba
         assert any(e["data"]["device"] == "CS1" for e in hub.events("device.recovered"))
     finally:
         await cs1.close()
+
+
+async def test_r_o1_security_profile_2_wss_through_the_daemon(tmp_path):
+    import ssl
+
+    from hil_tests.broker import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    d = OcppDaemon(tmp_path, pki=pki)
+    d.start()
+    await d.wait_ready()
+    cs1 = d.station("CS1", ssl=ssl.create_default_context(cafile=str(pki.ca)))
+    try:
+        await cs1.connect()
+        assert cs1.boot_status == "Accepted" and d.url.startswith("wss://")
+        cs1.plug(0)
+        await d.wait_connector("C1", "Preparing")
+        plain = OcppStation("CS1", "ocpp1.6", d.url.replace("wss://", "ws://"), password=PASSWORD)
+        with pytest.raises((aiohttp.ClientError, OSError)):
+            await plain.connect()  # no plain websocket on a TLS listener
+        await plain.close()
+    finally:
+        await cs1.close()
+        d.terminate()
