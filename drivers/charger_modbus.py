@@ -58,6 +58,17 @@ EXCEPTION_CODES = {
 }
 
 
+class LimitNotSupported(Exception):
+    """The charger has no register for what was asked (the caller sees
+    ``outcome`` as the charger interface names it)."""
+
+    outcome = "not_supported"
+
+    def __init__(self, charger_id: str, reason: str):
+        self.charger_id = charger_id
+        super().__init__(f"charger {charger_id}: {reason}")
+
+
 class ChargerUnavailable(Exception):
     """The charger could not be read or commanded just now. The message says
     what happened and what to check; the driver keeps retrying by itself."""
@@ -299,6 +310,18 @@ class ChargerDriver:
         if watts < 0:
             raise ValueError(f"power limit {watts} W is negative; give 0 W or more")
         await self._command(connector_id, "power_limit", watts)
+
+    async def set_fail_safe_limit(self, watts_per_connector: int) -> None:
+        """The limit each connector holds by itself when the hub stops
+        talking to it, where the register map has one (fail_safe_limit)."""
+        if watts_per_connector < 0:
+            raise ValueError(f"fail-safe limit {watts_per_connector} W is negative; give 0 W or more")
+        if "fail_safe_limit" not in self.register_map.commands:
+            raise LimitNotSupported(
+                self.charger_id, f"register map {self.register_map.model!r} has no fail_safe_limit: the charger "
+                                 "keeps its last limit if the hub stops; check its own settings for one")
+        for connector_id in self.connectors:
+            await self._command(connector_id, "fail_safe_limit", watts_per_connector)
 
     async def unlock(self, connector_id: str) -> bool:
         """Ask the charger to release the connector and confirm it from the

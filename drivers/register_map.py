@@ -22,7 +22,9 @@ File format (every key is checked; unknown keys are refused as typos)::
       word_order = "little"              # optional override
       length = 200                       # strings: size in registers
       codes = { 0 = "unplugged", ... }   # status: hardware statuses; lock: locked | unlocked
-    [commands.NAME]                      # start, stop, unlock (with value), power_limit (W, scale)
+    [commands.NAME]                      # start, stop, unlock (with value), power_limit (W, scale);
+                                         # fail_safe_limit optional (W: what the charger holds by
+                                         # itself when the hub stops talking to it)
       offset = 240, type = "uint16", value = 1
 
 Everything here is pure: parsing, validation, address arithmetic and the
@@ -79,6 +81,8 @@ class RegisterMapError(ValueError):
 REQUIRED_REGISTERS = ("status", "energy", "power", "lock")
 OPTIONAL_REGISTERS = ("soc", "voltage", "current", "ocmf", "power_limit")
 REQUIRED_COMMANDS = ("start", "stop", "unlock", "power_limit")
+OPTIONAL_COMMANDS = ("fail_safe_limit",)
+WATT_COMMANDS = ("power_limit", "fail_safe_limit")  # they take the watts from the caller
 # A charger that cannot say at least these is no use to the connector state machine.
 REQUIRED_STATUSES = (
     HardwareStatus.UNPLUGGED,
@@ -356,8 +360,8 @@ def parse_register_map(data: dict[str, Any], source: str = "register map") -> Re
             problem(f"commands.{name}", "missing; this command is required")
     for name, entry in cmd_table.items():
         path = f"commands.{name}"
-        if name not in REQUIRED_COMMANDS:
-            problem(path, "unknown command; expected one of " + ", ".join(REQUIRED_COMMANDS))
+        if name not in REQUIRED_COMMANDS + OPTIONAL_COMMANDS:
+            problem(path, "unknown command; expected one of " + ", ".join(REQUIRED_COMMANDS + OPTIONAL_COMMANDS))
             continue
         if not isinstance(entry, dict):
             problem(path, "expected a table with offset and type")
@@ -509,9 +513,9 @@ def _command_spec(name, entry, path, default_order, stride, problem) -> CommandS
         ok = False
     scale = _scale(entry, path, problem)
     value = entry.get("value")
-    if name == "power_limit":
+    if name in WATT_COMMANDS:
         if value is not None:
-            problem(f"{path}.value", "power_limit takes the watts from the caller; remove value")
+            problem(f"{path}.value", f"{name} takes the watts from the caller; remove value")
     elif not _is_int(value):
         problem(f"{path}.value", f"expected the whole number to write for {name}, got {value!r}")
         ok = False

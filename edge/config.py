@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from drivers.anpr.read import DEFAULT_MAX_BODY
+from edge.parts.power.settings import PowerSection, power_problems
 
 
 def _port_in_range(port: int | None, where: str) -> None:
@@ -327,6 +328,7 @@ class HubConfig(Section):
     terminals: list[TerminalSection] = []
     readers: list[ReaderSection] = []
     gates: list[GateSection] = []
+    power: PowerSection | None = None  # site power (R-E1..R-E6); absent: chargers are never limited
 
     # Where the file was read from: relative paths in it are relative to it.
     source: str = Field(default="", exclude=True)
@@ -594,7 +596,7 @@ def _cross_check(cfg: HubConfig) -> list[str]:
             problems.append(f"cloud.key_file: {exc}")
     if cfg.hub.plate_secret_file and not _is_file(cfg.resolve(cfg.hub.plate_secret_file)):
         problems.append(f"hub.plate_secret_file: file {cfg.hub.plate_secret_file!r} not found")
-    return problems
+    return problems + power_problems(cfg)
 
 
 def parse_config(data: dict, source: str | Path = "") -> HubConfig:

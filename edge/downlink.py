@@ -51,7 +51,7 @@ SYNC_KINDS = ("tokens", "bookings", "tariffs", "maintenance")
 # Sync kinds whose messages may carry a version or ts of their own; tokens
 # are versioned by the token list itself (edge/tokens.py).
 ORDERED_KINDS = ("bookings", "tariffs", "maintenance")
-COMMANDS = ("unlock_connector", "set_availability", "open_gate", "stop_session", "resync")
+COMMANDS = ("unlock_connector", "set_availability", "open_gate", "stop_session", "resync", "set_power_limit")
 KEEP_HANDLED = timedelta(days=14)  # longer than any cloud retry; older ids are forgotten
 KEEP_ENDED_WINDOWS = timedelta(days=30)
 COMMAND_MAX_AGE = timedelta(hours=1)

@@ -15,7 +15,7 @@ from typing import Any
 
 from edge.clock import rfc3339
 
-STREAMS = ("session", "payment", "gate", "booking", "connector", "auth", "device", "audit", "sync")
+STREAMS = ("session", "payment", "gate", "booking", "connector", "auth", "device", "audit", "sync", "power")
 # Meter samples share the outbox but not the event topics: they go to
 # hub/{id}/telemetry/meter and are the only stream the quota may shed (R-M6).
 TELEMETRY_STREAM = "telemetry"

@@ -134,6 +134,11 @@ class Capability:
         """Extra control-socket commands: name -> async handler(args, caller, progress)."""
         return {}
 
+    def booked_slot(self, connector_id: str) -> tuple[datetime, datetime] | None:
+        """The slot (start, end) of the booking whose truck is at this
+        connector, when this part knows of one (site power asks, R-E3)."""
+        return None
+
 
 # The parts of the hub, in start order. Each module exposes a Capability
 # subclass; a part with nothing configured stays idle.
@@ -142,6 +147,7 @@ CAPABILITIES = (
     "edge.payments:Payments",
     "edge.site_access:SiteAccess",
     "edge.parts.chargers.ocpp.part:OcppPart",
+    "edge.parts.power.part:SitePower",
 )
 
 
@@ -572,9 +578,12 @@ class Hub:
             log.warning("session.not_started connector=%s reason=%s", connector_id, exc)
 
     def _resume_starts(self, charger_id: str) -> None:
-        """After a restart: a session written as 'starting' whose charger is
-        not charging yet gets its start sent again (the first may never have
-        left); one already charging simply goes on (R-C9)."""
+        """After a restart, what a commit set going may never have left
+        (R-C9): a session written as 'starting' whose charger is not charging
+        yet gets its start sent again; one already charging simply goes on.
+        A connector found Finishing with its session ended gets the unlock it
+        is owed (R-C5), and a free-vend connector found Preparing with no
+        session gets its start. Each command is safe to repeat."""
         for cid, place in self.places.items():
             if place.charger_id != charger_id:
                 continue
@@ -585,6 +594,12 @@ class Hub:
                 if age < self.cfg.charging.start_timeout_s:
                     log.info("session.start_resent session=%s connector=%s", s.id, cid)
                     self._spawn(self._send(place.charger_id, "start", cid))
+            elif c.state == "Finishing" and not c.session_id:
+                log.info("connector.unlock_resumed connector=%s", cid)
+                self._spawn(self._unlock(c, retries=self.cfg.charging.unlock_retries))
+            elif c.state == "Preparing" and not c.session_id and place.free_vend and c.hw_plugged():
+                log.info("session.free_vend_resumed connector=%s", cid)
+                self._spawn(self._start_free_vend(cid))
 
     # -------------------------------------------------------------- sessions
     def _session_event(self, s: Session) -> dict:
@@ -1422,6 +1437,19 @@ class Hub:
                                       f"check the SD card (dmesg, free space)" if failing else None),
             "detail": {"critical": True, **w},
         }
+
+    def booked_slot(self, connector_id: str) -> tuple[datetime, datetime] | None:
+        """The booked slot of the truck at a connector, from whichever part
+        keeps bookings; None for a truck without one."""
+        for part in self.capabilities:
+            try:
+                slot = part.booked_slot(connector_id)
+            except Exception:
+                log.exception("capability.failed part=%s hook=booked_slot", part.name)
+                continue
+            if slot is not None:
+                return slot
+        return None
 
     def _part_sections(self) -> dict:
         out: dict = {}

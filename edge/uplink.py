@@ -136,7 +136,7 @@ class Uplink:
         self._stopping = False
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
-        self._states: dict[str, bytes] = {}  # connector id -> latest retained state
+        self._states: dict[str, bytes] = {}  # topic below hub/{id}/ -> latest retained state
         self._acked: list[int] = []  # outbox positions acknowledged, not yet deleted
         self._ack_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="uplink-ack")
         self._ack_task: asyncio.Task | None = None
@@ -180,13 +180,18 @@ class Uplink:
                 "broker": redact_url(self.broker_url)}
 
     def publish_state(self, connector_id: str, payload: dict[str, Any]) -> None:
-        """Retained latest state of a connector. Only the newest matters, so it
-        is kept in memory (one per connector) and republished on reconnect."""
+        """Retained latest state of a connector."""
+        self.publish_retained(f"state/connector/{connector_id}", payload)
+
+    def publish_retained(self, subtopic: str, payload: dict[str, Any]) -> None:
+        """A retained state below hub/{id}/ (a connector's, the site power's).
+        Only the newest matters, so it is kept in memory (one per topic) and
+        republished on reconnect."""
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
-        self._states[connector_id] = body
+        self._states[subtopic] = body
         conn = self._conn
         if conn is not None and self._connected:
-            conn.client.publish(f"{self.root}/state/connector/{connector_id}", body, qos=1, retain=True)
+            conn.client.publish(f"{self.root}/{subtopic}", body, qos=1, retain=True)
 
     def publish_telemetry(self, payload: dict[str, Any]) -> None:
         """Meter samples: queued in the outbox's droppable telemetry stream
@@ -324,8 +329,8 @@ class Uplink:
     async def _session(self, conn: _Connection) -> None:
         client = conn.client
         self._publish_status(conn, online=True)
-        for connector_id, body in self._states.items():
-            client.publish(f"{self.root}/state/connector/{connector_id}", body, qos=1, retain=True)
+        for subtopic, body in self._states.items():
+            client.publish(f"{self.root}/{subtopic}", body, qos=1, retain=True)
         client.subscribe([(f"{self.root}/sync/+", 1), (f"{self.root}/cmd/+", 1), (f"{self.root}/auth/response", 1)])
         # Entries acknowledged on the previous connection but not yet deleted
         # would otherwise go out once more.

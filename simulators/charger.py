@@ -124,6 +124,8 @@ class SimulatedConnector:
     power_w: float = 0.0
     locked: bool = False
     limit_w: int | None = None
+    fail_safe_w: int | None = None  # what it holds by itself when no controller writes a limit
+    deaf_to_limits: bool = False  # takes power_limit writes and keeps its old limit
     lock_stuck: bool = False
     faulted: bool = False
     garbage_status: int | None = None
@@ -294,6 +296,12 @@ class ChargerSimulator:
         self._connector(i).garbage_status = code
         self._dirty = True
 
+    def deaf_to_limits(self, i: int, deaf: bool = True) -> None:
+        """Accept power_limit writes on the wire but keep the old limit (a
+        firmware that ignores them): the limit register reads the old one back."""
+        self._connector(i).deaf_to_limits = deaf
+        self._dirty = True
+
     def stuck_lock(self, i: int, stuck: bool = True) -> None:
         """Make the connector lock ignore unlock commands."""
         self._connector(i).lock_stuck = stuck
@@ -416,7 +424,12 @@ class ChargerSimulator:
             if accepted:
                 c.locked = False
         elif name == "power_limit":
-            c.limit_w = value
+            accepted = not c.deaf_to_limits
+            if accepted:
+                c.limit_w = value
+            self._dirty = True  # the register reads back the limit in force
+        elif name == "fail_safe_limit":
+            c.fail_safe_w = value
         self.commands.append(ReceivedCommand(i, name, value, accepted, time.monotonic(), source))
         log.info("simulator_command unit=%s connector=%d command=%s accepted=%s", self.unit, i, name, accepted)
 

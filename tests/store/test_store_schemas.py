@@ -11,10 +11,11 @@ from jsonschema import Draft202012Validator, ValidationError
 from edge.envelope import validate_event
 from edge.schemas import EVENT_SCHEMA_DIR, SCHEMA_DIR, event_types, schema_names, validator
 
-MESSAGE_KINDS = {"envelope", "status", "reply", "auth_request", "connector_state", "telemetry", "tokens",
+MESSAGE_KINDS = {"envelope", "status", "reply", "auth_request", "connector_state", "power_state", "telemetry", "tokens",
                  "bookings", "tariffs", "maintenance", "auth_response", "cmd"}
 EVENTS = {"connector.status", "session.started", "session.stopped", "device.fault", "device.recovered",
-          "device.alarm", "sync.applied", "sync.rejected", "audit.action"}
+          "device.alarm", "sync.applied", "sync.rejected", "audit.action", "power.limited", "power.fallback",
+          "power.restored"}
 
 
 @pytest.mark.parametrize("path", sorted(SCHEMA_DIR.glob("*.json")) + sorted(EVENT_SCHEMA_DIR.glob("*.json")),
