@@ -361,3 +361,13 @@ async def test_r_b3_r_o2_booked_start_uses_the_reservations_tag_so_the_station_l
     [got] = rig.sessions()
     assert got.id == s.id and got.booking_id == "bk-42" and got.status == "active"
     assert "cancel_reservation" not in rig.station.names()  # the station's reservation ends with its transaction
+
+
+async def test_a_limit_the_station_keeps_refusing_is_evented_once_not_at_every_step(rig):
+    from edge.core.charger import CommandFailed
+
+    rig.station.answers["set_power_limit"] = "NotSupported"
+    for _ in range(5):
+        with pytest.raises(CommandFailed):
+            await rig.charger.set_power_limit("C7", 80_000)
+    assert len(rig.events("device.command_failed")) == 1
