@@ -220,7 +220,7 @@ meter_interval_s = 1
 
 
 def _load_tokens(path: Path, n: int) -> list[str]:
-    from edge.tokens import TokenStore
+    from edge.parts.cards.tokens import TokenStore
 
     rnd = random.Random(17)
     uids = ["%014X" % rnd.getrandbits(56) for _ in range(n)]

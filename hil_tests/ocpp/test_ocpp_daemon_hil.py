@@ -17,8 +17,8 @@ import aiohttp
 import jsonschema
 import pytest
 
-from edge.envelope import validate_event
-from edge.tokens import TokenStore
+from edge.cloud.envelope import validate_event
+from edge.parts.cards.tokens import TokenStore
 from hil_tests.daemon import RunningDaemon
 from simulators.broker import free_port
 from simulators.ocpp_station import OcppStation
@@ -140,7 +140,7 @@ async def test_r_o1_r_o2_r_o4_r_o7_card_at_the_stations_reader_charges_and_stops
         out = await hub.hubctl("chargers")
         assert out.returncode == 0 and "SimCharge" in out.stdout and "ocpp1.6" in out.stdout, out
         machine = await hub.hubctl("--json", "chargers")
-        schema = json.loads((ROOT / "edge" / "schemas" / "hubctl" / "chargers.json").read_text())
+        schema = json.loads((ROOT / "edge" / "cloud" / "schemas" / "hubctl" / "chargers.json").read_text())
         jsonschema.Draft202012Validator(schema).validate(json.loads(machine.stdout))
         assert await cs1.tap(OWN, 0) == "Accepted"  # tapped before plugging: the station waits
         cs1.plug(0, soc=30)
