@@ -192,7 +192,7 @@ meter_interval_s = 1
         return t0
 
     async def ready(self, timeout: float = 60) -> float:
-        from edge.control import request
+        from edge.core.control import request
         deadline = time.perf_counter() + timeout
         while time.perf_counter() < deadline:
             if self.proc.poll() is not None:
