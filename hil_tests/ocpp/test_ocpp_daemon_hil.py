@@ -372,3 +372,26 @@ side = "left"
         d.terminate()
         cloud.stop()
         broker.kill()
+
+
+async def test_r_o2_r_o3_2_0_1_transaction_events_make_one_session_with_its_seq_nos(hub):
+    cs2 = hub.station("CS2", "ocpp2.0.1", signed=True)
+    await cs2.connect()
+    try:
+        await hub.wait_connector("C3", "Available")
+        cs2.plug(0, soc=40)
+        assert await cs2.tap(OWN, 0) == "Accepted"
+        await hub.wait_connector("C3", "Charging")  # from the TransactionEvent's charging state
+        [s] = await hub.wait_session("active")
+        tx = cs2.connectors[0].tx.tx_id
+        await asyncio.sleep(1.5)  # Updated events with meter values
+        assert await cs2.tap(OWN, 0) == "Stopped"
+        [s] = await hub.wait_session("stopped")
+        assert s["energy_wh"] > 0 and s["signed_stop"].startswith("OCMF|")
+        with hub.db() as db:
+            row = db.execute("SELECT session_id, last_seq, ended FROM ocpp_transactions WHERE station = 'CS2' "
+                             "AND transaction_id = ?", (tx,)).fetchone()
+        assert row[0] == s["id"] and row[1] >= 2 and row[2] == 1
+        assert not hub.events("device.transaction_gap") and not cs2.violations
+    finally:
+        await cs2.close()
