@@ -140,6 +140,8 @@ async def test_r_o1_r_o2_r_o4_r_o7_card_at_the_stations_reader_charges_and_stops
             "SimCharge", "SIM-MCS-1200", "1.0.0-sim", True)
         out = await hub.hubctl("chargers")
         assert out.returncode == 0 and "SimCharge" in out.stdout and "ocpp1.6" in out.stdout, out
+        status = await hub.hubctl("status")
+        assert "ocpp: 1 of 2 stations connected" in status.stdout, status.stdout
         machine = await hub.hubctl("--json", "chargers")
         schema = json.loads((ROOT / "edge" / "cloud" / "schemas" / "hubctl" / "chargers.json").read_text())
         jsonschema.Draft202012Validator(schema).validate(json.loads(machine.stdout))
