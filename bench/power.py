@@ -78,6 +78,37 @@ SERVED = 0.95  # a break truck got "what it could take" at this share of it
 GRACE_S = 5.0  # after a lowered limit, R-E2's time to be back under
 
 
+@dataclass(frozen=True)
+class Scenario:
+    """Who comes in a week and what the grid operator does."""
+
+    name: str
+    breaks: tuple[int, int, int]  # 45-minute breaks on a weekday, a Saturday, a Sunday
+    overnight: int  # overnight stays a night, none on Saturday night
+    curtail_chance: float  # chance of a curtailment window on a day (a weekday for the realistic week)
+    curtail_per_day: int  # curtailments in such a window day
+    curtail_kw: tuple[float, float]
+    curtail_min: tuple[float, float]
+    curtail_hours: tuple[float, float]
+    weekdays_only: bool
+
+
+# A hub of 4 MCS and 8 CCS bays on a motorway: drivers stop for their
+# legally required 45-minute breaks, late morning and late afternoon, and
+# some stay overnight; about half the breaks are booked. Two dozen breaks a
+# weekday (half at the weekend) and six overnight stays: each bay turns over
+# a few times a day and most of the time the connection is not the limit.
+# The connection is non-firm: on about half the weekdays the grid operator
+# lowers it for 20-60 minutes at its own evening peak.
+REALISTIC = Scenario("realistic week", breaks=(24, 12, 8), overnight=6, curtail_chance=0.5, curtail_per_day=1,
+                     curtail_kw=(1800, 2200), curtail_min=(20, 60), curtail_hours=(16, 20), weekdays_only=True)
+# More than the connection can serve: 44 breaks a weekday with their peaks
+# together, and the grid operator curtailing twice every day. A stress
+# figure: what breaks must lose, and whether the limit still holds.
+OVERLOADED = Scenario("overloaded week", breaks=(44, 22, 12), overnight=6, curtail_chance=1.0, curtail_per_day=2,
+                      curtail_kw=(1400, 2000), curtail_min=(15, 60), curtail_hours=(6, 21), weekdays_only=False)
+
+
 # --------------------------------------------------------------------------
 # The week: who comes when, and what goes wrong.
 
@@ -101,7 +132,7 @@ class Visit:
     finished: bool = False
 
 
-def traffic(rng: random.Random, days: int) -> list[Visit]:
+def traffic(rng: random.Random, days: int, scenario: Scenario = REALISTIC) -> list[Visit]:
     visits: list[Visit] = []
 
     def truck(arrive, leave, kind, booked, on_break, slot_end, soc):
@@ -116,13 +147,13 @@ def traffic(rng: random.Random, days: int) -> list[Visit]:
     for day in range(days):
         t0 = day * 86400.0
         weekday = (EPOCH + timedelta(days=day)).weekday()
-        for _ in range({5: 22, 6: 12}.get(weekday, 44)):  # breaks: fewer at the weekend
+        for _ in range({5: scenario.breaks[1], 6: scenario.breaks[2]}.get(weekday, scenario.breaks[0])):
             hour = rng.gauss(11.5, 2.0) if rng.random() < 0.5 else rng.gauss(17.0, 1.8)
             arrive = t0 + min(21.5, max(5.0, hour)) * 3600 + rng.uniform(0, 60)
             booked = rng.random() < 0.5
             truck(arrive, arrive + rng.uniform(45, 50) * 60, "MCS" if rng.random() < 0.45 else "CCS", booked, True,
                   arrive + 50 * 60 if booked else None, rng.uniform(10, 40))
-        for _ in range(0 if weekday == 5 else 6):  # overnight stays, none on Saturday night
+        for _ in range(0 if weekday == 5 else scenario.overnight):  # overnight stays, none on Saturday night
             arrive = t0 + rng.uniform(18, 22) * 3600
             leave = t0 + 86400 + rng.uniform(5, 7) * 3600
             booked = rng.random() < 0.7
@@ -141,14 +172,16 @@ class Trouble:
     charger_out: list[tuple[float, int, float]]  # start, bay, end
 
 
-def trouble(rng: random.Random, days: int) -> Trouble:
+def trouble(rng: random.Random, days: int, scenario: Scenario = REALISTIC) -> Trouble:
     curtail, meter, charger = [], [], []
     for day in range(days):
         t0 = day * 86400.0
-        for start in sorted(rng.uniform(6, 21) for _ in range(2)):
+        weekday = (EPOCH + timedelta(days=day)).weekday()
+        window = rng.random() < scenario.curtail_chance and not (scenario.weekdays_only and weekday >= 5)
+        for start in sorted(rng.uniform(*scenario.curtail_hours) for _ in range(scenario.curtail_per_day if window else 0)):
             at = t0 + start * 3600
             if not curtail or at > curtail[-1][2] + 600:
-                curtail.append((at, rng.uniform(1400, 2000), at + rng.uniform(15, 60) * 60))
+                curtail.append((at, rng.uniform(*scenario.curtail_kw), at + rng.uniform(*scenario.curtail_min) * 60))
         at = t0 + rng.uniform(6, 22) * 3600
         meter.append((at, at + rng.uniform(30, 120)))
         at = t0 + rng.uniform(6, 22) * 3600
@@ -579,51 +612,89 @@ def step_cost(allocation: str, steps: int) -> float:
 # --------------------------------------------------------------------------
 
 
+def week(scenario: Scenario, days: int, runs: tuple[str, ...]) -> dict[str, Outcome]:
+    """The same arrivals and troubles under the hub's controller and the baselines."""
+    rng = random.Random(SEED)
+    visits = traffic(rng, days, scenario)
+    trouble_ = trouble(rng, days, scenario)
+    make = {"hub": lambda: Week(visits, trouble_, days),
+            "every_30s": lambda: Week(visits, trouble_, days, every_s=30.0, at_once=False),
+            "first_come": lambda: Week(visits, trouble_, days, allocation="first_come"),
+            "equal": lambda: Week(visits, trouble_, days, allocation="equal")}
+    return {name: make[name]().run() for name in runs}
+
+
+def _p99(values):
+    return percentile(values, 99) if values else 0.0
+
+
+def _mean(values):
+    return sum(values) / len(values) if values else 1.0
+
+
+def _served(o: Outcome) -> float:
+    return 100 * o.served / max(1, o.breaks)
+
+
+def _booked_served(o: Outcome) -> float:
+    return 100 * o.booked_served / max(1, o.booked_breaks)
+
+
+FCFS = "first come, first served"
+EQUAL = "equal split (nothing redistributed)"
+EVERY30 = "same week, stepped every 30 s (evcc's default interval)"
+
+
+def limit_figures(tag: str, hub: Outcome, slow: Outcome, command: str) -> list[Result]:
+    """R-E1/R-E2: the limit held and curtailments met, against stepping every 30 s."""
+    return [
+        Result(f"{tag}time above the limit beyond one 1 s control cycle", hub.excess_s, "s", EVERY30, slow.excess_s,
+               goal=0.0, command=command),
+        Result(f"{tag}worst overshoot of the limit", 100 * max(0.0, hub.worst_over), "% of limit", EVERY30,
+               100 * max(0.0, slow.worst_over), goal=2.0, command=command),
+        Result(f"{tag}limit lowered -> every charger told, p99 ({len(hub.told_s)} chargers, "
+               f"{len(hub.under_s)} curtailments)", _p99(hub.told_s), "s", EVERY30, _p99(slow.told_s), goal=1.0,
+               command=command),
+        Result(f"{tag}limit lowered -> site back under, worst of {len(hub.under_s)}", max(hub.under_s, default=0.0),
+               "s", EVERY30, max(slow.under_s, default=0.0), goal=5.0, command=command),
+    ]
+
+
+def share_figures(tag: str, out: dict[str, Outcome], command: str, *, goals: bool) -> list[Result]:
+    """R-E3: breaks served, fairness and energy, each against first come first served and an equal split."""
+    hub = out["hub"]
+    rows = []
+    for label, base in ((FCFS, out["first_come"]), (EQUAL, out["equal"])):
+        rows += [
+            Result(f"{tag}break trucks that got >= 95 % of what they could take alone ({hub.breaks} breaks)",
+                   _served(hub), "%", label, _served(base), goal=99.0 if goals else None, lower_is_better=False,
+                   command=command),
+            Result(f"{tag}booked break trucks ({hub.booked_breaks}) that got >= 95 % of it", _booked_served(hub), "%",
+                   label, _booked_served(base), lower_is_better=False, command=command),
+            Result(f"{tag}Jain's fairness index among equal-priority trucks", _mean(hub.jain), "", label,
+                   _mean(base.jain), goal=0.95 if goals else None, lower_is_better=False, command=command),
+            Result(f"{tag}energy delivered", hub.energy_wh / 1e6, "MWh", label, base.energy_wh / 1e6,
+                   lower_is_better=False, command=command),
+        ]
+    return rows
+
+
 def run(quick: bool) -> list[Result]:
     days = 1 if quick else 7
     command = COMMAND + (" --quick" if quick else "")
-    rng = random.Random(SEED)
-    visits = traffic(rng, days)
-    trouble_ = trouble(rng, days)
-    hub = Week(visits, trouble_, days).run()
-    slow = Week(visits, trouble_, days, every_s=30.0, at_once=False).run()
-    fcfs = Week(visits, trouble_, days, allocation="first_come").run()
-    equal = Week(visits, trouble_, days, allocation="equal").run()
+    main = week(REALISTIC, days, ("hub", "every_30s", "first_come", "equal"))
+    stress = week(OVERLOADED, days, ("hub", "every_30s", "first_come", "equal"))
 
     steps = 300 if quick else 2000
     cost_hub, cost_equal = step_cost("hub", steps), step_cost("equal", steps)
-    rate = hub.steps / hub.seconds  # steps per second over the week, the at-once ones included
-
-    def p99(values):
-        return percentile(values, 99) if values else 0.0
-
-    def mean(values):
-        return sum(values) / len(values) if values else 1.0
-
-    every30 = "same week, stepped every 30 s (evcc's default interval)"
+    rate = main["hub"].steps / main["hub"].seconds  # steps per second over the week, the at-once ones included
+    span = "Monday" if quick else "week"
+    tag = f"[{OVERLOADED.name.replace('week', span)}: {OVERLOADED.breaks[0]} breaks a weekday, curtailed twice a day] "
     return [
-        Result("time above the limit beyond one 1 s control cycle", hub.excess_s, "s", every30, slow.excess_s,
-               goal=0.0, command=command),
-        Result("worst overshoot of the limit", 100 * max(0.0, hub.worst_over), "% of limit", every30,
-               100 * max(0.0, slow.worst_over), goal=2.0, command=command),
-        Result(f"limit lowered -> every charger told, p99 ({len(hub.told_s)} chargers, {len(hub.under_s)} curtailments)",
-               p99(hub.told_s), "s",
-               every30, p99(slow.told_s), goal=1.0, command=command),
-        Result(f"limit lowered -> site back under, worst of {len(hub.under_s)}", max(hub.under_s, default=0.0), "s",
-               every30, max(slow.under_s, default=0.0), goal=5.0, command=command),
-        Result(f"break trucks that got >= 95 % of what they could take alone ({hub.breaks} breaks)",
-               100 * hub.served / max(1, hub.breaks), "%", "first come, first served",
-               100 * fcfs.served / max(1, fcfs.breaks), goal=99.0, lower_is_better=False, command=command),
-        Result(f"booked break trucks ({hub.booked_breaks}) that got >= 95 % of it",
-               100 * hub.booked_served / max(1, hub.booked_breaks), "%", "first come, first served",
-               100 * fcfs.booked_served / max(1, fcfs.booked_breaks), lower_is_better=False, command=command),
-        Result("Jain's fairness index among equal-priority trucks", mean(hub.jain), "", "first come, first served",
-               mean(fcfs.jain), goal=0.95, lower_is_better=False, command=command),
-        Result("energy delivered", hub.energy_wh / 1e6, "MWh", "first come, first served", fcfs.energy_wh / 1e6,
-               lower_is_better=False, command=command),
-        Result("energy delivered", hub.energy_wh / 1e6, "MWh", "equal split (nothing redistributed)",
-               equal.energy_wh / 1e6, lower_is_better=False, command=command),
+        *limit_figures("", main["hub"], main["every_30s"], command),
+        *share_figures("", main, command, goals=True),
         Result(f"control loop cost, 40 connectors, {rate:.2f} steps/s", 100 * cost_hub * rate, "% of a core",
                "equal split through the same controller", 100 * cost_equal * rate, goal=2.0, command=command),
+        *limit_figures(tag, stress["hub"], stress["every_30s"], command),
+        *share_figures(tag, stress, command, goals=False),
     ]
-
