@@ -164,7 +164,7 @@ class DayClock:
 
 # Parts of the demo contributed by the hub's parts (cards, payments, site
 # access). Each module exposes demo_part(demo: DemoHub) -> DemoPart.
-DEMO_PARTS = ("edge.demo_cards", "edge.demo_payments", "edge.demo_site")
+DEMO_PARTS = ("edge.demo_cards", "edge.demo_payments", "edge.demo_site", "edge.parts.power.demo")
 
 
 class DemoPart:

@@ -266,3 +266,20 @@ async def test_r_e6_hubctl_power_shows_each_share_and_its_json_follows_the_schem
     assert "ad-hoc" in c1 and " ok" in c1
     assert "counted at rated power" in c3
     assert next(line for line in text.splitlines() if line.startswith("C2 ")).rstrip().endswith("idle")
+
+
+async def test_r_e6_the_status_table_shows_each_connectors_share_and_the_site(rig):
+    from edge.hubctl import render_status
+
+    rig.plug("C1", session="S1")
+    for _ in range(3):
+        rig.draw(C1=1200)
+        rig.site_meter(100)
+        await rig.step(1)
+    status = json.loads(json.dumps(rig.hub.status()))
+    text = render_status(status, Style(False))
+    header = next(line for line in text.splitlines() if line.startswith("CONNECTOR"))
+    assert "SHARE" in header and header.index("SHARE") > header.index("POWER")
+    c1 = next(line for line in text.splitlines() if line.startswith("C1 "))
+    assert f"{status['power']['allocations']['C1']:.0f} kW" in c1
+    assert "site power: limit 1000 kW, site load" in text and "charging" in text
