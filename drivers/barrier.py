@@ -18,7 +18,9 @@ The driver turns input changes into ``VehiclePresent`` and
 stops answering or when the boom does not reach its open position after an
 open command. Requests on the one Modbus connection are serialised; every
 request is time-bounded; reconnects back off up to a cap; while the module
-is unreachable every call fails at once instead of waiting.
+is unreachable every call fails at once instead of waiting. Each new
+connection first puts both outputs where this driver wants them (OPEN at
+rest, HOLD_OPEN as held), so nothing a dead daemon left on stays on.
 """
 
 from __future__ import annotations
@@ -134,6 +136,7 @@ class BarrierDriver:
         poll_interval_s: float = 0.2,
         request_timeout_s: float = 1.0,
         backoff_cap_s: float = 10.0,
+        hold_open: bool = False,
     ):
         self.gate_id = gate_id
         self.host = host
@@ -152,7 +155,9 @@ class BarrierDriver:
         self._backoff = 0.0
         self._retry_at = 0.0
         self._faults: dict[str, str] = {}  # cause -> reason; empty = healthy
-        self._hold_wanted = False
+        # A technician's hold kept by the hub across restarts starts wanted.
+        self._hold_wanted = hold_open
+        self._pulsing = False
         # coil address -> state to write once the module answers again
         self._pending: dict[int, bool] = {}
         self._last: BarrierInputs | None = None
@@ -168,23 +173,27 @@ class BarrierDriver:
         ``on_sent(ok)`` is called as soon as the OPEN write is answered (or
         has failed), before the impulse ends: the caller's bookkeeping waits
         for the barrier, never the other way round."""
+        self._pulsing = True
         try:
-            await self._write_coil(self.io_map.open_coil, True, rest=False)
-        except BarrierUnavailable:
-            if on_sent is not None:
-                on_sent(False)
-            raise
-        if on_sent is not None:
-            on_sent(True)
-        try:
-            await asyncio.sleep(self.pulse_s)
-        finally:
-            # Always try to end the impulse, even when the caller gives up:
-            # a stuck OPEN input would keep the barrier open.
             try:
-                await self._write_coil(self.io_map.open_coil, False)
+                await self._write_coil(self.io_map.open_coil, True, rest=False)
             except BarrierUnavailable:
-                log.warning("barrier.pulse_reset_pending gate=%s", self.gate_id)
+                if on_sent is not None:
+                    on_sent(False)
+                raise
+            if on_sent is not None:
+                on_sent(True)
+            try:
+                await asyncio.sleep(self.pulse_s)
+            finally:
+                # Always try to end the impulse, even when the caller gives up:
+                # a stuck OPEN input would keep the barrier open.
+                try:
+                    await self._write_coil(self.io_map.open_coil, False)
+                except BarrierUnavailable:
+                    log.warning("barrier.pulse_reset_pending gate=%s", self.gate_id)
+        finally:
+            self._pulsing = False
         log.info("barrier.pulse_open gate=%s pulse_ms=%d", self.gate_id, int(self.pulse_s * 1000))
         self._watch_open()
 
@@ -360,14 +369,26 @@ class BarrierDriver:
                 "network cable and address"
             )
         self._client = client
-        if self._hold_wanted:
-            # The module may have rebooted and lost the coil: keep the
-            # technician's hold in force.
-            await asyncio.wait_for(
-                client.write_coil(self.io_map.hold_open_coil, True, device_id=self.unit),
-                self.request_timeout_s + 0.5,
-            )
+        await self._outputs_known(client)
         return client
+
+    async def _outputs_known(self, client: AsyncModbusTcpClient) -> None:
+        """On every new connection (the driver's start, the module back after
+        an outage) both outputs are written to what this driver wants: an
+        OPEN impulse left on by a daemon that died during it is ended (unless
+        a pulse of ours is under way), and the hold is as the technician
+        asked (kept across restarts by the hub), or dropped. The barrier's
+        own controller still decides when to close (R-G5)."""
+        writes = [(self.io_map.hold_open_coil, self._hold_wanted)]
+        if not self._pulsing:
+            writes.insert(0, (self.io_map.open_coil, False))
+        for address, value in writes:
+            response = await asyncio.wait_for(client.write_coil(address, value, device_id=self.unit),
+                                              self.request_timeout_s + 0.5)
+            if response.isError():
+                raise ModbusException(f"write coil {address} refused")
+            self._pending.pop(address, None)
+        log.info("barrier.outputs_known gate=%s hold_open=%s", self.gate_id, self._hold_wanted)
 
     async def _request(self, what: str, call: Callable[[AsyncModbusTcpClient], Awaitable]) -> list:
         async with self._lock:

@@ -135,6 +135,39 @@ class TokenBlockedInSession:
     stopping: bool
 
 
+@dataclass(frozen=True)
+class TokenVerdict:
+    """A decision about a card alone, with no connector in view: a charger's
+    own card reader asking (OCPP Authorize, a start the station made from its
+    own list). Same rules as a tap at the hub's readers (R-O2)."""
+
+    uid: str
+    status: str  # Accepted | Blocked | Expired | Invalid | Unknown (the cloud's words, R-A1)
+    code: str  # accepted, or the AuthRejected code (blocked, expired, unknown_offline, cloud_timeout ...)
+    reason: str
+    method: Method | None = None
+    group: str | None = None
+    source: str = "local_list"
+    offline: bool = False
+    token_type: str | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.status == "Accepted"
+
+
+_STATUS_OF_CODE = {"blocked": "Blocked", "expired": "Expired", "unknown": "Unknown", "unknown_offline": "Unknown",
+                   "cloud_timeout": "Unknown"}
+
+
+def _token_verdict(v: "_Verdict | AuthRejected", uid: str, offline: bool) -> TokenVerdict:
+    if isinstance(v, AuthRejected):
+        return TokenVerdict(uid, _STATUS_OF_CODE.get(v.code, "Invalid"), v.code, v.reason, source=v.source,
+                            offline=offline, token_type=v.token_type)
+    return TokenVerdict(uid, "Accepted", "accepted", f"{_human(uid)} {v.reason}", v.method, v.group, v.source,
+                        offline, "own" if v.method == "own_card" else "emsp")
+
+
 Decision = (StartCharging | StopSession | SendAuthRequest | AuthorisedAwaitingPlug
             | AuthorisationLapsed | AuthAccepted | AuthRejected | TokenBlockedInSession)
 
@@ -388,31 +421,77 @@ class Authorisation:
 
     def _decide_without_cloud(self, check: _PendingCheck, now: datetime, why: str) -> list[Decision]:
         """Offline, or the cloud did not answer in time: the list, then the cache, then the policy."""
+        v = self._offline_verdict(check, now, why)
+        if isinstance(v, AuthRejected):
+            return [v]
+        return self._grant(check.connector, check.uid, v, now, offline=True)
+
+    def _offline_verdict(self, check: _PendingCheck, now: datetime, why: str) -> "_Verdict | AuthRejected":
         offline = why == "cloud_offline"
         if check.local is not None and check.local.status_at(now) == "Active":
-            verdict = _Verdict(True, "accepted", "on the local token list (cloud not reachable)",
-                               "own_card" if check.local.type == "own" else "emsp_card",
-                               check.local.group, check.local.reference, "local_list")
-            return self._grant(check.connector, check.uid, verdict, now, offline=True)
+            return _Verdict(True, "accepted", "on the local token list (cloud not reachable)",
+                            "own_card" if check.local.type == "own" else "emsp_card",
+                            check.local.group, check.local.reference, "local_list")
         cached = self.tokens.cached(check.uid, now)
         if cached is not None:
             if cached.status != "Accepted":
-                return [self._reject_status(check.connector, check.uid, cached.status, "cache", check.token_type)]
-            verdict = _Verdict(True, "accepted", "accepted earlier by the cloud (cache)", "emsp_card",
-                               cached.group, cached.reference, "cache")
-            return self._grant(check.connector, check.uid, verdict, now, offline=True)
+                return self._reject_status(check.connector, check.uid, cached.status, "cache", check.token_type)
+            return _Verdict(True, "accepted", "accepted earlier by the cloud (cache)", "emsp_card",
+                            cached.group, cached.reference, "cache")
         if self.policy.offline_unknown == "accept":
-            verdict = _Verdict(True, "accepted", "unknown card accepted by the offline policy", "emsp_card",
-                               None, None, "offline_policy")
-            return self._grant(check.connector, check.uid, verdict, now, offline=True)
+            return _Verdict(True, "accepted", "unknown card accepted by the offline policy", "emsp_card",
+                            None, None, "offline_policy")
         if offline:
-            return [AuthRejected(check.connector, check.uid, "unknown_offline",
-                                 f"{_human(check.uid)} is not known here and the cloud is not reachable; "
-                                 "try again later or pay at the terminal", "offline_policy", check.token_type)]
-        return [AuthRejected(check.connector, check.uid, "cloud_timeout",
-                             f"the cloud did not confirm {_human(check.uid)} within "
-                             f"{self.policy.cloud_timeout_s:g} s; tap again or pay at the terminal",
-                             "offline_policy", check.token_type)]
+            return AuthRejected(check.connector, check.uid, "unknown_offline",
+                                f"{_human(check.uid)} is not known here and the cloud is not reachable; "
+                                "try again later or pay at the terminal", "offline_policy", check.token_type)
+        return AuthRejected(check.connector, check.uid, "cloud_timeout",
+                            f"the cloud did not confirm {_human(check.uid)} within "
+                            f"{self.policy.cloud_timeout_s:g} s; tap again or pay at the terminal",
+                            "offline_policy", check.token_type)
+
+    # -- a card with no connector in view (a charger's own reader, R-O2) ------------------
+    def token_verdict(self, uid: str, now: datetime) -> TokenVerdict | None:
+        """What the list, the cache and the offline policy say of ``uid``, as
+        for a tap; None when the cloud must be asked (it is up): send the
+        request, then call ``token_cloud_verdict`` or, past the timeout,
+        ``token_verdict_without_cloud``."""
+        uid = normalise_uid(uid)
+        local = self.tokens.lookup(uid)
+        if local is not None:
+            status = local.status_at(now)
+            if status != "Active":  # R-A1: refused whatever the link, whatever the cache
+                return _token_verdict(self._reject_status("", uid, status, "local list", local.type), uid,
+                                      not self.online)
+            if local.type == "own" or not (self.online and self.policy.check_emsp_online):
+                return _token_verdict(_Verdict(True, "accepted", "on the local token list",
+                                               "own_card" if local.type == "own" else "emsp_card",
+                                               local.group, local.reference, "local_list"), uid, not self.online)
+        if self.online:
+            return None
+        return self.token_verdict_without_cloud(uid, now, "cloud_offline")
+
+    def token_verdict_without_cloud(self, uid: str, now: datetime, why: str) -> TokenVerdict:
+        uid = normalise_uid(uid)
+        local = self.tokens.lookup(uid)
+        check = _PendingCheck("", uid, local.type if local is not None else "emsp", now, local)
+        return _token_verdict(self._offline_verdict(check, now, why), uid, True)
+
+    def token_cloud_verdict(self, uid: str, status: str, now: datetime, *, expires: datetime | None = None,
+                            group: str | None = None, reference: str | None = None) -> TokenVerdict:
+        """The cloud's answer for a card asked about with ``token_verdict``; remembered like any answer (R-A2)."""
+        uid = normalise_uid(uid)
+        if status not in CLOUD_STATUSES:
+            status = "Invalid"
+        self._remember(uid, status, now, expires, group, reference)
+        local = self.tokens.lookup(uid)
+        token_type = local.type if local is not None else "emsp"
+        if status != "Accepted":
+            return _token_verdict(self._reject_status("", uid, status, "cloud", token_type), uid, False)
+        method: Method = "own_card" if local is not None and local.type == "own" else "emsp_card"
+        return _token_verdict(_Verdict(True, "accepted", "accepted by the cloud", method,
+                                       group if group is not None else (local.group if local else None),
+                                       reference, "cloud"), uid, False)
 
     def _grant(self, connector: str, uid: str, v: _Verdict, now: datetime, offline: bool = False) -> list[Decision]:
         c = self.connector(connector)

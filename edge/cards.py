@@ -27,7 +27,7 @@ from drivers.device import DeviceFault, DeviceRecovered
 from drivers.nfc_reader import CardReader, CardTap
 from edge.auth import (
     AuthAccepted, AuthorisationLapsed, AuthorisedAwaitingPlug, Authorisation, AuthPolicy,
-    AuthRejected, Decision, SendAuthRequest, StartCharging, StopSession, TokenBlockedInSession,
+    AuthRejected, Decision, SendAuthRequest, StartCharging, StopSession, TokenBlockedInSession, TokenVerdict,
 )
 from edge.clock import parse_rfc3339, rfc3339
 from edge.hub import Capability, Refused
@@ -107,6 +107,7 @@ class CardAuthorisation(Capability):
         self._token_list: tuple[int, int] = (hub.tokens.version, hub.tokens.count)
         self._awaiting: dict[str, datetime] = {}  # connector -> until when a tap before plugging holds
         self.counts: dict[str, dict[str, int]] = {"accepted": {}, "rejected": {}}  # verdict -> code -> taps
+        self._token_checks: dict[str, tuple[str, asyncio.Future]] = {}  # request id -> (uid, answer) for decide_token
 
     # ------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -176,6 +177,14 @@ class CardAuthorisation(Capability):
     async def _cloud_answer(self, msg: dict) -> dict:
         now = self.hub.clock.now()
         expires = parse_rfc3339(msg["expires"]) if msg.get("expires") else None
+        waiting = self._token_checks.pop(msg["id"], None)
+        if waiting is not None:
+            uid, answer = waiting
+            verdict = self.auth.token_cloud_verdict(uid, msg["status"], now, expires=expires, group=msg.get("group"),
+                                                    reference=msg.get("reference"))
+            if not answer.done():
+                answer.set_result(verdict)
+            return {}
         decisions = self.auth.cloud_answer(msg["id"], msg["status"], now, expires=expires,
                                            group=msg.get("group"), reference=msg.get("reference"))
         self._carry_out(decisions, now)
@@ -303,6 +312,38 @@ class CardAuthorisation(Capability):
             log.info("cards.auth_requested connector=%s token=%s request=%s", d.connector, mask(d.uid), d.request_id)
         else:
             self._carry_out(self.auth.request_not_sent(d.request_id, now), now)
+
+    async def decide_token(self, uid: str, *, asked_at: str, timeout_s: float | None = None) -> TokenVerdict:
+        """The decision for a card read by a charger's own reader (OCPP
+        Authorize, or a start the station made from its own list): the same
+        list, cache, roaming check and offline policy as a tap at the hub's
+        readers (R-O2), with the roaming check bounded by [auth]
+        cloud_timeout_s (or ``timeout_s`` when shorter). ``asked_at`` names
+        where the card was read (a connector or charger id) for the cloud."""
+        now = self.hub.clock.now()
+        verdict = self.auth.token_verdict(uid, now)
+        if verdict is not None:
+            return verdict
+        uid = normalise_uid(uid)
+        local = self.tokens.lookup(uid)
+        request_id = self.auth.new_request_id()
+        answer = asyncio.get_running_loop().create_future()
+        self._token_checks[request_id] = (uid, answer)
+        uplink = self.hub.uplink
+        sent = uplink is not None and uplink.publish_auth_request(
+            {"v": 1, "id": request_id, "uid": uid, "token_type": local.type if local else "emsp",
+             "connector": asked_at})
+        if not sent:
+            self._token_checks.pop(request_id, None)
+            return self.auth.token_verdict_without_cloud(uid, self.hub.clock.now(), "cloud_offline")
+        log.info("cards.auth_requested at=%s token=%s request=%s", asked_at, mask(uid), request_id)
+        limit = self.policy.cloud_timeout_s if timeout_s is None else min(timeout_s, self.policy.cloud_timeout_s)
+        try:
+            return await asyncio.wait_for(asyncio.shield(answer), limit)
+        except asyncio.TimeoutError:
+            return self.auth.token_verdict_without_cloud(uid, self.hub.clock.now(), "cloud_timeout")
+        finally:
+            self._token_checks.pop(request_id, None)
 
     def session_ended(self, s) -> None:
         """A card start that never produced energy ends as a failed session

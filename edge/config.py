@@ -182,16 +182,50 @@ class GateSettings(Section):
 
 class ConnectorRef(Section):
     id: Id
-    index: int = Field(ge=1, le=64, description="connector number on the charger")
+    index: int | None = Field(default=None, ge=1, le=64, description="Modbus: connector number on the charger")
+    evse: int | None = Field(default=None, ge=1, le=64, description="OCPP: the evse (1.6: the connectorId)")
+    connector: int = Field(default=1, ge=1, le=16, description="OCPP 2.0.1: the connector of the evse")
     free_vend: bool = False  # charge without a card; for the demo and test sites only
+
+
+CHARGER_PROTOCOLS = ("modbus", "ocpp1.6", "ocpp2.0.1")
 
 
 class ChargerSection(Section):
     id: Id
-    address: HostPort
-    unit: int = Field(default=1, ge=0, le=247)
-    register_map: str
+    protocol: Literal["modbus", "ocpp1.6", "ocpp2.0.1"] = "modbus"
     connectors: list[ConnectorRef] = Field(min_length=1)
+    # Modbus
+    address: HostPort | None = None
+    unit: int = Field(default=1, ge=0, le=247)
+    register_map: str | None = None
+    # OCPP: the station identity is ``id`` (also its HTTP Basic user)
+    security_profile: int | None = Field(default=None, ge=0, le=2, description="1 (default) or 2; 0 only written")
+    password_file: str | None = None
+    voltage_v: float | None = Field(default=None, gt=0, le=1500)
+    phases: int | None = Field(default=None, ge=1, le=3)
+    leniencies: list[str] = []
+
+    @property
+    def is_ocpp(self) -> bool:
+        return self.protocol.startswith("ocpp")
+
+    @property
+    def profile(self) -> int:
+        return 1 if self.security_profile is None else self.security_profile
+
+
+class OcppSection(Section):
+    """The hub's OCPP-J endpoint for the stations on its site network (R-O1)."""
+
+    listen: HostPort = "0.0.0.0:9000"
+    heartbeat_interval_s: int = Field(default=300, ge=1, le=86_400, description="sent in the BootNotification answer")
+    offline_after_s: float = Field(default=600, gt=0, le=86_400, description="silent this long: connectors Unavailable")
+    max_frame_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
+    meter_interval_s: int = Field(default=60, ge=1, le=3600, description="meter sample interval asked of stations")
+    call_timeout_s: float = Field(default=30, gt=0, le=300, description="how long the hub waits for a station's answer")
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 class BaySection(Section):
@@ -289,6 +323,7 @@ class HubConfig(Section):
     bookings: BookingSection = BookingSection()
     gate: GateSettings = GateSettings()
     logging: LoggingSection = LoggingSection()
+    ocpp: OcppSection = OcppSection()
     chargers: list[ChargerSection] = []
     bays: list[BaySection] = []
     terminals: list[TerminalSection] = []
@@ -355,6 +390,134 @@ def _is_file(path: Path) -> bool:
         return False
 
 
+def _check_modbus_charger(cfg: HubConfig, ci: int, ch: ChargerSection) -> list[str]:
+    problems: list[str] = []
+    where = f"chargers[{ci}]"
+    for key in ("address", "register_map"):
+        if getattr(ch, key) is None:
+            problems.append(f"{where}.{key}: required key is missing (a Modbus charger needs its address and register map)")
+    for key in ("security_profile", "password_file", "voltage_v", "phases"):
+        if getattr(ch, key) is not None:
+            problems.append(f"{where}.{key}: only for OCPP chargers; set protocol = \"ocpp1.6\" or \"ocpp2.0.1\", "
+                            f"or remove the key")
+    if ch.leniencies:
+        problems.append(f"{where}.leniencies: only for OCPP chargers; remove the key")
+    indexes: set[int] = set()
+    for ki, c in enumerate(ch.connectors):
+        if c.index is None:
+            problems.append(f"{where}.connectors[{ki}].index: required key is missing (the connector's number on the "
+                            f"Modbus charger, from 1)")
+        elif c.index in indexes:
+            problems.append(f"{where}.connectors[{ki}].index: index {c.index} used twice on this charger")
+        else:
+            indexes.add(c.index)
+        if c.evse is not None:
+            problems.append(f"{where}.connectors[{ki}].evse: only for OCPP chargers; a Modbus connector has an index")
+    if ch.register_map is None:
+        return problems
+    path = cfg.resolve(ch.register_map)
+    if not _is_file(path):
+        problems.append(f"{where}.register_map: file {ch.register_map!r} not found (relative paths are relative to the config file)")
+        return problems
+    from drivers.register_map import RegisterMapError, load_register_map
+
+    try:
+        rmap = load_register_map(path)
+    except RegisterMapError as exc:
+        return problems + [f"{where}.register_map ({ch.register_map}): {p}" for p in exc.problems]
+    limit = getattr(rmap, "max_connectors", None)
+    for ki, c in enumerate(ch.connectors):
+        if limit and c.index and c.index > limit:
+            problems.append(
+                f"{where}.connectors[{ki}].index: {c.index} is beyond the {limit} connectors of model {rmap.model!r}"
+            )
+    return problems
+
+
+def _check_ocpp_charger(cfg: HubConfig, ci: int, ch: ChargerSection) -> list[str]:
+    """An OCPP station (R-O1): its identity, password, connectors, leniencies."""
+    from drivers.ocpp.leniency import check_names
+    from edge.signing import KeyFileError
+
+    problems: list[str] = []
+    where = f"chargers[{ci}]"
+    for key in ("address", "register_map"):
+        if getattr(ch, key) is not None:
+            problems.append(f"{where}.{key}: not for an OCPP charger (the station connects to the hub's [ocpp] "
+                            f"listen address); remove the key")
+    if len(ch.id) > 48:
+        problems.append(f"{where}.id: an OCPP station identity has at most 48 characters (it is the Basic-auth user)")
+    places: set[tuple[int, int]] = set()
+    for ki, c in enumerate(ch.connectors):
+        if c.evse is None:
+            problems.append(f"{where}.connectors[{ki}].evse: required key is missing (the station's evse number; "
+                            f"in 1.6 its connectorId)")
+            continue
+        if c.index is not None:
+            problems.append(f"{where}.connectors[{ki}].index: only for Modbus chargers; an OCPP connector has evse "
+                            f"(and connector)")
+        if ch.protocol == "ocpp1.6" and c.connector != 1:
+            problems.append(f"{where}.connectors[{ki}].connector: OCPP 1.6 has one connector per connectorId; "
+                            f"use evse = N and leave connector at 1")
+        if (c.evse, c.connector) in places:
+            problems.append(f"{where}.connectors[{ki}]: evse {c.evse} connector {c.connector} used twice on this charger")
+        places.add((c.evse, c.connector))
+    try:
+        check_names(ch.leniencies)
+    except ValueError as exc:
+        problems.append(f"{where}.leniencies: {exc}")
+    if ch.profile == 0:
+        if ch.password_file:
+            problems.append(f"{where}.password_file: security_profile 0 takes no password; remove one of the two")
+    elif not ch.password_file:
+        problems.append(f"{where}.password_file: required for security_profile {ch.profile} (the station's HTTP Basic "
+                        f"password, a file of mode 0600); or write security_profile = 0 for no password")
+    else:
+        try:
+            ocpp_password(cfg.resolve(ch.password_file))
+        except KeyFileError as exc:
+            problems.append(f"{where}.password_file: {exc}")
+    if ch.profile == 2 and not cfg.ocpp.tls_cert:
+        problems.append(f"{where}.security_profile: 2 needs TLS: set [ocpp] tls_cert and tls_key")
+    if "limits_in_amps" in ch.leniencies and not (ch.voltage_v and ch.phases):
+        problems.append(f"{where}.voltage_v: the leniency limits_in_amps needs voltage_v and phases to turn watts "
+                        f"into amps")
+    return problems
+
+
+def _check_ocpp_section(cfg: HubConfig) -> list[str]:
+    problems: list[str] = []
+    o = cfg.ocpp
+    if bool(o.tls_cert) != bool(o.tls_key):
+        problems.append("ocpp.tls_cert: TLS needs both tls_cert and tls_key (or neither, for ws://)")
+    for key in ("tls_cert", "tls_key"):
+        v = getattr(o, key)
+        if v and not _is_file(cfg.resolve(v)):
+            problems.append(f"ocpp.{key}: file {v!r} not found")
+    if o.offline_after_s <= o.heartbeat_interval_s:
+        problems.append(f"ocpp.offline_after_s: {o.offline_after_s:g} s is not longer than heartbeat_interval_s "
+                        f"({o.heartbeat_interval_s} s): every station would look offline between heartbeats; "
+                        f"use at least twice the heartbeat interval")
+    for gi, g in enumerate(cfg.gates):
+        if g.camera and any(c.is_ocpp for c in cfg.chargers) and g.camera.listen == o.listen:
+            problems.append(f"ocpp.listen: {o.listen} is also gate {g.id!r}'s camera listen address")
+    return problems
+
+
+def ocpp_password(path: Path) -> bytes:
+    """A station's HTTP Basic password from its file (mode 0600, like the
+    command key): the file's content without a trailing newline, as bytes.
+    A 1.6 binary AuthorizationKey may be written as 40 hex digits."""
+    from edge.signing import KeyFileError, read_private_file
+
+    raw = read_private_file(path, "OCPP password file", "password_file").rstrip(b"\r\n")
+    if not raw:
+        raise KeyFileError(f"OCPP password file {path} is empty: write the station's password in it (one line)")
+    if len(raw) > 64:
+        raise KeyFileError(f"OCPP password file {path} holds more than 64 bytes; OCPP passwords have 16 to 40")
+    return raw
+
+
 def _cross_check(cfg: HubConfig) -> list[str]:
     problems: list[str] = []
 
@@ -373,37 +536,17 @@ def _cross_check(cfg: HubConfig) -> list[str]:
 
     connectors: dict[str, str] = {}
     for ci, ch in enumerate(cfg.chargers):
-        indexes: set[int] = set()
         for ki, c in enumerate(ch.connectors):
             if c.id in connectors:
                 problems.append(
                     f"chargers[{ci}].connectors[{ki}].id: connector {c.id!r} is already on charger {connectors[c.id]!r}"
                 )
             connectors[c.id] = ch.id
-            if c.index in indexes:
-                problems.append(f"chargers[{ci}].connectors[{ki}].index: index {c.index} used twice on this charger")
-            indexes.add(c.index)
-        path = cfg.resolve(ch.register_map)
-        if not _is_file(path):
-            problems.append(f"chargers[{ci}].register_map: file {ch.register_map!r} not found (relative paths are relative to the config file)")
+        if ch.is_ocpp:
+            problems += _check_ocpp_charger(cfg, ci, ch)
         else:
-            try:
-                from drivers.register_map import RegisterMapError, load_register_map
-            except ImportError:  # pragma: no cover - the driver ships with the hub
-                pass
-            else:
-                try:
-                    rmap = load_register_map(path)
-                except RegisterMapError as exc:
-                    for p in exc.problems:
-                        problems.append(f"chargers[{ci}].register_map ({ch.register_map}): {p}")
-                else:
-                    limit = getattr(rmap, "max_connectors", None)
-                    for ki, c in enumerate(ch.connectors):
-                        if limit and c.index > limit:
-                            problems.append(
-                                f"chargers[{ci}].connectors[{ki}].index: {c.index} is beyond the {limit} connectors of model {rmap.model!r}"
-                            )
+            problems += _check_modbus_charger(cfg, ci, ch)
+    problems += _check_ocpp_section(cfg)
 
     bay_of: dict[str, str] = {}
     for bi, bay in enumerate(cfg.bays):

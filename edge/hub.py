@@ -146,6 +146,7 @@ CAPABILITIES = (
     "edge.cards:CardAuthorisation",
     "edge.payments:Payments",
     "edge.site_access:SiteAccess",
+    "edge.parts.chargers.ocpp.part:OcppPart",
     "edge.parts.power.part:SitePower",
 )
 
@@ -252,9 +253,6 @@ class Hub:
 
     # ------------------------------------------------------------------ setup
     def _build_connectors(self) -> None:
-        from drivers.charger_modbus import ChargerDriver
-        from drivers.register_map import load_register_map
-
         persisted = {
             row[0]: row
             for row in self.store.db.execute(
@@ -263,23 +261,14 @@ class Hub:
         }
         open_sessions = {s.connector: s for s in self.sessions.open_sessions()}
         for ch in self.cfg.chargers:
-            host, port = ch.address.rsplit(":", 1)
-            rmap = load_register_map(self.cfg.resolve(ch.register_map))
-            driver = ChargerDriver(
-                ch.id,
-                host,
-                int(port),
-                ch.unit,
-                rmap,
-                {c.id: c.index - 1 for c in ch.connectors},  # config counts from 1, the driver from 0
-                timeout=self.cfg.charging.modbus_timeout_s,
-                fault_after=self.cfg.charging.fault_after_polls,
-            )
-            self.chargers[ch.id] = driver
-            self.devices[ch.id] = driver.health
+            if ch.protocol != "modbus":
+                self._build_charger(ch)
+            else:
+                self._build_modbus(ch)
             for ref in ch.connectors:
                 bay = self.cfg.bay_for_connector(ref.id)
-                self.places[ref.id] = ConnectorPlace(ch.id, ref.index, bay.id if bay else None, ref.free_vend)
+                index = ref.index if ref.index is not None else ref.evse
+                self.places[ref.id] = ConnectorPlace(ch.id, index, bay.id if bay else None, ref.free_vend)
                 row = persisted.get(ref.id)
                 c = Connector(ref.id)
                 if row:
@@ -297,6 +286,37 @@ class Hub:
                 c.session_id = s.id if s else None
                 build_machine(c, state)
                 self.connectors[ref.id] = c
+
+    def _build_charger(self, ch) -> None:
+        """A charger of a protocol part (OCPP ...), built by the factory
+        its part registered in PROTOCOLS; it reports through this hub as
+        its ChargerSink."""
+        import edge.parts.chargers.ocpp.part  # noqa: F401  (registers ocpp1.6 and ocpp2.0.1)
+        from edge.core.charger import PROTOCOLS
+
+        charger = PROTOCOLS[ch.protocol](self, ch)
+        self.chargers[ch.id] = charger
+        if charger.health is not None:
+            self.devices[ch.id] = charger.health
+
+    def _build_modbus(self, ch) -> None:
+        from drivers.charger_modbus import ChargerDriver
+        from drivers.register_map import load_register_map
+
+        host, port = ch.address.rsplit(":", 1)
+        rmap = load_register_map(self.cfg.resolve(ch.register_map))
+        driver = ChargerDriver(
+            ch.id,
+            host,
+            int(port),
+            ch.unit,
+            rmap,
+            {c.id: c.index - 1 for c in ch.connectors},  # config counts from 1, the driver from 0
+            timeout=self.cfg.charging.modbus_timeout_s,
+            fault_after=self.cfg.charging.fault_after_polls,
+        )
+        self.chargers[ch.id] = driver
+        self.devices[ch.id] = driver.health
 
     def _persist(self, c: Connector) -> None:
         with self.store.transaction() as db:
@@ -384,6 +404,45 @@ class Hub:
                 part.on_connector_changed(c, previous)
             except Exception:
                 log.exception("capability.failed part=%s hook=connector_changed", part.name)
+
+    # ------------------------------------------------------- the charger sink
+    def charger_reported(self, charger_id: str, readings: dict) -> None:
+        """ChargerSink: fresh readings from a charger that reports by itself (OCPP)."""
+        try:
+            self._poll_ok(charger_id, readings)
+        except Exception:
+            log.exception("charger.reading_failed charger=%s: the next report tries again", charger_id)
+
+    def charger_lost(self, charger_id: str, reason: str) -> None:
+        """ChargerSink: the charger went silent (an OCPP station past
+        offline_after_s): its connectors become Unavailable with ``reason``
+        (R-O5); one in a session, which cannot be taken out of service under
+        it, is Faulted with the same reason until the charger is back."""
+        for cid, place in self.places.items():
+            if place.charger_id != charger_id:
+                continue
+            c = self.connectors[cid]
+            if c.state in ACTIVE:
+                with _changing(c):
+                    self._fault(c, "comm", reason, "charger_offline")
+            elif c.state != "Unavailable":
+                self._set_unavailable(c, reason)
+
+    def charger_ready(self, charger_id: str) -> None:
+        """ChargerSink: the charger answers again; what its silence took out
+        of service comes back (a technician's hold stays)."""
+        self._polled.add(charger_id)
+        for cid, place in self.places.items():
+            if place.charger_id != charger_id:
+                continue
+            c = self.connectors[cid]
+            if c.admin_unavailable == "charger offline":
+                self.set_availability(cid, True, "charger back online")
+            elif c.state == "Faulted" and c.fault_kind == "comm":
+                reading = self.readings.get(cid)
+                if reading is not None:
+                    self._apply_reading(c, reading)
+        self._resume_starts(charger_id)
 
     # ------------------------------------------------------------------ polls
     async def _poll_once(self, charger_id: str) -> None:
@@ -474,7 +533,7 @@ class Hub:
             reason = None
             if step.trigger == "fault":
                 c.fault_kind = "hardware"
-                c.fault_reason = f"charger reports a fault on connector {c.id} (status code {getattr(reading, 'raw_status', '?')})"
+                c.fault_reason = getattr(reading, "problem", None) or f"charger reports a fault on connector {c.id} (status code {getattr(reading, 'raw_status', '?')})"
                 reason = "charger_fault"
             elif step.trigger == "recover":
                 c.fault_kind = None
@@ -519,9 +578,12 @@ class Hub:
             log.warning("session.not_started connector=%s reason=%s", connector_id, exc)
 
     def _resume_starts(self, charger_id: str) -> None:
-        """After a restart: a session written as 'starting' whose charger is
-        not charging yet gets its start sent again (the first may never have
-        left); one already charging simply goes on (R-C9)."""
+        """After a restart, what a commit set going may never have left
+        (R-C9): a session written as 'starting' whose charger is not charging
+        yet gets its start sent again; one already charging simply goes on.
+        A connector found Finishing with its session ended gets the unlock it
+        is owed (R-C5), and a free-vend connector found Preparing with no
+        session gets its start. Each command is safe to repeat."""
         for cid, place in self.places.items():
             if place.charger_id != charger_id:
                 continue
@@ -532,6 +594,12 @@ class Hub:
                 if age < self.cfg.charging.start_timeout_s:
                     log.info("session.start_resent session=%s connector=%s", s.id, cid)
                     self._spawn(self._send(place.charger_id, "start", cid))
+            elif c.state == "Finishing" and not c.session_id:
+                log.info("connector.unlock_resumed connector=%s", cid)
+                self._spawn(self._unlock(c, retries=self.cfg.charging.unlock_retries))
+            elif c.state == "Preparing" and not c.session_id and place.free_vend and c.hw_plugged():
+                log.info("session.free_vend_resumed connector=%s", cid)
+                self._spawn(self._start_free_vend(cid))
 
     # -------------------------------------------------------------- sessions
     def _session_event(self, s: Session) -> dict:
@@ -660,10 +728,11 @@ class Hub:
         s.status = "stopped"
         s.stop_reason = reason
         s.stopped_at = now
-        s.meter_stop_wh = reading.energy_wh
+        stop = reading.energy_wh if reading.energy_wh is not None else s.meter_start_wh
+        s.meter_stop_wh = stop
         s.signed_stop = getattr(reading, "signed_meter_value", None)
-        start = s.meter_start_wh if s.meter_start_wh is not None else reading.energy_wh
-        s.energy_wh = max(0, reading.energy_wh - start)
+        start = s.meter_start_wh if s.meter_start_wh is not None else stop
+        s.energy_wh = max(0, stop - start) if stop is not None else 0
         with _changing(c), self.store.transaction():
             self.sessions.update(s, now)
             c.last_session_id = s.id
@@ -862,9 +931,9 @@ class Hub:
         samples = []
         for cid, c in self.connectors.items():
             r = self.readings.get(cid)
-            if c.state not in ACTIVE or r is None:
-                continue
-            sample = {"connector": cid, "ts": rfc3339(now), "energy_wh": int(r.energy_wh), "power_w": float(r.power_w)}
+            if c.state not in ACTIVE or r is None or r.energy_wh is None:
+                continue  # a charger that has not said its meter yet (an OCPP station before MeterValues)
+            sample = {"connector": cid, "ts": rfc3339(now), "energy_wh": int(r.energy_wh), "power_w": float(r.power_w or 0)}
             if getattr(r, "soc", None) is not None:
                 sample["soc"] = float(r.soc)
             if c.session_id:
@@ -1320,7 +1389,8 @@ class Hub:
             s = self.sessions.get(c.session_id) if c.session_id else None
             if s:
                 r = self.readings.get(cid)
-                v["session_energy_wh"] = max(0, getattr(r, "energy_wh", 0) - (s.meter_start_wh or 0)) if r else None
+                energy = getattr(r, "energy_wh", None)
+                v["session_energy_wh"] = max(0, energy - (s.meter_start_wh or 0)) if energy is not None else None
                 v["session_method"] = s.method
             connectors.append(v)
         return {
@@ -1405,9 +1475,15 @@ class Hub:
     # ------------------------------------------------------------------- run
     async def start(self) -> None:
         self._start_cloud()
-        for charger_id in self.chargers:
-            self.supervisor.loop(f"charger {charger_id} polling", lambda cid=charger_id: self._poll_once(cid),
-                                 every=self.cfg.charging.poll_interval_s, stall_after_s=self._poll_stall_s())
+        for charger_id, charger in self.chargers.items():
+            if hasattr(charger, "poll"):
+                self.supervisor.loop(f"charger {charger_id} polling", lambda cid=charger_id: self._poll_once(cid),
+                                     every=self.cfg.charging.poll_interval_s, stall_after_s=self._poll_stall_s())
+            else:  # reports by itself (OCPP): its own loop, and it does not hold up readiness
+                self._polled.add(charger_id)
+                self.supervisor.run(f"charger {charger_id}", lambda ch=charger: ch.run(self))
+        if len(self._polled) == len(self.chargers):
+            self.ready.set()
         self.supervisor.loop("ticks (timeouts, schedules)", self._tick_once, every=1.0, stall_after_s=15.0)
         if self.cfg.storage.backup_interval_min:
             self._spawn(self._backup_loop(self.cfg.storage.backup_interval_min * 60))

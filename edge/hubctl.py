@@ -73,7 +73,8 @@ class Parser(argparse.ArgumentParser):
 # Commands contributed by the hub's parts (cards, payments, site access),
 # each module exposing hubctl_commands() -> list[PartCommand]. Kept in small
 # modules of their own so hubctl starts fast.
-HUBCTL_PARTS = ("edge.cards_cli", "edge.payments_cli", "edge.site_access_cli", "edge.parts.power.cli")
+HUBCTL_PARTS = ("edge.cards_cli", "edge.payments_cli", "edge.site_access_cli", "edge.parts.chargers.ocpp.hubctl",
+                "edge.parts.power.cli")
 
 
 @dataclass

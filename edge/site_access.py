@@ -4,8 +4,10 @@ The part of the hub that owns the gates and turns bookings into held bays.
 Per `[[gates]]` entry it runs an ANPR listener (the camera posts its reads)
 and a barrier driver (Modbus I/O module). Every plate read goes through the
 gate policy (`edge.gate_policy.decide_at_gate`) with the hub's live view of
-its bays; the barrier is pulsed first and the decision recorded right after,
-so a truck never waits for the disk. Once a second the booking book is
+its bays; an opening is recorded first (its event and the booking's arrival
+in one commit) and the barrier pulsed once that commit is on disk, so a
+truck let through is never unrecorded after a crash; the wait is one fsync
+of the store's writer, shared with every commit made meanwhile. Once a second the booking book is
 reviewed (`edge.bay_assignment.review`): bays are assigned as slots
 approach and their connectors show Reserved (R-B3), no-shows release them,
 overstays are reported once (R-B6).
@@ -63,6 +65,7 @@ from edge.gate_policy import (
 )
 from edge.hub import Capability
 from edge.plates import log_ref
+from edge.store import DiskError
 from state_machines import booking as lifecycle
 
 log = logging.getLogger("hubedge.site")
@@ -249,6 +252,16 @@ class GateRuntime:
 
 # ------------------------------------------------------------------- the part
 
+# A technician's hold-open (R-G5, R-T3), kept so a restart re-applies it.
+GATE_HOLDS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS gate_holds (
+    gate TEXT PRIMARY KEY,
+    since TEXT NOT NULL,
+    user TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+"""
+
 
 class SiteAccess(Capability):
     name = "site"
@@ -283,6 +296,7 @@ class SiteAccess(Capability):
         self._charging_at: dict[str, str] = {}  # connector -> booking charging there
         hub.session_started_hooks.append(self._session_started)
         hub.session_ended_hooks.append(self._session_ended)
+        hub.store.db.executescript(GATE_HOLDS_SCHEMA)
 
     @property
     def book(self) -> BookingBook:
@@ -290,19 +304,41 @@ class SiteAccess(Capability):
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        held = self.held_gates()
         for g in self.hub.cfg.gates:
             rt = self.gates[g.id]
-            host, port = g.barrier.address.rsplit(":", 1)
-            rt.barrier = BarrierDriver(g.id, host.strip("[]"), int(port), g.barrier.unit, None,
-                                       lambda ev, gid=g.id: self._on_barrier(gid, ev),
-                                       open_confirm_s=self.hub.cfg.gate.open_confirm_s,
-                                       pulse_ms=self.hub.cfg.gate.pulse_ms)
+            rt.barrier = self._barrier(g, held)
             self.hub.devices[g.id] = rt.barrier.health
             self.hub.spawn(rt.barrier.run())
             if g.camera is not None:
                 await self._start_camera(rt, g.camera)
         if self.gates:
             log.info("site.started gates=%d bookings=%d", len(self.gates), len(self.book))
+
+    def _barrier(self, g, held: set[str]) -> BarrierDriver:
+        """A gate's barrier driver; a technician's hold-open still in force
+        when the hub stopped is wanted again from its first connection (the
+        driver puts every output where it wants it on each connection)."""
+        host, port = g.barrier.address.rsplit(":", 1)
+        if g.id in held:
+            log.warning("gate.hold_restored gate=%s action=%r", g.id, f"held open by a technician before the restart; "
+                        f"`hubctl gate release {g.id}` ends it")
+        return BarrierDriver(g.id, host.strip("[]"), int(port), g.barrier.unit, None,
+                             lambda ev, gid=g.id: self._on_barrier(gid, ev),
+                             open_confirm_s=self.hub.cfg.gate.open_confirm_s,
+                             pulse_ms=self.hub.cfg.gate.pulse_ms, hold_open=g.id in held)
+
+    def held_gates(self) -> set[str]:
+        """Gates a technician holds open (`hubctl gate hold-open`), as stored."""
+        return {gid for (gid,) in self.hub.store.db.execute("SELECT gate FROM gate_holds")}
+
+    def _store_hold(self, gate_id: str, held: bool, user: str = "", reason: str = "") -> None:
+        with self.hub.store.transaction() as db:
+            if held:
+                db.execute("INSERT OR REPLACE INTO gate_holds (gate, since, user, reason) VALUES (?,?,?,?)",
+                           (gate_id, rfc3339(self.hub.clock.now()), user, reason))
+            else:
+                db.execute("DELETE FROM gate_holds WHERE gate = ?", (gate_id,))
 
     async def _start_camera(self, rt: GateRuntime, cam) -> None:
         rt.camera_id = f"{rt.id}-camera"
@@ -375,23 +411,32 @@ class SiteAccess(Capability):
         rt.presence_handled = True
         if decision.reason_code == GateReason.ADHOC_ADMITTED:
             self.on_way.admit(mono)  # now, not with the records: the next read must count it
-        def record(failure: str | None = None) -> None:
-            self._record(rt, decision, now, trigger, read, plate_hash, failure)
-
         if decision.open and rt.barrier is not None:
-            # The barrier first: the event and booking records (a disk write
-            # or two) are made once the OPEN write is answered.
+            # The records first: the decision's event and the booking's
+            # arrival (or leaving) are one commit, on disk before the barrier
+            # moves, so a truck let through is never unrecorded after a crash.
             rt.last_open_mono = mono  # a presence right behind this read is the same vehicle
-            self.hub.spawn(self._pulse(rt, record))
-        else:
-            asyncio.get_running_loop().call_soon(record)
+            self._record(rt, decision, now, trigger, read, plate_hash)
 
-    async def _pulse(self, rt: GateRuntime, record) -> None:
-        """Pulse the barrier open; ``record(failure)`` makes the records:
-        with ``None`` as soon as the OPEN write is answered, or with the
-        reason once the I/O module has not taken it (never both)."""
+            def failed(reason: str) -> None:
+                self._record(rt, decision, now, trigger, read, plate_hash, reason)
+
+            self.hub.spawn(self._open(rt, failed))
+        else:
+            asyncio.get_running_loop().call_soon(self._record, rt, decision, now, trigger, read, plate_hash)
+
+    async def _open(self, rt: GateRuntime, failed) -> None:
+        """Pulse the barrier open once the records made for the opening are
+        durable (one fsync of the store's writer, shared with every commit
+        made meanwhile); ``failed(reason)`` says the I/O module did not take
+        it. A disk that fails the records does not keep the barrier shut
+        (R-G6): the store has raised its alarm, the vehicle goes through."""
         try:
-            await rt.barrier.pulse_open(on_sent=lambda ok: record(None) if ok else None)
+            await self.hub.store.durable()
+        except DiskError as exc:
+            log.error("gate.record_not_durable gate=%s error=%r", rt.id, str(exc))
+        try:
+            await rt.barrier.pulse_open()
             rt.open_pending = False
         except BarrierUnavailable as exc:
             # The driver has reported the fault; the event says the opening
@@ -401,7 +446,7 @@ class SiteAccess(Capability):
             rt.open_pending = True
             rt.last_open_mono = None
             log.warning("gate.open_failed gate=%s reason=%r", rt.id, exc.reason)
-            record(exc.reason)
+            failed(exc.reason)
 
     def _record(self, rt: GateRuntime, decision: GateDecision, now: datetime, trigger: str,
                 read: CameraRead | None, plate_hash: str | None, failure: str | None = None) -> None:
@@ -412,10 +457,10 @@ class SiteAccess(Capability):
 
     def _record_decision(self, rt: GateRuntime, decision: GateDecision, now: datetime, trigger: str,
                          read: CameraRead | None, plate_hash: str | None, failure: str | None = None) -> None:
-        """The decision's event and booking records. ``failure``: the
-        barrier did not take the opening, so the event is gate.open_failed
-        (with the decision's reason in its detail), never gate.opened; the
-        booking records stand, as the vehicle was decided on and the
+        """The decision's event and booking records, one commit. ``failure``:
+        the barrier did not take the opening recorded just before, so
+        gate.open_failed follows (with the decision's reason in its detail);
+        the booking records stand, as the vehicle was decided on and the
         opening is owed."""
         data: dict = {"gate": rt.id, "role": rt.role.value, "reason": decision.reason_code.value,
                       "message": decision.reason, "trigger": trigger}
@@ -431,18 +476,20 @@ class SiteAccess(Capability):
         if failure is not None:
             data["detail"] = {**data.get("detail", {}), "decision": data["reason"], "decision_message": data["message"]}
             data.update(reason="barrier_unavailable",
-                        message=f"{failure}; let the vehicle through by hand or over the intercom")
+                        message=f"{failure}: the barrier did not open; let the vehicle through by hand or over "
+                                f"the intercom (the hub opens it as soon as the I/O module answers again)")
             self.hub.emit("gate.open_failed", data)
-        else:
+            return
+        with self.hub.store.transaction():
             self.hub.emit(EVENT_OF_ACTION[decision.action], data)
+            if rt.role == GateRole.ENTRY:
+                if decision.booking_id and decision.marks_arrival:
+                    self._arrived(decision.booking_id, rt.id, now)
+            elif decision.booking_id:
+                self._left(decision.booking_id, rt.id, now)
         log.info("gate.decided gate=%s action=%s reason=%s booking=%s plate=%s trigger=%s", rt.id,
                  decision.action.value, decision.reason_code.value, decision.booking_id or "-",
                  log_ref(plate_hash) if plate_hash else "-", trigger)
-        if rt.role == GateRole.ENTRY:
-            if decision.booking_id and decision.marks_arrival:
-                self._arrived(decision.booking_id, rt.id, now)
-        elif decision.booking_id:
-            self._left(decision.booking_id, rt.id, now)
 
     # ------------------------------------------------------------ barriers
     def _on_barrier(self, gate_id: str, ev) -> None:
@@ -472,21 +519,20 @@ class SiteAccess(Capability):
                 rt.presence_handled = passing
 
     def _owed_open(self, rt: GateRuntime, why: str) -> None:
-        """Open a gate whose opening failed while its I/O module was silent."""
+        """Open a gate whose opening failed while its I/O module was silent:
+        recorded first, like every opening."""
         rt.open_pending = False
         rt.last_open_mono = self.hub.clock.monotonic()
         log.info("gate.owed_open gate=%s why=%r", rt.id, why)
+        self.hub.emit("gate.opened", {"gate": rt.id, "role": rt.role.value, "reason": "owed_after_fault",
+                                      "message": f"opened late: {why}", "trigger": "barrier_recovered"})
 
-        def record(failure: str | None = None) -> None:
-            if failure is None:
-                self.hub.emit("gate.opened", {"gate": rt.id, "role": rt.role.value, "reason": "owed_after_fault",
-                                              "message": f"opened late: {why}", "trigger": "barrier_recovered"})
-            else:
-                self.hub.emit("gate.open_failed", {
-                    "gate": rt.id, "role": rt.role.value, "reason": "barrier_unavailable", "trigger": "barrier_recovered",
-                    "message": f"{failure}; the owed opening failed again: let the vehicle through by hand or over the intercom"})
+        def failed(reason: str) -> None:
+            self.hub.emit("gate.open_failed", {
+                "gate": rt.id, "role": rt.role.value, "reason": "barrier_unavailable", "trigger": "barrier_recovered",
+                "message": f"{reason}: the owed opening failed again; let the vehicle through by hand or over the intercom"})
 
-        self.hub.spawn(self._pulse(rt, record))
+        self.hub.spawn(self._open(rt, failed))
 
     def _check_waiting(self, now: datetime) -> None:
         """R-G4: a vehicle on the entry loop that no read has decided on
@@ -538,40 +584,46 @@ class SiteAccess(Capability):
         return cid
 
     def _apply(self, decisions: list[BookingDecision], now: datetime) -> None:
-        """Carry out bay decisions on the connectors, publish them, then
-        record them in the book."""
+        """Carry out bay decisions: each one's hold on the connector, its
+        event and the booking's journal entry are one commit, so a restart
+        never finds a decision announced but not recorded (made and
+        announced again) or recorded but not announced."""
         for d in decisions:
-            b = self.book.get(d.booking_id)
-            if isinstance(d, BayAssigned):
-                cid = self._reserve(d.bay_id, d.booking_id)
-                self._unplaced.discard(d.booking_id)
-                self.hub.emit("booking.assigned", {
-                    "booking": d.booking_id, "bay": d.bay_id, "connector": cid,
-                    "slot_start": rfc3339(b.slot_start) if b else None, "slot_end": rfc3339(b.slot_end) if b else None,
-                    "reason": d.reason})
-            elif isinstance(d, BayReassigned):
-                self._release_hold(d.from_bay_id, d.booking_id)
-                cid = self._reserve(d.to_bay_id, d.booking_id)
-                self._unplaced.discard(d.booking_id)
-                self.hub.emit("booking.reassigned", {"booking": d.booking_id, "from_bay": d.from_bay_id,
-                                                     "bay": d.to_bay_id, "connector": cid, "reason": d.reason})
-            elif isinstance(d, NoShow):
-                self.hub.emit("booking.no_show", {"booking": d.booking_id, "bay": d.bay_id, "reason": d.reason})
-            elif isinstance(d, BayReleased):
-                self._release_hold(d.bay_id, d.booking_id)
-            elif isinstance(d, Overstay):
-                self.hub.emit("booking.overstay", {"booking": d.booking_id, "bay": d.bay_id,
-                                                   "overstay_s": int(d.overstay.total_seconds()), "reason": d.reason})
-            elif isinstance(d, NoBayAvailable):
-                if d.booking_id in self._unplaced:
-                    continue  # reported once; review finds it again every second
-                self._unplaced.add(d.booking_id)
-                self.hub.emit("booking.unplaced", {"booking": d.booking_id, "reason": d.reason})
-            try:
-                apply_decisions(self.book, [d], now)
-            except BookingStateError as exc:
-                log.warning("booking.decision_not_recorded booking=%s kind=%s reason=%r", d.booking_id, d.kind, str(exc))
-            self._changed(d.booking_id)
+            with self.hub.store.transaction():
+                self._apply_one(d, now)
+
+    def _apply_one(self, d: BookingDecision, now: datetime) -> None:
+        b = self.book.get(d.booking_id)
+        if isinstance(d, BayAssigned):
+            cid = self._reserve(d.bay_id, d.booking_id)
+            self._unplaced.discard(d.booking_id)
+            self.hub.emit("booking.assigned", {
+                "booking": d.booking_id, "bay": d.bay_id, "connector": cid,
+                "slot_start": rfc3339(b.slot_start) if b else None, "slot_end": rfc3339(b.slot_end) if b else None,
+                "reason": d.reason})
+        elif isinstance(d, BayReassigned):
+            self._release_hold(d.from_bay_id, d.booking_id)
+            cid = self._reserve(d.to_bay_id, d.booking_id)
+            self._unplaced.discard(d.booking_id)
+            self.hub.emit("booking.reassigned", {"booking": d.booking_id, "from_bay": d.from_bay_id,
+                                                 "bay": d.to_bay_id, "connector": cid, "reason": d.reason})
+        elif isinstance(d, NoShow):
+            self.hub.emit("booking.no_show", {"booking": d.booking_id, "bay": d.bay_id, "reason": d.reason})
+        elif isinstance(d, BayReleased):
+            self._release_hold(d.bay_id, d.booking_id)
+        elif isinstance(d, Overstay):
+            self.hub.emit("booking.overstay", {"booking": d.booking_id, "bay": d.bay_id,
+                                               "overstay_s": int(d.overstay.total_seconds()), "reason": d.reason})
+        elif isinstance(d, NoBayAvailable):
+            if d.booking_id in self._unplaced:
+                return  # reported once; review finds it again every second
+            self._unplaced.add(d.booking_id)
+            self.hub.emit("booking.unplaced", {"booking": d.booking_id, "reason": d.reason})
+        try:
+            apply_decisions(self.book, [d], now)
+        except BookingStateError as exc:
+            log.warning("booking.decision_not_recorded booking=%s kind=%s reason=%r", d.booking_id, d.kind, str(exc))
+        self._changed(d.booking_id)
 
     def _release_stale(self, now: datetime) -> None:
         for h in stale_holds(self._reserved(), self.book, self.bay_of_connector):
@@ -740,18 +792,26 @@ class SiteAccess(Capability):
                 raise ControlError("reason_required", "say why with --reason (it goes into the audit log), "
                                                       "e.g. --reason 'convoy arriving, barrier control by technician'")
             audit_action = "gate." + action.replace("-", "_")
+            if action != "open":
+                # The hold as wanted, on disk before the barrier hears of it:
+                # a restart re-applies it (or keeps it dropped).
+                self._store_hold(gid, action == "hold-open", caller.user, reason)
+                await self.hub.store.durable()
             try:
                 if action == "open":
                     await rt.barrier.pulse_open()
                     message = f"gate {gid} opened once; it closes by itself when the lane is clear"
                 elif action == "hold-open":
                     await rt.barrier.hold_open()
-                    message = f"gate {gid} held open until `hubctl gate release {gid}`"
+                    message = f"gate {gid} held open until `hubctl gate release {gid}`, also across a restart of the hub"
                 else:
                     await rt.barrier.release()
                     message = f"gate {gid} released: the barrier closes by itself once its loop and photocells are clear"
             except BarrierUnavailable as exc:
-                self.hub.audit(caller.user, audit_action, gid, reason, "failed")
+                with self.hub.store.transaction():
+                    if not rt.barrier.hold_wanted:
+                        self._store_hold(gid, False)  # a hold the barrier never took is not kept
+                    self.hub.audit(caller.user, audit_action, gid, reason, "failed")
                 raise ControlError("device_failed", f"gate {gid} did not take the command: {exc.reason}")
             if action != "release":
                 rt.last_open_mono = rt.last_mono = self.hub.clock.monotonic()

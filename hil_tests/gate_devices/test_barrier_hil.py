@@ -29,7 +29,8 @@ async def test_pulse_opens_and_the_barrier_closes_by_itself(barrier_rig):
     seen = positions(rig)
     assert seen[:3] == ["closed", "moving", "open"]
     coils = [(c.coil, c.value) for c in rig.sim.commands]
-    assert coils == [("open", True), ("open", False)]
+    # The connection first puts both outputs at rest, then the impulse.
+    assert coils == [("open", False), ("hold_open", False), ("open", True), ("open", False)]
     assert rig.of(DeviceFault) == [] and rig.of(DeviceRecovered) == []
     assert rig.driver.health.state == "ok"
 
@@ -122,3 +123,96 @@ async def test_unreachable_module_reports_a_fault_and_run_keeps_going(barrier_ri
     assert "barrier I/O module" in rig.of(DeviceFault)[0].reason
     with pytest.raises(BarrierUnavailable):
         await asyncio.wait_for(rig.driver.read(), 2.0)
+
+
+async def _left_on_by_a_dead_daemon(sim, *coils: int) -> None:
+    """What a daemon SIGKILLed during a pulse or a hold leaves on the module."""
+    from pymodbus.client import AsyncModbusTcpClient
+
+    client = AsyncModbusTcpClient("127.0.0.1", port=sim.port)
+    await client.connect()
+    for address in coils:
+        await client.write_coil(address, True, device_id=1)
+    client.close()
+
+
+async def _driver(sim, events: list, **kw):
+    from drivers.barrier import BarrierDriver
+
+    driver = BarrierDriver("gate-out", "127.0.0.1", sim.port, 1, None, events.append, open_confirm_s=1.0, pulse_ms=100,
+                           poll_interval_s=0.05, request_timeout_s=0.3, backoff_cap_s=0.5, **kw)
+    return driver, asyncio.get_running_loop().create_task(driver.run())
+
+
+async def _until(predicate, timeout: float = 3.0) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+@pytest.mark.parametrize("module_silent_at_start", [False, True], ids=["at_start", "on_reconnection"])
+async def test_r_g5_an_open_impulse_left_on_by_a_dead_daemon_is_ended_and_the_barrier_closes_by_itself(module_silent_at_start):
+    """The daemon was SIGKILLed during a pulse: the OPEN relay stays on and
+    the barrier stays open for good. The next driver puts it at rest on its
+    first connection, or, when the I/O module does not answer at the start,
+    as soon as it answers again; a hold nobody keeps is dropped too. The
+    barrier then closes by itself, not onto the vehicle on its loop (R-G5,
+    R-G6), and software never writes a close."""
+    from simulators.barrier import BarrierSimulator
+
+    sim = BarrierSimulator(travel_s=0.3, dwell_s=0.4, tick_s=0.02)
+    await sim.start()
+    await _left_on_by_a_dead_daemon(sim, 0, 1)
+    assert sim.mechanics.open_input_level and sim.mechanics.hold
+    assert await _until(lambda: sim.position == "open")
+    sim.vehicle_arrives()  # the truck let out is still under the boom
+    if module_silent_at_start:
+        sim.silence()
+    events: list = []
+    driver, poll = await _driver(sim, events)
+    try:
+        if module_silent_at_start:
+            assert await _until(lambda: driver.health.state == "fault")
+            await asyncio.sleep(0.5)
+            assert sim.mechanics.open_input_level, "a write to a silent module cannot land"
+            sim.silence(False)
+        assert await _until(lambda: not sim.mechanics.open_input_level and not sim.mechanics.hold)
+        await asyncio.sleep(1.0)  # more than twice the dwell
+        assert sim.position == "open", "the barrier closed onto the truck on its loop"
+        sim.vehicle_leaves()
+        assert await _until(lambda: sim.position == "closed")
+        assert sim.close_commands == []
+    finally:
+        poll.cancel()
+        await asyncio.gather(poll, return_exceptions=True)
+        await driver.close()
+        await sim.stop()
+
+
+async def test_r_g5_a_hold_the_hub_keeps_is_applied_on_connection_and_an_impulse_left_on_ended():
+    """A technician's hold-open the hub kept across the restart (the driver
+    starts with ``hold_open=True``) is in force on the module from the
+    first connection, while the OPEN impulse left on is ended."""
+    from simulators.barrier import BarrierSimulator
+
+    sim = BarrierSimulator(travel_s=0.3, dwell_s=0.4, tick_s=0.02)
+    await sim.start()
+    await _left_on_by_a_dead_daemon(sim, 0)
+    events: list = []
+    driver, poll = await _driver(sim, events, hold_open=True)
+    try:
+        assert await _until(lambda: not sim.mechanics.open_input_level and sim.mechanics.hold)
+        assert driver.hold_wanted
+        await asyncio.sleep(1.0)
+        assert sim.position == "open"
+        await driver.release()
+        assert await _until(lambda: sim.position == "closed")
+    finally:
+        poll.cancel()
+        await asyncio.gather(poll, return_exceptions=True)
+        await driver.close()
+        await sim.stop()

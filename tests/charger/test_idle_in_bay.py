@@ -115,6 +115,7 @@ async def test_r_c8_idle_in_bay_after_the_configured_time_once(rig):
     for _ in range(5):
         rig.tick(IDLE_AFTER_S)
     assert len(rig.idle_events()) == 1, "R-C8: one event per stay, not one per tick"
+    await rig.hub.store.durable()  # the outbox hands out only what is on disk
     stored = [e for e in rig.hub.outbox.read_batch(1000) if e.type == "connector.idle_in_bay"]
     assert len(stored) == 1
     validate_event(stored[0].to_dict())

@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 MAPS = ROOT / "config" / "register-maps"
 
 
-def hub_config(tmp: Path, state: str = "state", extra: str = "") -> dict:
+def hub_config(tmp: Path, state: str = "state", extra: str = "", free_vend: bool = False) -> dict:
+    vend = ", free_vend = true" if free_vend else ""
     return tomllib.loads(f"""
 [hub]
 id = "CORE-01"
@@ -39,7 +40,7 @@ start_timeout_s = 60
 id = "CH1"
 address = "127.0.0.1:9"
 register_map = "{MAPS / 'hubcharge-mcs1200.toml'}"
-connectors = [ {{ id = "C1", index = 1 }}, {{ id = "C2", index = 2 }} ]
+connectors = [ {{ id = "C1", index = 1{vend} }}, {{ id = "C2", index = 2{vend} }} ]
 {extra}
 """)
 
@@ -79,12 +80,12 @@ class FakeCharger:
 
 
 class Rig:
-    def __init__(self, tmp: Path, state: str = "state", clock: FakeClock | None = None):
+    def __init__(self, tmp: Path, state: str = "state", clock: FakeClock | None = None, *, free_vend: bool = False):
         from edge.hub import Hub
 
         self.tmp = tmp
         self.clock = clock or FakeClock()
-        self.cfg = parse_config(hub_config(tmp, state), tmp / "hub.toml")
+        self.cfg = parse_config(hub_config(tmp, state, free_vend=free_vend), tmp / "hub.toml")
         self.hub = Hub(self.cfg, clock=self.clock)
         self.charger = FakeCharger(self.hub.devices["CH1"])
         self.hub.chargers["CH1"] = self.charger

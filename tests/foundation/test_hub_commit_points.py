@@ -6,6 +6,7 @@ the change again, with its event."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections import defaultdict
 from pathlib import Path
@@ -136,3 +137,67 @@ async def test_a_failed_start_commit_leaves_no_session_on_the_connector(tmp_path
         assert rig.hub.connectors["C1"].session_id == s.id
     finally:
         rig.close()
+
+
+def killed(rig: Rig) -> None:
+    """The daemon dies right after its last commit: what that commit set
+    going (an unlock, a start) never runs."""
+    for task in list(rig.hub._tasks):
+        task.cancel()
+    rig.close()
+
+
+async def settle(rig: Rig, commands: int) -> None:
+    """Until the charger has had ``commands`` commands, 2 s at most (a start
+    waits for the store's writer first)."""
+    for _ in range(200):
+        if len(rig.charger.commands) >= commands:
+            return
+        await asyncio.sleep(0.01)
+
+
+async def test_r_c5_a_kill_right_after_the_finishing_commit_still_unlocks_the_truck_after_the_restart(tmp_path):
+    """The commit that makes the connector Finishing (its session stopped)
+    sets the unlock going only once it stands; killed in between, the
+    restarted hub finds the connector Finishing with no session and owes
+    the truck its unlock (R-C5, R-C9)."""
+    rig = Rig(tmp_path)
+    rig.read(C1="plugged")
+    s = await rig.hub.start_session("C1", method="remote")
+    rig.read(C1="charging")
+    rig.read(C1="finished")
+    assert rig.state("C1") == "Finishing" and rig.hub.sessions.get(s.id).status == "stopped"
+    killed(rig)
+    assert ("unlock", "C1") not in rig.charger.commands
+
+    again = Rig(tmp_path)
+    try:
+        assert again.state("C1") == "Finishing" and again.hub.connectors["C1"].session_id is None
+        again.read(C1="finished", C2="unplugged")  # the first poll after the start
+        await settle(again, 1)
+        assert again.charger.commands == [("unlock", "C1")]
+        assert again.events("connector.unlock_failed") == []
+    finally:
+        again.close()
+
+
+async def test_r_c9_a_kill_right_after_the_free_vend_preparing_commit_still_starts_the_session_after_the_restart(tmp_path):
+    """A free-vend connector's start is set going by the commit that makes
+    it Preparing; killed in between, the restarted hub finds it Preparing
+    with no session and starts the charge the truck is owed."""
+    rig = Rig(tmp_path, free_vend=True)
+    rig.read(C1="plugged")
+    assert rig.state("C1") == "Preparing"
+    killed(rig)
+    assert rig.charger.commands == []
+
+    again = Rig(tmp_path, free_vend=True)
+    try:
+        again.read(C1="plugged", C2="unplugged")
+        await settle(again, 1)
+        c = again.hub.connectors["C1"]
+        assert c.session_id is not None and again.hub.sessions.get(c.session_id).method == "free_vend"
+        assert again.charger.commands == [("start", "C1")]
+        assert again.hub.connectors["C2"].session_id is None  # nothing plugged there: nothing started
+    finally:
+        again.close()

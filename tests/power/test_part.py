@@ -241,17 +241,17 @@ async def test_r_e6_status_and_view_carry_the_shares(rig):
     assert [c["connector"] for c in v["connectors"]] == ["C1", "C2", "C3"]
 
 
-def test_amps_only_station_is_sent_whole_amps_never_above_its_share(tmp_path):
+def test_an_amps_only_station_is_sent_its_amp_steps_never_above_its_share(rig):
+    from types import SimpleNamespace
+
     from edge.parts.power.control import LimitCommand
 
-    power = POWER + '[power.chargers.CH2]\nlimit_unit = "A"\nvoltage_v = 230\nphases = 3\n'
-    rig = PowerRig(tmp_path, power=power)
-    try:
-        watts = rig.part.watts_for(LimitCommand("C3", 100.0, False, "raise"))
-        assert watts == 144 * 690  # 144 A at 3 x 230 V, rounded down from 144.9 A
-        assert rig.part.watts_for(LimitCommand("C1", 100.0, False, "raise")) == 100_000
-    finally:
-        rig.close()
+    # As an OCPP station with the leniency limits_in_amps is configured.
+    rig.part._sections["CH2"] = SimpleNamespace(leniencies=["limits_in_amps"], voltage_v=230.0, phases=3)
+    watts = rig.part.watts_for(LimitCommand("C3", 100.0, False, "raise"))
+    assert watts == 99_981  # 144.9 A at 3 x 230 V (100 kW is 144.93 A), rounded down
+    assert round(watts / 690, 1) == 144.9  # what the station is sent
+    assert rig.part.watts_for(LimitCommand("C1", 100.0, False, "raise")) == 100_000
 
 
 async def test_r_e6_hubctl_power_shows_each_share_and_its_json_follows_the_schema(rig):

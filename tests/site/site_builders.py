@@ -73,6 +73,8 @@ class FakeBarrier:
             on_sent(True)
 
     async def hold_open(self):
+        if self.silent:
+            raise BarrierUnavailable("I/O module 192.0.2.1:502 did not answer: check its power and network")
         self.hold_wanted = True
         self.commands.append("hold_open")
 
@@ -127,8 +129,12 @@ class SiteRig:
                                             "hikvision", event or f"ev-{len(self.events)}-{id(plate)}", now))
 
     async def settle(self) -> None:
-        for _ in range(5):
-            await asyncio.sleep(0)
+        """Until what the last calls set going is done: an opening waits for
+        the store's writer before the barrier moves."""
+        for _ in range(3):
+            for _ in range(5):
+                await asyncio.sleep(0)
+            await self.hub.store.durable()
 
 
 def booking(bid: str, start: datetime, minutes: int = 90, *, side: str = "left", plate: str | None = None, **extra) -> dict:

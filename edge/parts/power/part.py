@@ -17,8 +17,8 @@ interface (``edge.core.charger.PowerLimits``), never through a protocol.
   taken. A charger that does not confirm, or that cannot take limits at all,
   is counted at its rated power (R-E4).
 - Commands of one step go out lowerings first, all at once; raises only once
-  every lowering has been answered (R-E2). A charger that takes only amps is
-  sent whole amps, rounded down.
+  every lowering has been answered (R-E2). A station that takes only amps
+  is sent what its 0.1 A steps allow, rounded down.
 - At start, and until each charger has taken it, every charger is given its
   fail-safe limit (R-E4).
 - Faces: the retained ``hub/{id}/state/power`` (on change, at most once a
@@ -84,6 +84,7 @@ class SitePower(Capability):
             unbooked_stay_s=p.unbooked_stay_min * 60 if p.unbooked_stay_min else None,
             policy=SharePolicy(buffer_kw=p.buffer_kw))
         self.controller = PowerController(self.settings)
+        self._sections = {ch.id: ch for ch in hub.cfg.chargers}
         self.rated: dict[str, float] = {}
         self.minimum: dict[str, float] = {}
         for cid, place in hub.places.items():
@@ -251,13 +252,15 @@ class SitePower(Capability):
             await asyncio.gather(*(self._send_one(c) for c in raising))
 
     def watts_for(self, cmd: LimitCommand) -> int:
-        """The limit in whole watts, or whole amps' worth of watts for a
-        station that takes only amps (rounded down: never above the share)."""
+        """The limit in whole watts; for a station that takes limits only in
+        amps (its [[chargers]] entry: leniency limits_in_amps, voltage_v,
+        phases), cut to the 0.1 A steps it is sent in, never rounded up."""
         watts = max(0, math.floor(cmd.kw * 1000 + 1e-6))
-        setting = self.cfg.chargers.get(self.hub.places[cmd.connector_id].charger_id)
-        if setting is not None and setting.limit_unit == "A":
-            per_amp = setting.voltage_v * setting.phases
-            watts = math.floor(math.floor(watts / per_amp + 1e-9) * per_amp)
+        section = self._sections.get(self.hub.places[cmd.connector_id].charger_id)
+        if section is not None and "limits_in_amps" in (getattr(section, "leniencies", None) or ()) \
+                and getattr(section, "voltage_v", None) and getattr(section, "phases", None):
+            step = section.voltage_v * section.phases / 10  # watts per 0.1 A
+            watts = math.floor(math.floor(watts / step + 1e-9) * step)
         return watts
 
     async def _send_one(self, cmd: LimitCommand) -> None:

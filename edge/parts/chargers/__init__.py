@@ -1,0 +1,2 @@
+"""Charger protocol parts: each registers its ``protocol`` names in
+``edge.core.charger.PROTOCOLS`` when imported."""
