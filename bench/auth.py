@@ -4,8 +4,8 @@ and tap to start command through the hub core.
 Every figure has a baseline measured in the same run: a plain Python dict of
 uid -> tuple holding the same list (what the store replaces).
 
-``auth.tap_to_start_write_p99``: the hub core (edge.hub.Hub with the card
-part, edge.cards) runs on its own loop with the million-token list in its
+``auth.tap_to_start_write_p99``: the hub core (edge.core.hub.Hub with the card
+part, edge.parts.cards.part) runs on its own loop with the million-token list in its
 store; a charger simulator answers Modbus TCP from another thread. A thread
 hands a CardTap to the loop exactly as the reader driver does
 (call_soon_threadsafe); the figure is the time from that hand-over to the
@@ -27,8 +27,8 @@ import time
 from datetime import datetime, timedelta, timezone
 
 from bench.common import Result, percentile, rss_mb
-from edge.auth import Authorisation, AuthPolicy, StartCharging
-from edge.tokens import CachedAuthorisation, TokenInfo, TokenStore
+from edge.parts.cards.auth import Authorisation, AuthPolicy, StartCharging
+from edge.parts.cards.tokens import CachedAuthorisation, TokenInfo, TokenStore
 
 CMD = "python -m bench auth"
 
@@ -176,8 +176,8 @@ async def _tap_to_start_samples(message: dict, uids: list[str], taps: int) -> tu
     import threading
 
     from drivers.nfc_reader import CardTap
-    from edge.config import parse_config
-    from edge.hub import Hub
+    from edge.core.config import parse_config
+    from edge.core.hub import Hub
     import tomllib
 
     logging.getLogger("hubedge").setLevel(logging.WARNING)

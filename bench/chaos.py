@@ -153,7 +153,7 @@ def check_sessions(visits: list[Visit], sessions: list[Mapping], started_events:
 
 
 def expected_settlement(energy_wh: int, tariff: Mapping, hold: Decimal) -> Decimal:
-    """R-P3, stated independently of edge.pricing: net = energy x price
+    """R-P3, stated independently of edge.parts.payments.pricing: net = energy x price
     rounded half up to the cent, VAT on the rounded net likewise, gross =
     net + VAT, never above the hold."""
     cent = Decimal("0.01")
@@ -321,7 +321,7 @@ def check_health(status: Mapping | None, *, daemon_running: bool, unexpected_exi
 def plate_forms(plate: str) -> set[str]:
     """Every spelling of a plate a leak could take: as read, compact,
     without the country sign, with the camera confusions folded, in any case."""
-    from edge.plates import compact_plate, confusion_form, normalise_plate
+    from edge.parts.site.plates import compact_plate, confusion_form, normalise_plate
 
     forms = {plate, plate.replace("-", " "), compact_plate(plate), normalise_plate(plate)}
     forms.add(confusion_form(normalise_plate(plate)))
@@ -471,7 +471,7 @@ class ChaosRun:
     async def call(self, cmd: str, args: dict | None = None, *, within: float = 60.0) -> dict:
         """One control request, retried while the daemon is away (killed,
         restarting). Returns the response object (ok, code, message, data)."""
-        from edge.control import request
+        from edge.core.control import request
 
         deadline = time.monotonic() + within
         while True:
@@ -917,8 +917,8 @@ password = "000000"
         return sessions, holds, last_seq
 
     def secrets(self) -> list[str]:
-        from edge.demo_site import SECRET
-        from edge.signing import load_keys
+        from edge.parts.site.demo import SECRET
+        from edge.cloud.signing import load_keys
 
         out = [SECRET]
         key = self.state_dir / "state" / "plate.key"
@@ -960,7 +960,7 @@ password = "000000"
         self.hub.stop_daemon()
         await asyncio.sleep(0.5)
         events, raw = self.recorder.snapshot()
-        from edge.envelope import validate_event
+        from edge.cloud.envelope import validate_event
 
         txs = [{"terminal": name, "receipt_no": t.receipt_no, "amount": t.amount, "state": t.state, "booked": t.booked}
                for name, term in (("T1", self.hub.devices["terminals"]["T1"]), ("T2", self.t2)) for t in term.transactions]
@@ -1030,7 +1030,7 @@ def _report(run: ChaosRun, checks: list[Check]) -> None:
 
 
 def run(quick: bool) -> list[Result]:
-    from edge.journal import setup_logging
+    from edge.core.journal import setup_logging
 
     setup_logging("warning")
     chaos = ChaosRun(quick)

@@ -49,7 +49,7 @@ def _progress(outcome, points: int) -> None:
 
 
 def run(quick: bool) -> list[Result]:
-    from edge.journal import setup_logging
+    from edge.core.journal import setup_logging
     from hil_tests.crash.harness import crash_points, every_point, sample
     from hil_tests.crash.site import CrashSite
 

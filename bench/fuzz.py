@@ -442,7 +442,7 @@ def check_zvt_client(case: tuple[str, tuple[bytes, ...]], loop: asyncio.Abstract
     with a typed result or a TerminalError, and no result holds a card number."""
     from drivers.zvt.client import ZvtClient
     from drivers.zvt.errors import TerminalError
-    from edge.clock import FakeClock
+    from units import FakeClock
     command, script = case
 
     async def go():
@@ -894,9 +894,9 @@ class DownlinkRig:
     never started: no charger is polled, no broker is used."""
 
     def __init__(self):
-        from edge.clock import FakeClock
-        from edge.config import parse_config
-        from edge.hub import Hub
+        from units import FakeClock
+        from edge.core.config import parse_config
+        from edge.core.hub import Hub
         base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
         self.tmp = Path(tempfile.mkdtemp(prefix="hubedge-fuzz-", dir=base))
         self.loop = asyncio.new_event_loop()
@@ -955,7 +955,7 @@ class DownlinkRig:
         # Give spawned work (events, hooks) its turn, as the daemon's loop would.
         self.loop.run_until_complete(asyncio.sleep(0))
         if answer is None:
-            from edge.downlink import kind_of_topic
+            from edge.cloud.downlink import kind_of_topic
             if kind_of_topic("FUZZ-HUB", topic) is None:
                 if self.state() != before:
                     raise StateChanged("a message on another topic changed the state")
@@ -1056,7 +1056,7 @@ CONFIG_KEYS: list[str] = []
 
 def _config_keys() -> list[str]:
     if not CONFIG_KEYS:
-        from edge import config as c
+        from edge.core import config as c
         keys = set()
         for model in (c.HubConfig, c.HubSection, c.CloudSection, c.StorageSection, c.ControlSection,
                       c.ChargingSection, c.AuthSection, c.BookingSection, c.GateSettings, c.ChargerSection,
@@ -1122,7 +1122,7 @@ class ConfigRig:
         import re
         import tomllib
 
-        from edge.config import ConfigError, HubConfig, load_config
+        from edge.core.config import ConfigError, HubConfig, load_config
         _kind, raw = case
         self.path.write_bytes(raw)
         try:
@@ -1175,7 +1175,7 @@ def gen_control(rng: random.Random) -> bytes:
 
 class ControlRig:
     def __init__(self):
-        from edge.control import Caller, ControlServer
+        from edge.core.control import Caller, ControlServer
         self.calls: list[tuple[str, dict]] = []
 
         def handler(name):

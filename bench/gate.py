@@ -31,9 +31,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from bench.common import Result, percentile
-from edge.bay_assignment import AssignmentSettings, BayAssigned, BayCondition, review
-from edge.bookings import Bay, Booking, BookingBook
-from edge.gate_policy import Direction, GateRole, GateSettings, PlateRead, SiteView, decide_at_gate
+from edge.parts.site.bay_assignment import AssignmentSettings, BayAssigned, BayCondition, review
+from edge.parts.site.bookings import Bay, Booking, BookingBook
+from edge.parts.site.gate_policy import Direction, GateRole, GateSettings, PlateRead, SiteView, decide_at_gate
 
 START = datetime(2026, 1, 5, 0, 0, tzinfo=timezone.utc)
 SECRET = b"bench-site-secret"
@@ -198,9 +198,9 @@ async def _end_to_end(n: int, reads: int, rng: random.Random, background=None) -
 
     from pymodbus.client import AsyncModbusTcpClient
 
-    from edge.clock import FakeClock
-    from edge.config import parse_config
-    from edge.hub import Hub
+    from units import FakeClock
+    from edge.core.config import parse_config
+    from edge.core.hub import Hub
     from simulators.barrier import BarrierSimulator
     from simulators.broker import free_port
     from simulators.camera import CameraSimulator, hikvision_multipart, hikvision_xml
@@ -209,7 +209,7 @@ async def _end_to_end(n: int, reads: int, rng: random.Random, background=None) -
     # The daemon logs every decision at info level: keep that cost, into a file.
     import logging
 
-    from edge.journal import setup_logging
+    from edge.core.journal import setup_logging
 
     log_file = open(tmp / "hubedge.log", "w")
     setup_logging("info", stream=log_file)

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from bench.common import Result, percentile
-from edge.outbox import Outbox
-from edge.store import Store
+from edge.core.outbox import Outbox
+from edge.core.store import Store
 
 DATA = {"session": "S-000123", "connector": "C-04", "bay": "B-04", "method": "rfid", "token": "04A1****9C",
         "meter_start_wh": 1234567, "started_at": "2026-01-01T00:00:00.000Z"}

@@ -27,9 +27,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from bench.common import Result, cpu_seconds, percentile, rss_mb
-from edge.clock import rfc3339
-from edge.control import request
-from edge.sessions import Session, SessionLedger
+from units import rfc3339
+from edge.core.control import request
+from edge.core.sessions import Session, SessionLedger
 
 ROOT = Path(__file__).resolve().parent.parent
 CMD = "python -m bench scale"
@@ -72,7 +72,7 @@ def _fill_sessions(state: Path, n: int) -> list[str]:
 
 
 def _fill_tokens(state: Path, n: int) -> None:
-    from edge.tokens import TokenStore
+    from edge.parts.cards.tokens import TokenStore
 
     rng = random.Random(2)
     store = TokenStore(str(state / "tokens.sqlite3"))

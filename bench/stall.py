@@ -129,9 +129,9 @@ async def _stalls(sync_commit: bool, bursts: int) -> dict:
     import logging
 
     from bench.gate import _site_config
-    from edge.config import parse_config
-    from edge.hub import Hub
-    from edge.journal import setup_logging
+    from edge.core.config import parse_config
+    from edge.core.hub import Hub
+    from edge.core.journal import setup_logging
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-stall-"))
     log_file = open(tmp / "hubedge.log", "w")

@@ -17,9 +17,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.common import Result
-from edge.outbox import Outbox
-from edge.store import Store
-from edge.uplink import Uplink
+from edge.core.outbox import Outbox
+from edge.core.store import Store
+from edge.cloud.uplink import Uplink
 from simulators.broker import Broker
 
 WINDOW = 100  # messages unacknowledged on the wire, for both

@@ -35,7 +35,7 @@ from drivers.register_map import (
     decode_string,
     encode,
 )
-from edge.clock import Clock
+from units import Clock
 
 log = logging.getLogger("hubedge.charger")
 # pymodbus logs every lost answer at ERROR with a multi-line frame dump; this

@@ -31,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":
-        from edge.config import ConfigError, load_config
-        from edge.journal import setup_logging
+        from edge.core.config import ConfigError, load_config
+        from edge.core.journal import setup_logging
 
         try:
             cfg = load_config(args.config)
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hubedge: {exc}", file=sys.stderr)
             return 6
         setup_logging(cfg.logging.level)
-        from edge.daemon import run
+        from edge.core.daemon import run
 
         return run(cfg)
     if args.command == "demo":

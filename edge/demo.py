@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from edge.control import request
+from edge.core.control import request
 from edge.hubctl import METHODS, Style, render_status
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -164,7 +164,7 @@ class DayClock:
 
 # Parts of the demo contributed by the hub's parts (cards, payments, site
 # access). Each module exposes demo_part(demo: DemoHub) -> DemoPart.
-DEMO_PARTS = ("edge.demo_cards", "edge.demo_payments", "edge.demo_site", "edge.parts.chargers.ocpp.demo",
+DEMO_PARTS = ("edge.parts.cards.demo", "edge.parts.payments.demo", "edge.parts.site.demo", "edge.parts.chargers.ocpp.demo",
               "edge.parts.power.demo")
 
 
@@ -496,8 +496,8 @@ side = "right"
 def _command_key(path: Path) -> bytes:
     """The demo's command key: made once (mode 0600) and kept with its state,
     so a demo restarted on the same state directory still verifies."""
-    from edge.signing import load_keys
-    from edge.store import atomic_write
+    from edge.cloud.signing import load_keys
+    from edge.core.store import atomic_write
 
     if not path.exists():
         atomic_write(path, (os.urandom(32).hex() + "\n").encode(), mode=0o600)
@@ -884,7 +884,7 @@ async def _summary(hub: DemoHub, notes: list[str] = (), *, cut: str = "") -> str
 
 
 def run_demo(args) -> int:
-    from edge.journal import setup_logging
+    from edge.core.journal import setup_logging
 
     problem = broker_problem(args.broker)
     if problem:

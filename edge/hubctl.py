@@ -1,6 +1,6 @@
 """hubctl: the field technician's tool (R-T1..R-T3).
 
-Talks to the running daemon over its control socket (see edge/control.py and
+Talks to the running daemon over its control socket (see edge/core/control.py and
 docs/control-protocol.md). `hubctl config validate FILE` needs no daemon.
 
 Exit status: 0 done; 1 failed inside the daemon; 2 bad arguments;
@@ -22,7 +22,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from edge.clock import rfc3339
+from units import rfc3339
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED, EXIT_NOT_FOUND, EXIT_UNREACHABLE, EXIT_CONFIG = 0, 1, 2, 3, 4, 5, 6
 CODE_EXIT = {
@@ -73,8 +73,8 @@ class Parser(argparse.ArgumentParser):
 # Commands contributed by the hub's parts (cards, payments, site access),
 # each module exposing hubctl_commands() -> list[PartCommand]. Kept in small
 # modules of their own so hubctl starts fast.
-HUBCTL_PARTS = ("edge.cards_cli", "edge.payments_cli", "edge.site_access_cli", "edge.parts.chargers.ocpp.hubctl",
-                "edge.parts.power.cli")
+HUBCTL_PARTS = ("edge.parts.cards.hubctl", "edge.parts.payments.hubctl", "edge.parts.site.hubctl", "edge.parts.chargers.ocpp.hubctl",
+                "edge.parts.power.hubctl")
 
 
 @dataclass
@@ -538,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _request(socket_path: str, cmd: str, args: dict, on_progress=None) -> dict:
-    from edge.control import request
+    from edge.core.control import request
 
     return asyncio.run(request(socket_path, cmd, {k: v for k, v in args.items() if v is not None},
                                timeout=max(30, float(args.get("timeout") or 0) + 10), on_progress=on_progress))
@@ -764,7 +764,7 @@ def _watch(args, style: Style) -> int:
 
 
 def _validate(path: str, as_json: bool) -> int:
-    from edge.config import ConfigError, load_config
+    from edge.core.config import ConfigError, load_config
 
     try:
         cfg = load_config(path)

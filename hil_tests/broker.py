@@ -161,12 +161,12 @@ class CloudClient:
     def publish(self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False,
                 key: bytes | None = None, sig: str | None = None) -> None:
         """Publish and wait until it is sent. ``key`` signs the message as the
-        cloud does (edge/signing.py); ``sig`` sends exactly that hubedge-sig
+        cloud does (edge/cloud/signing.py); ``sig`` sends exactly that hubedge-sig
         value instead (a wrong or malformed signature); neither: unsigned."""
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
 
-        from edge.signing import SIGNATURE_PROPERTY, sign
+        from edge.cloud.signing import SIGNATURE_PROPERTY, sign
 
         body = payload.encode() if isinstance(payload, str) else payload
         if key is not None:

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from edge.control import request
+from edge.core.control import request
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,12 +4,14 @@ Used by the demo and the tests: it records what the hub sends, publishes
 sync messages and commands, answers roaming authorisation requests from
 a table it is given, and answers a resync request (the hub's
 sync.resync_requested event) by resending what it has synced. Given the hub's command key, it signs everything it
-publishes, as the real cloud does (edge/signing.py). A real cloud is another
+publishes, as the real cloud does (edge/cloud/signing.py). A real cloud is another
 team's system; this one only plays its part on a local broker.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import threading
 import time
@@ -22,8 +24,17 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge.clock import rfc3339
-from edge.signing import SIGNATURE_PROPERTY, sign
+from units import rfc3339
+
+# How the cloud signs a command (docs/cloud-contract.md): the MQTT v5 user
+# property below, "hmac-sha256=" and the hex HMAC-SHA256, under the hub's
+# command key, of the topic, a newline and the payload bytes.
+SIGNATURE_PROPERTY = "hubedge-sig"
+
+
+def sign(key: bytes, topic: str, payload: bytes) -> str:
+    mac = hmac.new(key, topic.encode("utf-8") + b"\n" + payload, hashlib.sha256)
+    return "hmac-sha256=" + mac.hexdigest()
 
 
 class CloudSimulator:

@@ -30,8 +30,8 @@ from drivers.zvt.apdu import Apdu, decode_apdu, header_size_and_length
 from drivers.zvt.bmp import RECEIPT_ALL
 from drivers.zvt.framing import ACK_BYTE, NAK_BYTE, Frame, FrameReader, LineByte, encode_frame
 from drivers.zvt.tlv import constructed, primitive
-from edge.pricing import currency as currency_info
-from edge.pricing import from_minor_units
+from units import currency as currency_info
+from units import from_minor_units
 
 log = logging.getLogger("hubedge.sim.zvt")
 

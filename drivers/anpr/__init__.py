@@ -27,7 +27,7 @@ __all__ = [
 
 def __getattr__(name: str):
     # The listener brings aiohttp in (a fifth of a second): loaded when asked
-    # for, so that the hub's plate matching (edge.plates) and hubctl do not pay it.
+    # for, so that the hub's plate matching (edge.parts.site.plates) and hubctl do not pay it.
     if name == "AnprListener":
         from drivers.anpr import listener
 

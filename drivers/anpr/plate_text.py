@@ -1,7 +1,7 @@
 """Number plates as text: the compact and canonical forms and the mask for logs.
 
 The camera driver masks every plate it logs (R-G8) and the hub matches plates
-by the same canonical form (edge/plates.py holds the matching rule and the
+by the same canonical form (edge/parts/site/plates.py holds the matching rule and the
 keyed hashes), so the forms live here, below both: a driver imports nothing
 of the hub.
 

@@ -44,9 +44,9 @@ from drivers.zvt.errors import (
 )
 from drivers.zvt.link import Link, Timers, open_link
 from drivers.zvt.result_codes import intermediate_text, reason_for, terminal_status_text
-from edge.clock import Clock
-from edge.pricing import currency as currency_info
-from edge.pricing import currency_by_numeric, from_minor_units, to_minor_units
+from units import Clock
+from units import currency as currency_info
+from units import currency_by_numeric, from_minor_units, to_minor_units
 
 log = logging.getLogger("hubedge.zvt")
 

@@ -16,7 +16,7 @@ import pytest
 
 from drivers.register_map import load_register_map
 from hil_tests.daemon import RunningDaemon
-from edge.envelope import validate_event
+from edge.cloud.envelope import validate_event
 from simulators.broker import Broker, mosquitto_available
 from simulators.card import CardSimulator
 from simulators.charger import ChargerSimulator

@@ -8,16 +8,16 @@ wraps them from the outside before the daemon starts.
 What counts as a commit:
 
 * the outermost COMMIT of a sqlite transaction, on every connection the
-  daemon opens (the hub's database in edge/store.py, the token store in
-  edge/tokens.py), and a write statement sqlite commits on its own because
+  daemon opens (the hub's database in edge/core/store.py, the token store in
+  edge/parts/cards/tokens.py), and a write statement sqlite commits on its own because
   no transaction is open;
-* an ``atomic_write`` (edge/store.py) of a document set or any other file:
+* an ``atomic_write`` (edge/core/store.py) of a document set or any other file:
   the rename that makes the new content the file.
 
 A commit point is named by what made it, so that two runs of one journey
 name it alike although polls and ticks commit at their own times: the
 innermost edge/* functions on the stack when the transaction began (up to
-four, innermost first; edge/store.py's own frames left out) and the tables it
+four, innermost first; edge/core/store.py's own frames left out) and the tables it
 wrote (or the file it replaced), plus its occurrence number among the points
 of that name. ``--arm FILE`` starts the counting once FILE exists, so a
 journey counts from its own first step, not from the daemon's start-up.
@@ -226,9 +226,9 @@ def install(commits: Commits) -> None:
 
     sqlite3.connect = counting_connect
 
-    import edge.store
+    import edge.core.store
 
-    atomic_write = edge.store.atomic_write
+    atomic_write = edge.core.store.atomic_write
 
     def counted_atomic_write(path, data, **kwargs):
         label = f"{opener()} [file {Path(path).name}]"
@@ -240,9 +240,9 @@ def install(commits: Commits) -> None:
             raise
         COMMITS.after(label, place)
 
-    # Callers look the name up in edge.store when they call it (the
+    # Callers look the name up in edge.core.store when they call it (the
     # document storage) or import it from there at the call (the key files).
-    edge.store.atomic_write = counted_atomic_write
+    edge.core.store.atomic_write = counted_atomic_write
 
 
 def main(argv: list[str] | None = None) -> int:

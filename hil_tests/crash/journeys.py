@@ -26,7 +26,7 @@ import time
 from datetime import datetime, timedelta, timezone
 
 from bench.chaos import ExitPassage, Visit
-from edge.clock import rfc3339
+from units import rfc3339
 from hil_tests.crash.site import CrashSite
 
 ACTIVE = ("Charging", "SuspendedEV", "SuspendedEVSE")

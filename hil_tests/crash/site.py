@@ -22,7 +22,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from edge.control import request
+from edge.core.control import request
 from edge.demo import ROOT, DemoHub
 
 SPEED = 60.0  # simulated seconds per real second: about 5 kWh a real second at 300 kW
@@ -291,7 +291,7 @@ class CrashSite:
 
 
 def _key(path: Path) -> bytes:
-    from edge.signing import load_keys
+    from edge.cloud.signing import load_keys
 
     return load_keys(path)[0]
 

@@ -14,7 +14,7 @@ import jsonschema
 
 from edge.demo import DemoHub
 
-SCHEMAS = Path(__file__).resolve().parents[2] / "edge" / "schemas" / "hubctl"
+SCHEMAS = Path(__file__).resolve().parents[2] / "edge" / "cloud" / "schemas" / "hubctl"
 
 
 @contextlib.asynccontextmanager

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.envelope import validate_event
+from edge.cloud.envelope import validate_event
 from hil_tests.broker import Broker, CloudClient
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,6 +1,6 @@
 """The cloud engineer's first hour (issue 19): every command, sent as the
 cloud would and as it should not, is answered with a reply that validates
-against edge/schemas/reply.json, never tells the cloud to use hubctl, and
+against edge/cloud/schemas/reply.json, never tells the cloud to use hubctl, and
 refuses missing arguments by their schema; meter samples are published on
 hub/{id}/telemetry/meter while a truck charges."""
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from edge.downlink import COMMANDS
-from edge.schemas import validator
+from edge.cloud.downlink import COMMANDS
+from edge.cloud.schemas import validator
 from hil_tests.demo.site import started_site
 
 pytestmark = pytest.mark.hil

@@ -18,13 +18,13 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from edge.clock import rfc3339
+from units import rfc3339
 from edge.demo import DemoHub
 
 pytestmark = [pytest.mark.hil, pytest.mark.cloud,
               pytest.mark.sim_only(reason="plugs a truck in and silences a barrier on the simulators",
                                    devices=["charger", "gate"])]
-SCHEMA = Path(__file__).resolve().parents[2] / "edge" / "schemas" / "hubctl" / "status.json"
+SCHEMA = Path(__file__).resolve().parents[2] / "edge" / "cloud" / "schemas" / "hubctl" / "status.json"
 
 
 async def _hubctl(hub: DemoHub, *args: str) -> subprocess.CompletedProcess:

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from drivers.register_map import load_register_map
-from edge.control import request
+from edge.core.control import request
 from simulators.charger import ChargerSimulator
 
 pytestmark = pytest.mark.hil
@@ -280,7 +280,7 @@ async def test_fleet_technicians_reach_the_socket_in_the_runtime_directory_syste
     user = daemon_user
     python = sys.executable
     probe = subprocess.run(["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", python, "-c",
-                            "import edge.daemon, paho.mqtt.client"], cwd=str(ROOT), capture_output=True, timeout=30)
+                            "import edge.core.daemon, paho.mqtt.client"], cwd=str(ROOT), capture_output=True, timeout=30)
     if probe.returncode != 0:
         pytest.skip(f"user {user} cannot run this checkout's Python ({python}): {probe.stderr.decode()[-300:]}")
     home = socket_dir / "home"  # the hub's user's own: configuration, state, log

@@ -30,10 +30,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from drivers.register_map import load_register_map
-from edge.clock import rfc3339
-from edge.control import request
-from edge.envelope import validate_event
-from edge.schemas import validator
+from units import rfc3339
+from edge.core.control import request
+from edge.cloud.envelope import validate_event
+from edge.cloud.schemas import validator
 from hil_tests.broker import CloudClient
 from simulators.charger import ChargerSimulator
 

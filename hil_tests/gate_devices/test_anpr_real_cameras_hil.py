@@ -201,8 +201,8 @@ async def test_a_connection_that_stops_inside_its_head_gets_408(camera_rig):
 
 async def test_gate_camera_max_body_bytes_reaches_the_listener(tmp_path: Path):
     """`max_body_bytes` under a gate's camera sets that listener's limit."""
-    from edge.config import parse_config
-    from edge.hub import Hub
+    from edge.core.config import parse_config
+    from edge.core.hub import Hub
     from simulators.broker import free_port
 
     listen = free_port()

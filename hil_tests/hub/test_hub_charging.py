@@ -156,8 +156,8 @@ async def test_r_d1_systemd_notify_ready_watchdog_and_stopping(tmp_path, sims):
 
 async def test_every_event_the_daemon_emits_matches_its_schema(daemon, sims):
     """Issue 3 item 5: events carry the envelope of docs/cloud-contract.md and each
-    type's data schema (edge/schemas/events)."""
-    from edge.envelope import validate_event
+    type's data schema (edge/cloud/schemas/events)."""
+    from edge.cloud.envelope import validate_event
 
     ch1 = sims["CH1"]
     ch1.plug(0, soc=95, battery_kwh=200)

@@ -10,8 +10,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from edge.clock import rfc3339
-from edge.envelope import validate_event
+from units import rfc3339
+from edge.cloud.envelope import validate_event
 from hil_tests.broker import Broker, CloudClient
 from hil_tests.hub.conftest import DaemonUnderTest
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from edge.envelope import validate_event
+from edge.cloud.envelope import validate_event
 from hil_tests.hub.conftest import DaemonUnderTest
 
 pytestmark = [pytest.mark.hil, pytest.mark.charger]

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from edge.clock import rfc3339
+from units import rfc3339
 from hil_tests.hub.conftest import DaemonUnderTest
 from simulators.broker import Broker
 from simulators.cloud import CloudSimulator

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from edge.signing import sign
+from edge.cloud.signing import sign
 from hil_tests.broker import Broker, CloudClient
 from hil_tests.hub.conftest import DaemonUnderTest
 

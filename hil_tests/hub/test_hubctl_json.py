@@ -1,5 +1,5 @@
 """Every core hubctl command's --json output matches its documented schema
-(edge/schemas/hubctl, docs/hubctl.md), against a running daemon (issue 7)."""
+(edge/cloud/schemas/hubctl, docs/hubctl.md), against a running daemon (issue 7)."""
 
 import json
 from pathlib import Path
@@ -8,7 +8,7 @@ import jsonschema
 import pytest
 
 pytestmark = pytest.mark.hil
-SCHEMAS = Path(__file__).resolve().parents[2] / "edge" / "schemas" / "hubctl"
+SCHEMAS = Path(__file__).resolve().parents[2] / "edge" / "cloud" / "schemas" / "hubctl"
 ROOT = Path(__file__).resolve().parents[2]
 
 

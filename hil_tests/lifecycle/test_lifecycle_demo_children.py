@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.control import request
+from edge.core.control import request
 from hil_tests.daemon import ROOT
 from simulators.broker import mosquitto_available
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.tokens import TokenStore
+from edge.parts.cards.tokens import TokenStore
 from hil_tests.bare_hub import BareHub, until
 
 pytestmark = pytest.mark.hil

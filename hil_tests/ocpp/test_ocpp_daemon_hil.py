@@ -16,8 +16,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from edge.envelope import validate_event
-from edge.tokens import TokenStore
+from edge.cloud.envelope import validate_event
+from edge.parts.cards.tokens import TokenStore
 from hil_tests.daemon import RunningDaemon
 from simulators.broker import free_port
 from simulators.ocpp_station import OcppStation

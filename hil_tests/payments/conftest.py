@@ -18,7 +18,7 @@ import pytest
 
 from drivers.register_map import load_register_map
 from hil_tests.daemon import RunningDaemon
-from edge.envelope import validate_event
+from edge.cloud.envelope import validate_event
 from simulators.charger import ChargerSimulator
 from simulators.zvt_terminal import ZvtTerminalSimulator
 
@@ -179,7 +179,7 @@ password = "123456"
 
 
 def expected_cost(energy_wh: int, price: str = "0.399", vat: str = "0.19") -> Decimal:
-    from edge.pricing import Tariff, session_cost
+    from edge.parts.payments.pricing import Tariff, session_cost
     from datetime import datetime, timezone
 
     t = Tariff("x", "EUR", Decimal(price), Decimal(vat), datetime(2000, 1, 1, tzinfo=timezone.utc))

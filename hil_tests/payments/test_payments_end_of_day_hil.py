@@ -18,12 +18,12 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from edge.envelope import validate_event
+from edge.cloud.envelope import validate_event
 from hil_tests.broker import Broker, CloudClient
 from simulators.broker import mosquitto_available
 
 pytestmark = pytest.mark.hil
-SCHEMAS = Path(__file__).resolve().parents[2] / "edge" / "schemas" / "hubctl"
+SCHEMAS = Path(__file__).resolve().parents[2] / "edge" / "cloud" / "schemas" / "hubctl"
 
 
 @pytest.fixture

@@ -3,8 +3,8 @@ hub/{id}/sync/tariffs through a real mosquitto price the bank-card sessions
 paid at the arch (real daemon, ZVT terminal simulator over TCP, charger
 simulator over Modbus TCP).
 
-Every expected amount is computed here from the rule edge/pricing.py states,
-not with edge.pricing: net = kWh x price rounded half up to the cent, VAT on
+Every expected amount is computed here from the rule edge/parts/payments/pricing.py states,
+not with edge.parts.payments.pricing: net = kWh x price rounded half up to the cent, VAT on
 the rounded net rounded half up, gross = net + VAT."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 
-from edge.clock import parse_rfc3339, rfc3339
-from edge.envelope import validate_event
+from units import parse_rfc3339, rfc3339
+from edge.cloud.envelope import validate_event
 from hil_tests.broker import Broker, CloudClient
 
 pytestmark = pytest.mark.hil
@@ -284,7 +284,7 @@ async def test_r_m3_malformed_tariffs_are_refused_and_change_no_price(cloud_hub,
 
 
 async def test_r_m3_tariff_in_an_unknown_or_foreign_currency_is_refused(cloud_hub, cloud):
-    """R-M3 / R-P8: a currency edge/pricing.py does not know, or another than
+    """R-M3 / R-P8: a currency edge/parts/payments/pricing.py does not know, or another than
     the site's, can never price a session here; the hub says so instead of
     storing it and answering ok."""
     hub = await cloud_hub()

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from edge.clock import rfc3339
+from units import rfc3339
 from hil_tests.power.conftest import COMMAND_KEY, HUB
 
 pytestmark = [pytest.mark.hil, pytest.mark.sim_only(reason="plugs trucks in and drives the meter simulator",

@@ -46,8 +46,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge.clock import parse_rfc3339
-from edge.envelope import validate_event
+from units import parse_rfc3339
+from edge.cloud.envelope import validate_event
 
 MARGIN_S = 2.0
 NEVER = datetime(9999, 1, 1, tzinfo=timezone.utc)
@@ -273,7 +273,7 @@ class CloudContract:
 
     # ------------------------------------------------------------ the checks
     def verdict(self) -> Verdict:
-        from edge.schemas import validator
+        from edge.cloud.schemas import validator
 
         v = Verdict()
         with self._cond:
@@ -414,7 +414,7 @@ def _seqs_given(db_path: Path) -> dict[str, int]:
         rows = db.execute("SELECT stream, seq FROM outbox_seq").fetchall()
     finally:
         db.close()
-    from edge.envelope import STREAMS
+    from edge.cloud.envelope import STREAMS
 
     return {s: n for s, n in rows if s in STREAMS and n}
 

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.plates import mask_plate
-from edge.tokens import mask
+from edge.parts.site.plates import mask_plate
+from edge.parts.cards.tokens import mask
 from hil_tests.broker import Broker
 from hil_tests.scenarios.cloud_contract import CloudContract, Verdict
 from hil_tests.scenarios.timeline import DeviceWatch, Timeline

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from edge.clock import rfc3339
+from units import rfc3339
 
 pytestmark = [
     pytest.mark.hil,

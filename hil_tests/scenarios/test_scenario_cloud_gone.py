@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from edge.clock import parse_rfc3339
+from units import parse_rfc3339
 
 pytestmark = [
     pytest.mark.hil,

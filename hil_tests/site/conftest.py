@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from drivers.register_map import load_register_map
-from edge.control import request
+from edge.core.control import request
 from hil_tests.broker import Broker
 from simulators.barrier import BarrierSimulator
 from simulators.broker import free_port

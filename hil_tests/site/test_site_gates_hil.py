@@ -11,8 +11,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from edge.clock import rfc3339
-from edge.envelope import validate_event
+from units import rfc3339
+from edge.cloud.envelope import validate_event
 
 pytestmark = pytest.mark.hil
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from drivers.register_map import load_register_map
-from edge.clock import rfc3339
-from edge.envelope import validate_event
+from units import rfc3339
+from edge.cloud.envelope import validate_event
 from hil_tests.broker import Broker
 from hil_tests.daemon import RunningDaemon
 from simulators.charger import ChargerSimulator
@@ -80,8 +80,8 @@ side = "right"
 
 @pytest.fixture
 async def bays(tmp_path):
-    from edge.signing import load_keys
-    from edge.store import atomic_write
+    from edge.cloud.signing import load_keys
+    from edge.core.store import atomic_write
 
     key_file = tmp_path / "command.key"
     atomic_write(key_file, (b"42" * 32) + b"\n", mode=0o600)

@@ -20,7 +20,7 @@ WHERE = sys.argv.pop(1)
 MARK = Path(os.environ["HUBEDGE_TEST_MARK"])
 
 if WHERE == "apply":
-    from edge.tokens import TokenStore
+    from edge.parts.cards.tokens import TokenStore
 
     def apply(self, message):  # runs in a worker thread: the daemon's loop goes on
         MARK.write_text(str(message.get("id")))

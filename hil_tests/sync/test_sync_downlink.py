@@ -10,11 +10,11 @@ from datetime import timedelta
 
 import pytest
 
-from edge.clock import Clock, rfc3339
-from edge.downlink import Downlink
-from edge.outbox import Outbox
-from edge.store import Store
-from edge.uplink import Uplink
+from units import Clock, rfc3339
+from edge.cloud.downlink import Downlink
+from edge.core.outbox import Outbox
+from edge.core.store import Store
+from edge.cloud.uplink import Uplink
 
 pytestmark = pytest.mark.hil
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from edge.clock import Clock
-from edge.schemas import validator
-from edge.outbox import Outbox
-from edge.store import Store
-from edge.uplink import Uplink
+from units import Clock
+from edge.cloud.schemas import validator
+from edge.core.outbox import Outbox
+from edge.core.store import Store
+from edge.cloud.uplink import Uplink
 
 pytestmark = pytest.mark.hil
 

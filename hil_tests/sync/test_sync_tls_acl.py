@@ -12,9 +12,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.outbox import Outbox
-from edge.store import Store
-from edge.uplink import Uplink
+from edge.core.outbox import Outbox
+from edge.core.store import Store
+from edge.cloud.uplink import Uplink
 from hil_tests.broker import HUB_ACL, Broker
 
 pytestmark = pytest.mark.hil

@@ -8,10 +8,10 @@ import logging
 import sys
 from pathlib import Path
 
-from edge.clock import Clock
-from edge.outbox import Outbox
-from edge.store import Store
-from edge.uplink import Uplink
+from units import Clock
+from edge.core.outbox import Outbox
+from edge.core.store import Store
+from edge.cloud.uplink import Uplink
 
 
 async def main(state_dir: str, url: str, hub_id: str, window: int) -> None:

@@ -5,8 +5,8 @@ from itertools import count
 
 import pytest
 
-from edge.auth import AuthPolicy, Authorisation
-from edge.tokens import TokenStore
+from edge.parts.cards.auth import AuthPolicy, Authorisation
+from edge.parts.cards.tokens import TokenStore
 
 @pytest.fixture
 def store(tmp_path):

@@ -1,8 +1,8 @@
-"""Decisions of edge.auth.Authorisation, driven by events without I/O."""
+"""Decisions of edge.parts.cards.auth.Authorisation, driven by events without I/O."""
 
 from datetime import datetime, timedelta, timezone
 
-from edge.auth import (
+from edge.parts.cards.auth import (
     AuthAccepted, AuthorisationLapsed, AuthorisedAwaitingPlug, SendAuthRequest,
     StartCharging, StopSession, TokenBlockedInSession,
 )

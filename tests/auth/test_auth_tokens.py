@@ -4,7 +4,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from edge.tokens import CachedAuthorisation, TokenStore
+from edge.parts.cards.tokens import CachedAuthorisation, TokenStore
 
 NOW = datetime(2026, 3, 2, 8, 0, tzinfo=timezone.utc)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from edge.bookings import Bay, BookingBook
-from edge.clock import rfc3339
+from edge.parts.site.bookings import Bay, BookingBook
+from units import rfc3339
 
 SECRET = b"site-secret-for-tests"
 NOW = datetime(2026, 3, 2, 8, 0, tzinfo=timezone.utc)

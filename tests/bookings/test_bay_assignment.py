@@ -6,9 +6,9 @@ from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 from booking_builders import NOW, SECRET, bays_of, booking_item, make_book
-from edge.bay_assignment import (AssignmentSettings, BayAssigned, BayCondition, BayReassigned, BayReleased,
+from edge.parts.site.bay_assignment import (AssignmentSettings, BayAssigned, BayCondition, BayReassigned, BayReleased,
                                  NoBayAvailable, NoShow, Overstay, apply_decisions, on_arrival, review)
-from edge.bookings import Bay, BookingBook
+from edge.parts.site.bookings import Bay, BookingBook
 from state_machines import booking as lifecycle
 
 H = timedelta(hours=1)

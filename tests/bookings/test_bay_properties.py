@@ -9,9 +9,9 @@ from datetime import timedelta
 from hypothesis import given, settings, strategies as st
 
 from booking_builders import NOW, SECRET, booking_item
-from edge.bay_assignment import (AssignmentSettings, BayAssigned, BayReassigned, NoBayAvailable, apply_decisions,
+from edge.parts.site.bay_assignment import (AssignmentSettings, BayAssigned, BayReassigned, NoBayAvailable, apply_decisions,
                                  review)
-from edge.bookings import Bay, BookingBook
+from edge.parts.site.bookings import Bay, BookingBook
 from state_machines import booking as lifecycle
 
 Q = timedelta(minutes=15)

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from booking_builders import NOW, SECRET, bays_of, booking_item, make_book
-from edge.bookings import Bay, Booking, BookingBook, BookingRules, BookingStateError
+from edge.parts.site.bookings import Bay, Booking, BookingBook, BookingRules, BookingStateError
 from state_machines import booking as lifecycle
 
 H = timedelta(hours=1)

@@ -8,9 +8,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from booking_builders import NOW, SECRET, bays_of, booking_item, make_book
-from edge.bay_assignment import AssignmentSettings, BayCondition, apply_decisions, review
-from edge.bookings import Bay, BookingBook
-from edge.gate_policy import (Direction, GateAction, GateReason, GateRole, GateSettings, PlateRead, SiteView,
+from edge.parts.site.bay_assignment import AssignmentSettings, BayCondition, apply_decisions, review
+from edge.parts.site.bookings import Bay, BookingBook
+from edge.parts.site.gate_policy import (Direction, GateAction, GateReason, GateRole, GateSettings, PlateRead, SiteView,
                               decide_at_gate)
 
 M = timedelta(minutes=1)

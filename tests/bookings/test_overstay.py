@@ -1,6 +1,6 @@
 """R-B6 (a booking does not extend the stay): when an overstay is reported,
 from which moment it is counted, and when it is not, decided without sockets
-by edge.bay_assignment.review."""
+by edge.parts.site.bay_assignment.review."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from booking_builders import NOW, bays_of, booking_item, make_book
-from edge.bay_assignment import AssignmentSettings, BayCondition, Overstay, apply_decisions, review
+from edge.parts.site.bay_assignment import AssignmentSettings, BayCondition, Overstay, apply_decisions, review
 
 M = timedelta(minutes=1)
 S = AssignmentSettings(lead_time=timedelta(hours=1), no_show_timeout=30 * M, overstay_after=15 * M)

@@ -8,7 +8,7 @@ from datetime import timedelta
 from hypothesis import given, settings, strategies as st
 
 from booking_builders import NOW, SECRET, bays_of, booking_item, make_book
-from edge.plates import (confusion_form, exact_keys, mask_plate, normalise_plate, plate_hash,
+from edge.parts.site.plates import (confusion_form, exact_keys, mask_plate, normalise_plate, plate_hash,
                          plate_keys)
 
 

@@ -10,13 +10,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from edge import tokens as tokens_module
-from edge.auth import AuthRejected, Authorisation, AuthPolicy, SendAuthRequest
-from edge.cards import LoopTokens, policy_from_config, token_answer
-from edge.cards_cli import hubctl_commands
-from edge.config import parse_config
+from edge.parts.cards import tokens as tokens_module
+from edge.parts.cards.auth import AuthRejected, Authorisation, AuthPolicy, SendAuthRequest
+from edge.parts.cards.part import LoopTokens, policy_from_config, token_answer
+from edge.parts.cards.hubctl import hubctl_commands
+from edge.core.config import parse_config
 from edge.hubctl import EXIT_NOT_FOUND, EXIT_OK, Style
-from edge.tokens import CachedAuthorisation, TokenStore
+from edge.parts.cards.tokens import CachedAuthorisation, TokenStore
 
 NOW = datetime(2026, 3, 2, 8, 0, tzinfo=timezone.utc)
 

@@ -12,9 +12,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from edge.clock import FakeClock
-from edge.config import parse_config
-from edge.envelope import validate_event
+from units import FakeClock
+from edge.core.config import parse_config
+from edge.cloud.envelope import validate_event
 
 ROOT = Path(__file__).resolve().parents[2]
 MAPS = ROOT / "config" / "register-maps"
@@ -37,7 +37,7 @@ class AcceptingCharger:
 
 class IdleRig:
     def __init__(self, tmp: Path):
-        from edge.hub import Hub
+        from edge.core.hub import Hub
 
         cfg = tomllib.loads(f"""
 [hub]

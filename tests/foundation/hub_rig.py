@@ -15,8 +15,8 @@ import tomllib
 from pathlib import Path
 
 from drivers.charger_modbus import ConnectorReading
-from edge.clock import FakeClock
-from edge.config import parse_config
+from units import FakeClock
+from edge.core.config import parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 MAPS = ROOT / "config" / "register-maps"
@@ -81,7 +81,7 @@ class FakeCharger:
 
 class Rig:
     def __init__(self, tmp: Path, state: str = "state", clock: FakeClock | None = None, *, free_vend: bool = False):
-        from edge.hub import Hub
+        from edge.core.hub import Hub
 
         self.tmp = tmp
         self.clock = clock or FakeClock()

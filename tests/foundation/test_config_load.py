@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.config import ConfigError, load_config, parse_config
+from edge.core.config import ConfigError, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config"

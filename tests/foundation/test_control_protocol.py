@@ -5,7 +5,7 @@ import asyncio
 import json
 import os
 
-from edge.control import Caller, ControlError, ControlServer, caller_allowed, request
+from edge.core.control import Caller, ControlError, ControlServer, caller_allowed, request
 
 
 async def serve(tmp_path, handlers):
@@ -76,8 +76,8 @@ async def test_a_reply_reporting_a_change_waits_until_the_change_is_on_disk_R_D2
     that changed nothing answers without waiting for the disk."""
     import threading
 
-    from edge.daemon import durable_replies
-    from edge.store import Store
+    from edge.core.daemon import durable_replies
+    from edge.core.store import Store
 
     held = threading.Event()
     held.set()

@@ -13,6 +13,6 @@ def test_committed_diagrams_match_the_machines():
 
 
 def test_the_event_catalogue_in_docs_is_current():
-    from edge.schemas.catalogue import DOC, render
+    from edge.cloud.schemas.catalogue import DOC, render
 
-    assert DOC.read_text() == render(), "docs/events.md is stale: run python -m edge.schemas.catalogue"
+    assert DOC.read_text() == render(), "docs/events.md is stale: run python -m edge.cloud.schemas.catalogue"

@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = sorted(
     [ROOT / "README.md", ROOT / "config" / "README.md", ROOT / "hil_tests" / "README.md",
-     ROOT / "edge" / "schemas" / "README.md", *(ROOT / "docs").rglob("*.md")]
+     ROOT / "edge" / "cloud" / "schemas" / "README.md", *(ROOT / "docs").rglob("*.md")]
 )
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 PATH = re.compile(r"`((?:docs|edge|config|hil_tests|tests|bench|drivers|simulators|systemd|state_machines)/[^`\s]+)`")
@@ -32,7 +32,7 @@ def test_every_link_and_named_path_exists(doc):
             missing.append(target)
     for path in PATH.findall(text):
         if any(ch in path for ch in "<{*"):
-            continue  # a pattern such as edge/schemas/events/<type>.json
+            continue  # a pattern such as edge/cloud/schemas/events/<type>.json
         if not (ROOT / path.split("::", 1)[0].rstrip(".,;:")).exists():  # a test named file::test
             missing.append(path)
     assert not missing, f"{doc.relative_to(ROOT)} points at what the project does not have: {missing}"
@@ -41,15 +41,15 @@ def test_every_link_and_named_path_exists(doc):
 
 
 def test_the_cloud_contract_documents_every_command_sync_kind_and_schema():
-    from edge.downlink import COMMANDS, SYNC_KINDS
+    from edge.cloud.downlink import COMMANDS, SYNC_KINDS
 
     doc = (ROOT / "docs" / "cloud-contract.md").read_text()
     for name in COMMANDS:
         assert f"`{name}`" in doc and f"`{name}.json`" in doc, name
     for kind in SYNC_KINDS:
         assert f"`hub/{{id}}/sync/{kind}`" in doc and f"`{kind}.json`" in doc, kind
-    for schema in (ROOT / "edge" / "schemas").glob("*.json"):
+    for schema in (ROOT / "edge" / "cloud" / "schemas").glob("*.json"):
         assert f"`{schema.name}`" in doc, schema.name
     events = (ROOT / "docs" / "events.md").read_text()
-    for schema in (ROOT / "edge" / "schemas" / "events").glob("*.json"):
+    for schema in (ROOT / "edge" / "cloud" / "schemas" / "events").glob("*.json"):
         assert f"`{schema.stem}`" in events, schema.stem

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edge import store as store_module
+from edge.core import store as store_module
 from tests.foundation.hub_rig import CrashImages, Rig, events_in
 
 

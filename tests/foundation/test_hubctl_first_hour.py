@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.control import ControlError, resolve_prefix
+from edge.core.control import ControlError, resolve_prefix
 from edge.hubctl import MIB, Style, TimeView, main, render_outbox, render_status
 
 ROOT = Path(__file__).resolve().parents[2]

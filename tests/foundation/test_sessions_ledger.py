@@ -4,7 +4,7 @@ import sqlite3
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
-from edge.sessions import Session, SessionLedger
+from edge.core.sessions import Session, SessionLedger
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=timezone.utc)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from edge.clock import rfc3339
+from units import rfc3339
 from edge.hubctl import Style, render_status
 
 NOW = datetime.now(timezone.utc)

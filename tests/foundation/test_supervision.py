@@ -8,10 +8,12 @@ import asyncio
 import json
 import socket
 
-from edge import supervision, systemd
-from edge.clock import FakeClock
-from edge.schemas import validator
-from edge.supervision import Supervisor
+from edge.core import supervision
+
+from edge.core import systemd
+from units import FakeClock
+from edge.cloud.schemas import validator
+from edge.core.supervision import Supervisor
 
 
 class Rig:

@@ -49,7 +49,7 @@ def test_unit_restarts_for_ever_with_a_growing_delay_R_D1():
     first, most = seconds(unit[("Service", "RestartSec")][-1]), seconds(unit[("Service", "RestartMaxDelaySec")][-1])
     assert 1 <= first < most <= 600, (first, most)
     assert int(unit[("Service", "RestartSteps")][-1]) >= 3
-    assert unit[("Service", "ExecReload")] == ["/bin/kill -HUP $MAINPID"]  # handled by the daemon (edge/reload.py)
+    assert unit[("Service", "ExecReload")] == ["/bin/kill -HUP $MAINPID"]  # handled by the daemon (edge/core/reload.py)
 
 
 def test_unit_waits_for_ntp_but_not_for_ever_R_D1():
@@ -62,7 +62,7 @@ def test_unit_waits_for_ntp_but_not_for_ever_R_D1():
 
 def test_unit_runtime_directory_is_closed_to_others_R_T1():
     """/run/hubedge: the daemon gives it to the technicians' group itself
-    (edge/control.py); the mode must leave everyone else out."""
+    (edge/core/control.py); the mode must leave everyone else out."""
     unit = unit_entries(UNIT)
     assert unit[("Service", "RuntimeDirectory")] == ["hubedge"]
     assert unit[("Service", "RuntimeDirectoryMode")] == ["0750"]

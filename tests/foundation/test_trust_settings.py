@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-import edge.clock as clock_module
-from edge.clock import Clock, FakeClock
-from edge.config import ConfigError, parse_config
-from edge.control import ControlServer
+import units as clock_module
+from units import Clock, FakeClock
+from edge.core.config import ConfigError, parse_config
+from edge.core.control import ControlServer
 from edge.hubctl import Style, render_status
-from edge.reload import needs_restart
+from edge.core.reload import needs_restart
 
 HUB = {"id": "H1", "country": "NL", "vat_rate": "0.21"}
 

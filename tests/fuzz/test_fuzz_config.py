@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bench.fuzz import ConfigRig, _base_config, gen_config, to_toml
-from edge.config import ConfigError, load_config
+from edge.core.config import ConfigError, load_config
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def test_r_t3_arbitrary_bytes_as_config_file(rig, raw):
     rig.check(("text", raw))
 
 
-# ---- what the fuzzer found, fixed in edge/config.py
+# ---- what the fuzzer found, fixed in edge/core/config.py
 
 
 def _write(rig, doc_or_text) -> str:

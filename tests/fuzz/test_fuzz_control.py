@@ -29,7 +29,7 @@ def test_r_t1_mutated_requests(rig, rnd):
     rig.check(gen_control(rnd))
 
 
-# ---- what the fuzzer found, fixed in edge/control.py
+# ---- what the fuzzer found, fixed in edge/core/control.py
 
 
 def test_r_t1_deeply_nested_request_is_bad_request(rig):

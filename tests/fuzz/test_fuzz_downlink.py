@@ -44,7 +44,7 @@ def test_r_m3_arbitrary_json_documents(rig, kind, doc):
     rig.check((topic_of("FUZZ-HUB", kind), json.dumps(doc).encode()))
 
 
-# ---- what the fuzzer found, fixed in edge/downlink.py and edge/schemas/__init__.py
+# ---- what the fuzzer found, fixed in edge/cloud/downlink.py and edge/cloud/schemas/__init__.py
 
 
 def test_r_m3_deeply_nested_payload_is_refused_not_raised(rig):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from drivers.anpr import DEFAULT_MAX_BODY
-from edge.config import ConfigError, parse_config
+from edge.core.config import ConfigError, parse_config
 
 
 def config(camera_extra: str = "") -> dict:

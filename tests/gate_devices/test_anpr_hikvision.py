@@ -191,8 +191,8 @@ def test_plate_read_repr_never_shows_the_plate(hik):
 
 def test_mask_plate_is_the_hub_wide_mask():
     """R-G8: the driver's mask is the hub's one rule (first and last character
-    of the canonical form), the very function edge.plates gives the hub."""
-    from edge import plates
+    of the canonical form), the very function edge.parts.site.plates gives the hub."""
+    from edge.parts.site import plates
 
     assert mask_plate is plates.mask_plate
     assert mask_plate("AB-123-12") == "A***2"

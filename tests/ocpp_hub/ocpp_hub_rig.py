@@ -19,8 +19,8 @@ from drivers.ocpp.events import (
     AuthoriseRequest, CallOutcome, ConnectorStatus, MeterReading, MeterValues, SignedMeterValue, StationBooted,
     StationConnected, StationDisconnected, TransactionEnded, TransactionStarted, TransactionUpdated,
 )
-from edge.clock import FakeClock
-from edge.config import parse_config
+from units import FakeClock
+from edge.core.config import parse_config
 
 T0 = datetime(2026, 12, 4, 10, 0, tzinfo=timezone.utc)
 
@@ -96,7 +96,7 @@ class FakeStation:
 
 class OcppRig:
     def __init__(self, tmp: Path, extra: str = "", version: str = "ocpp1.6", tokens: dict | None = None):
-        from edge.hub import Hub
+        from edge.core.hub import Hub
 
         self.tmp = tmp
         self.clock = FakeClock(T0)

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from edge.config import ConfigError, parse_config
+from edge.core.config import ConfigError, parse_config
 from ocpp_hub_rig import ocpp_config
 
 

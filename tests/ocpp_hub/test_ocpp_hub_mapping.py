@@ -4,7 +4,7 @@ layer's events, a stand-in station recording the hub's calls (R-O2..R-O5)."""
 
 import pytest
 
-from edge.hub import Hub, Refused
+from edge.core.hub import Hub, Refused
 from ocpp_hub_rig import OcppRig
 
 
@@ -321,7 +321,7 @@ def test_hub_builds_ocpp_chargers_through_protocols(tmp_path):
 
 
 async def test_every_event_of_an_ocpp_day_follows_its_schema(rig):
-    from edge.envelope import validate_event
+    from edge.cloud.envelope import validate_event
     from drivers.ocpp.events import HandshakeRefused, Notification
 
     await rig.boot()

@@ -16,10 +16,10 @@ from pathlib import Path
 
 from drivers.zvt import PaymentResult, TerminalRefused, TerminalTimeout, TerminalUnavailable
 from drivers.zvt.client import OpenPreauthorization
-from edge.clock import FakeClock
-from edge.config import parse_config
-from edge.payments import Closing
-from edge.pricing import Tariff
+from units import FakeClock
+from edge.core.config import parse_config
+from edge.parts.payments.part import Closing
+from edge.parts.payments.pricing import Tariff
 
 ROOT = Path(__file__).resolve().parents[2]
 MAPS = ROOT / "config" / "register-maps"
@@ -193,7 +193,7 @@ class FakeCharger:
 
 class Rig:
     def __init__(self, tmp: Path, clock: FakeClock, end_of_day: str = '"03:00"'):
-        from edge.hub import Hub
+        from edge.core.hub import Hub
 
         self.clock = clock
         self.hub = Hub(parse_config(hub_config(tmp, end_of_day), tmp / "hub.toml"), clock=clock)

@@ -19,11 +19,11 @@ import pytest
 from payment_rig import NOW, REFUSED, Rig, done, hub_config
 
 from drivers.zvt import TerminalUnavailable
-from edge.clock import FakeClock
-from edge.config import ConfigError, parse_config
-from edge.envelope import validate_event
-from edge.hub import Refused
-from edge.payments import (
+from units import FakeClock
+from edge.core.config import ConfigError, parse_config
+from edge.cloud.envelope import validate_event
+from edge.core.hub import Refused
+from edge.parts.payments.part import (
     END_OF_DAY_ATTEMPTS,
     END_OF_DAY_RETRY,
     Closing,

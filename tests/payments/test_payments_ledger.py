@@ -10,8 +10,8 @@ from decimal import Decimal
 
 import pytest
 
-from edge.clock import FakeClock
-from edge.payments import (
+from units import FakeClock
+from edge.parts.payments.part import (
     BACKSTOP,
     CapWatch,
     LedgerError,
@@ -26,8 +26,8 @@ from edge.payments import (
     same_card,
     settlement_for,
 )
-from edge.pricing import Tariff, energy_cap_wh, session_cost
-from edge.store import Store
+from edge.parts.payments.pricing import Tariff, energy_cap_wh, session_cost
+from edge.core.store import Store
 from state_machines.payment import FINAL_STATES, STATES, TRANSITIONS, next_state
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=timezone.utc)

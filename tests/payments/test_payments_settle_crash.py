@@ -14,7 +14,7 @@ from decimal import Decimal
 
 from payment_rig import NOW, Rig
 
-from edge.clock import FakeClock
+from units import FakeClock
 from state_machines.payment import SETTLING
 
 

@@ -15,12 +15,12 @@ from types import SimpleNamespace
 import pytest
 from payment_rig import NOW, Rig
 
-from edge.clock import FakeClock
-from edge.envelope import validate_event
-from edge.hub import Refused
+from units import FakeClock
+from edge.cloud.envelope import validate_event
+from edge.core.hub import Refused
 from edge.hubctl import Style
-from edge.payments import BACKSTOP
-from edge.payments_cli import _render_list
+from edge.parts.payments.part import BACKSTOP
+from edge.parts.payments.hubctl import _render_list
 
 TECHNICIAN = SimpleNamespace(user="tech")
 
@@ -231,7 +231,7 @@ async def test_issue15_the_backstop_never_releases_a_booking_whose_answer_never_
 async def test_r_t3_retry_and_resolve_a_hold_in_review(rig):
     """A technician asks again now (retry), and records what the acquirer's
     records show when the terminal cannot tell (resolve, audited)."""
-    from edge.control import ControlError
+    from edge.core.control import ControlError
 
     payment = rig.settling_hold(30, "12.00")
     rig.terminal.faults = ["lost"]

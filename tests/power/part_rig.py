@@ -10,8 +10,8 @@ from pathlib import Path
 
 from drivers.charger_modbus import ConnectorReading
 from drivers.grid_meter import MeterReading
-from edge.clock import FakeClock
-from edge.config import parse_config
+from units import FakeClock
+from edge.core.config import parse_config
 from edge.core.charger import CommandFailed
 from tests.foundation.hub_rig import FakeCharger, events_in, hub_config
 
@@ -91,7 +91,7 @@ class LimitedCharger(FakeCharger):
 
 class PowerRig:
     def __init__(self, tmp: Path, power: str = POWER, extra: str = "", clock: FakeClock | None = None):
-        from edge.hub import Hub
+        from edge.core.hub import Hub
 
         self.tmp = tmp
         self.clock = clock or FakeClock(T0)

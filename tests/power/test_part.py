@@ -13,10 +13,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from edge.hub import Refused
+from edge.core.hub import Refused
 from edge.hubctl import Style
-from edge.parts.power.cli import render_power
-from edge.schemas import validator
+from edge.parts.power.hubctl import render_power
+from edge.cloud.schemas import validator
 from tests.power.part_rig import POWER, T0, PowerRig
 
 
@@ -257,7 +257,7 @@ def test_an_amps_only_station_is_sent_its_amp_steps_never_above_its_share(rig):
 async def test_r_e6_hubctl_power_shows_each_share_and_its_json_follows_the_schema(rig):
     await c3_refusing(rig)
     data = json.loads(json.dumps(rig.part.view()))
-    schema = json.loads((Path(__file__).resolve().parents[2] / "edge/schemas/hubctl/power.json").read_text())
+    schema = json.loads((Path(__file__).resolve().parents[2] / "edge/cloud/schemas/hubctl/power.json").read_text())
     jsonschema.Draft202012Validator(schema).validate(data)
     text = render_power(data, Style(False), argparse.Namespace())
     assert "site load   100 kW" in text and "mode normal" in text

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge.config import ConfigError, parse_config
+from edge.core.config import ConfigError, parse_config
 from edge.parts.power.settings import rated_kw
 from tests.power.part_rig import METER_MAP, config
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.pricing import (
+from edge.parts.payments.pricing import (
     Cost,
     Tariff,
     currency,

@@ -3,13 +3,13 @@
 import pytest
 from site_builders import NOW, SiteRig, config
 
-from edge.clock import FakeClock
-from edge.config import parse_config
+from units import FakeClock
+from edge.core.config import parse_config
 
 
 @pytest.fixture
 def rig(tmp_path):
-    from edge.hub import Hub
+    from edge.core.hub import Hub
 
     clock = FakeClock(NOW)
     hub = Hub(parse_config(config(tmp_path), tmp_path / "hub.toml"), clock=clock)

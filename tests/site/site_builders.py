@@ -11,7 +11,7 @@ from pathlib import Path
 
 from drivers.anpr import PlateRead as CameraRead
 from drivers.barrier import BarrierUnavailable
-from edge.clock import FakeClock, rfc3339
+from units import FakeClock, rfc3339
 from edge.demo import MCS_BAYS
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,10 +6,10 @@ from datetime import timedelta
 from site_builders import NOW, booking
 
 from drivers.anpr import PlateRead as CameraRead
-from edge.bay_assignment import BayCondition
-from edge.bookings import Bay, BookingBook
-from edge.gate_policy import Direction
-from edge.site_access import (TrucksOnWay, bay_conditions, booking_for_session, missing_holds, policy_read,
+from edge.parts.site.bay_assignment import BayCondition
+from edge.parts.site.bookings import Bay, BookingBook
+from edge.parts.site.gate_policy import Direction
+from edge.parts.site.part import (TrucksOnWay, bay_conditions, booking_for_session, missing_holds, policy_read,
                               stale_holds)
 
 SECRET = b"unit-site-secret"

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from site_builders import NOW, booking
 
-from edge.envelope import validate_event
+from edge.cloud.envelope import validate_event
 
 
 def _connector(rig, cid):
@@ -316,9 +316,9 @@ async def test_r_g5_r_t3_a_technicians_hold_open_is_kept_across_a_restart_and_it
     kept."""
     from types import SimpleNamespace
 
-    from edge.config import parse_config
-    from edge.control import ControlError
-    from edge.hub import Hub
+    from edge.core.config import parse_config
+    from edge.core.control import ControlError
+    from edge.core.hub import Hub
     from site_builders import config
 
     async def progress(_):
@@ -361,7 +361,7 @@ async def test_r_b2_r_c9_a_bay_assignment_its_event_and_its_journal_entry_are_on
     leaves it)."""
     import sqlite3
 
-    from edge import store as store_module
+    from edge.core import store as store_module
     from tests.foundation.hub_rig import CrashImages
 
     monkeypatch.setattr(store_module, "CHECKPOINT_AFTER_COMMITS", 10**6)

@@ -12,11 +12,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from edge.clock import FakeClock, rfc3339
-from edge.downlink import Downlink, Rejected
-from edge.schemas import event_data_validator, validator
-from edge.signing import sign
-from edge.store import Store
+from units import FakeClock, rfc3339
+from edge.cloud.downlink import Downlink, Rejected
+from edge.cloud.schemas import event_data_validator, validator
+from edge.cloud.signing import sign
+from edge.core.store import Store
 
 HUB = "H1"
 KEY = bytes(range(32))

@@ -8,10 +8,10 @@ from datetime import timedelta
 
 import pytest
 
-from edge.clock import FakeClock
-from edge.envelope import Envelope, validate_event
-from edge.outbox import Outbox, outbox_summary
-from edge.store import Store
+from units import FakeClock
+from edge.cloud.envelope import Envelope, validate_event
+from edge.core.outbox import Outbox, outbox_summary
+from edge.core.store import Store
 
 
 def test_outbox_seq_gapless_per_stream_and_persisted_R_M2(tmp_path):
@@ -102,7 +102,7 @@ def test_outbox_summary_for_hubctl(tmp_path):
 
 
 def test_envelope_type_to_stream():
-    from edge.envelope import event_type_and_stream, topic_for
+    from edge.cloud.envelope import event_type_and_stream, topic_for
 
     assert event_type_and_stream("session.started") == ("session.started", "session")
     assert event_type_and_stream("alarm") == ("device.alarm", "device")

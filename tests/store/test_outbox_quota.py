@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from edge.clock import FakeClock
-from edge.outbox import FULL_REASON, Outbox
-from edge.store import Store
+from units import FakeClock
+from edge.core.outbox import FULL_REASON, Outbox
+from edge.core.store import Store
 
 
 def test_outbox_quota_telemetry_shed_oldest_first_sessions_kept_R_M6(tmp_path):

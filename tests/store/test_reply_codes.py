@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from edge.schemas import validator
+from edge.cloud.schemas import validator
 
 EDGE = Path(__file__).resolve().parents[2] / "edge"
 ALLOWED = set(validator("reply").schema["properties"]["code"]["enum"])
@@ -28,7 +28,7 @@ def _codes_of(expr: ast.expr, where: str) -> set[str]:
         return _codes_of(expr.body, where) | _codes_of(expr.orelse, where)
     if isinstance(expr, ast.Attribute) and expr.attr == "code" and isinstance(expr.value, ast.Name) and expr.value.id == "e":
         return set()  # `except Rejected as e`: e.code
-    if isinstance(expr, ast.Name) and expr.id == "code" and where.startswith("edge/downlink.py"):
+    if isinstance(expr, ast.Name) and expr.id == "code" and where.startswith("edge/cloud/downlink.py"):
         return set()  # the parameter of Downlink._refusal, whose callers are checked
     raise AssertionError(f"{where}: a reply code that is not a literal ({ast.unparse(expr)}): make it one, so it can be checked")
 
@@ -60,7 +60,7 @@ def test_every_reply_code_in_the_code_validates_against_reply_json():
     # The collection itself works: codes of the downlink and of the command handlers are there.
     assert {"ok", "schema", "duplicate", "error", "not_found", "refused", "unlock_failed", "rejected"} <= found.keys()
     unknown = {code: sorted(where) for code, where in found.items() if code not in ALLOWED}
-    assert not unknown, f"reply codes missing from edge/schemas/reply.json: {unknown}"
+    assert not unknown, f"reply codes missing from edge/cloud/schemas/reply.json: {unknown}"
 
 
 def test_every_code_reply_json_allows_is_one_the_code_can_send():

@@ -16,12 +16,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.clock import FakeClock, rfc3339
-from edge.config import ConfigError, parse_config
-from edge.downlink import Downlink
-from edge.schemas import event_data_validator, validator
-from edge.signing import KeyFileError, load_keys, sign, verify
-from edge.store import Store
+from units import FakeClock, rfc3339
+from edge.core.config import ConfigError, parse_config
+from edge.cloud.downlink import Downlink
+from edge.cloud.schemas import event_data_validator, validator
+from edge.cloud.signing import KeyFileError, load_keys, sign, verify
+from edge.core.store import Store
 
 HUB = "H1"
 K1 = bytes(range(32))
@@ -314,8 +314,8 @@ def property_rig():
 
 
 def test_the_worked_example_of_the_schema_readme_holds():
-    """edge/schemas/README.md shows one signature; it must stay the one our code makes."""
-    readme = (Path(__file__).resolve().parents[2] / "edge" / "schemas" / "README.md").read_text()
+    """edge/cloud/schemas/README.md shows one signature; it must stay the one our code makes."""
+    readme = (Path(__file__).resolve().parents[2] / "edge" / "cloud" / "schemas" / "README.md").read_text()
     topic = "hub/NL-VENLO-01/cmd/resync"
     payload = b'{"v":1,"id":"c-1","ts":"2026-03-01T12:00:00Z","expires":"2026-03-01T12:05:00Z","args":{}}'
     sig = sign(bytes(range(32)), topic, payload)

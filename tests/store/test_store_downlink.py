@@ -8,10 +8,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from edge.clock import FakeClock, rfc3339
-from edge.downlink import Downlink, Rejected, kind_of_topic, maintenance_in_force, tariff_in_force
-from edge.schemas import validator
-from edge.store import Store
+from units import FakeClock, rfc3339
+from edge.cloud.downlink import Downlink, Rejected, kind_of_topic, maintenance_in_force, tariff_in_force
+from edge.cloud.schemas import validator
+from edge.core.store import Store
 
 HUB = "H1"
 
@@ -209,7 +209,7 @@ async def test_store_tariff_in_a_currency_the_site_cannot_price_is_refused_R_P8(
 
 
 def test_store_tariff_in_force_equal_start_highest_id_wins_in_any_order_R_P8():
-    """Same rule as edge.pricing.tariff_in_force: the stored order never decides."""
+    """Same rule as edge.parts.payments.pricing.tariff_in_force: the stored order never decides."""
     at = datetime(2026, 6, 1, tzinfo=timezone.utc)
     a, b = tariff(id="a", price_per_kwh="0.40"), tariff(id="b", price_per_kwh="0.50")
     assert tariff_in_force([a, b], at)["id"] == "b"

@@ -7,8 +7,8 @@ import sqlite3
 
 import pytest
 
-from edge.clock import FakeClock
-from edge.store import Store, atomic_write
+from units import FakeClock
+from edge.core.store import Store, atomic_write
 
 
 def fill(state):

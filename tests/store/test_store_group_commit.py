@@ -19,9 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge import store as store_module
-from edge.outbox import Outbox
-from edge.store import DiskError, Store
+from edge.core import store as store_module
+from edge.core.outbox import Outbox
+from edge.core.store import DiskError, Store
 
 
 class SlowDisk:

@@ -8,8 +8,8 @@ import json
 import pytest
 from jsonschema import Draft202012Validator, ValidationError
 
-from edge.envelope import validate_event
-from edge.schemas import EVENT_SCHEMA_DIR, SCHEMA_DIR, event_types, schema_names, validator
+from edge.cloud.envelope import validate_event
+from edge.cloud.schemas import EVENT_SCHEMA_DIR, SCHEMA_DIR, event_types, schema_names, validator
 
 MESSAGE_KINDS = {"envelope", "status", "reply", "auth_request", "connector_state", "power_state", "telemetry", "tokens",
                  "bookings", "tariffs", "maintenance", "auth_response", "cmd"}
@@ -56,7 +56,7 @@ def test_store_validate_event_accepts_good_and_names_the_fault():
 
 
 def test_store_schema_inbound_tolerates_unknown_keys():
-    """Forward compatibility (edge/schemas/README.md): the cloud may add keys."""
+    """Forward compatibility (edge/cloud/schemas/README.md): the cloud may add keys."""
     msg = {"v": 1, "id": "m", "tariffs": [{"id": "t", "currency": "EUR", "price_per_kwh": "0.399",
                                             "vat_rate": "0.19", "effective_from": "2026-01-01T00:00:00Z",
                                             "future_field": 1}], "also_new": True}

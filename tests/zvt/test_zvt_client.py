@@ -13,7 +13,7 @@ from drivers.zvt import messages as m
 from drivers.zvt.bmp import RECEIPT_ALL
 from drivers.zvt.link import Link
 from drivers.zvt.tlv import constructed, primitive
-from edge.clock import FakeClock
+from units import FakeClock
 
 FAST = Timers(t3_command=0.2, t4_completion=0.3, resync_quiet=0.05)
 

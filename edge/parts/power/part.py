@@ -35,9 +35,9 @@ import math
 import time
 from datetime import datetime, timedelta
 
-from edge.clock import parse_rfc3339, rfc3339
+from units import parse_rfc3339, rfc3339
 from edge.core.charger import PowerLimits
-from edge.hub import Capability, Refused
+from edge.core.hub import Capability, Refused
 from edge.parts.power.allocation import Priority, SharePolicy
 from edge.parts.power.control import (
     ConnectorInput,
@@ -382,7 +382,7 @@ class SitePower(Capability):
         return {"grid_limit_kw": kw, "until": rfc3339(until), "curtailed": True}
 
     async def _set_power_limit_command(self, msg: dict) -> dict:
-        from edge.downlink import Rejected
+        from edge.cloud.downlink import Rejected
 
         args = msg.get("args") or {}
         until = args.get("until")
@@ -449,7 +449,7 @@ class SitePower(Capability):
         return {"power": self._power_command}
 
     async def _power_command(self, args: dict, caller, progress) -> dict:
-        from edge.control import ControlError
+        from edge.core.control import ControlError
 
         action = args.get("action") or "show"
         if action == "show":

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 if TYPE_CHECKING:
-    from edge.config import HubConfig
+    from edge.core.config import HubConfig
 
 _Id = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 _HostPort = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:\[\]-]+:\d{1,5}$")]

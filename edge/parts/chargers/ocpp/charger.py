@@ -40,11 +40,11 @@ from drivers.ocpp.events import (
     TransactionUpdated,
 )
 from drivers.ocpp.station import StationConfig
-from edge.clock import rfc3339
+from units import rfc3339
 from edge.core.charger import Charger, CommandFailed, Reading
 from edge.parts.chargers.ocpp import ledger
 from edge.parts.chargers.ocpp.store import TxRecord
-from edge.tokens import mask
+from edge.parts.cards.tokens import mask
 
 log = logging.getLogger("hubedge.ocpp.charger")
 

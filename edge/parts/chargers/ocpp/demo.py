@@ -25,7 +25,7 @@ import asyncio
 import os
 
 from edge.demo import DemoHub, DemoPart, Step
-from edge.demo_cards import OWN
+from edge.parts.cards.demo import OWN
 
 HOUR = 3600.0
 STATION = "CS-OCPP1"
@@ -42,7 +42,7 @@ class OcppDemo(DemoPart):
         from simulators.broker import free_port
         from simulators.ocpp_station import OcppStation
         from simulators.zvt_terminal import ZvtTerminalSimulator
-        from edge.store import atomic_write
+        from edge.core.store import atomic_write
 
         port = free_port()
         password = os.urandom(12).hex()

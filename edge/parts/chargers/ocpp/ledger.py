@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from edge.hub import _changing
-from edge.sessions import Session
-from edge.tokens import mask
+from edge.core.hub import _changing
+from edge.core.sessions import Session
+from edge.parts.cards.tokens import mask
 
 # OCPP stop reasons (1.6 Reason, 2.0.1 stoppedReason) in the ledger's words.
 STOP_REASONS = {

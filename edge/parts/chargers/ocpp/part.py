@@ -17,11 +17,11 @@ from datetime import timedelta
 
 from drivers.ocpp.events import HandshakeRefused
 from drivers.ocpp.listener import ListenerSettings, OcppListener, password_check
-from edge.auth import TokenVerdict
-from edge.clock import rfc3339
-from edge.config import ocpp_password
+from edge.parts.cards.auth import TokenVerdict
+from units import rfc3339
+from edge.core.config import ocpp_password
 from edge.core.charger import CommandFailed, register
-from edge.hub import Capability
+from edge.core.hub import Capability
 from edge.parts.chargers.ocpp.charger import OcppCharger
 from edge.parts.chargers.ocpp.store import OcppStore
 

@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from edge.clock import rfc3339
+from units import rfc3339
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ocpp_tx16 (

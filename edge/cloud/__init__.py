@@ -1,0 +1,1 @@
+"""The cloud link: MQTT up and down, the envelope, command signatures, the message schemas."""

@@ -1,0 +1,1 @@
+"""Cards and authorisation: the hub's own RFID readers, token lists, roaming checks."""

@@ -1,0 +1,1 @@
+"""Bank-card payments at the arch terminals: pre-authorisation, settlement, reconciliation."""

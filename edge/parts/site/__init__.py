@@ -1,0 +1,1 @@
+"""Site access: bookings, bays, barrier gates and number-plate cameras."""
