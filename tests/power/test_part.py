@@ -283,3 +283,28 @@ async def test_r_e6_the_status_table_shows_each_connectors_share_and_the_site(ri
     c1 = next(line for line in text.splitlines() if line.startswith("C1 "))
     assert f"{status['power']['allocations']['C1']:.0f} kW" in c1
     assert "site power: limit 1000 kW, site load" in text and "charging" in text
+
+
+async def test_r_e4_a_refused_limit_counts_at_rated_even_when_the_charger_reports_it(rig):
+    # Some stations report the limit the hub asked for, taken or not (an OCPP
+    # charger whose profile was rejected): the refusal is what counts.
+    ch = rig.chargers["CH2"]
+    ch.refusing = True
+    original = ch.set_power_limit
+
+    async def refuse_but_report(cid, watts):
+        ch.limit_w[cid] = watts
+        await original(cid, watts)
+
+    ch.set_power_limit = refuse_but_report
+    rig.plug("C3", session="S3")
+    for _ in range(4):  # past confirm_within_s
+        rig.meter(100)
+        result = await rig.step(1)
+    assert rig.part.confirmed_limits()["C3"] is None
+    assert result.allocation.counted_kw["C3"] == pytest.approx(400)
+    ch.refusing = False
+    for _ in range(4):
+        rig.meter(100)
+        result = await rig.step(1)
+    assert rig.part.confirmed_limits()["C3"] is not None and result.allocation.counted_kw["C3"] < 400

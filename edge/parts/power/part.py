@@ -15,7 +15,8 @@ interface (``edge.core.charger.PowerLimits``), never through a protocol.
 - A limit counts as confirmed when the charger reports it back (a Modbus
   register) or, for a charger that reports no limit, when the command was
   taken. A charger that does not confirm, or that cannot take limits at all,
-  is counted at its rated power (R-E4).
+  is counted at its rated power (R-E4); so is one whose charger refused its
+  last limit, whatever the charger reports, until it takes one.
 - Commands of one step go out lowerings first, all at once; raises only once
   every lowering has been answered (R-E2). A station that takes only amps
   is sent what its 0.1 A steps allow, rounded down.
@@ -95,6 +96,7 @@ class SitePower(Capability):
         self.reading = None  # the last good MeterReading
         self.meter_error: str | None = None
         self.acked: dict[str, float] = {}  # kW the charger last took without a limit to report back
+        self.refused: set[str] = set()  # connectors whose charger refused their last limit
         self.last: StepResult | None = None
         self.inputs: list[ConnectorInput] = []
         self.confirmed: dict[str, float | None] = {}
@@ -205,6 +207,9 @@ class SitePower(Capability):
             if not isinstance(self.hub.chargers.get(place.charger_id), PowerLimits):
                 out[cid] = None
                 continue
+            if cid in self.refused:  # whatever it reports, it said no to the last one
+                out[cid] = None
+                continue
             r = self.hub.readings.get(cid)
             reported = getattr(r, "power_limit_w", None)
             out[cid] = reported / 1000 if reported is not None else self.acked.get(cid)
@@ -278,11 +283,13 @@ class SitePower(Capability):
             raise
         except Exception as exc:
             self.acked.pop(cmd.connector_id, None)
+            self.refused.add(cmd.connector_id)
             self._warn(cmd.connector_id, f"connector {cmd.connector_id} did not take its limit of {watts} W "
                                          f"({exc or type(exc).__name__}); it is counted at its rated power and sent "
                                          "its limit again; check the charger")
             return
         self.acked[cmd.connector_id] = cmd.kw
+        self.refused.discard(cmd.connector_id)
         log.info("power.limit_sent connector=%s watts=%d reason=%s", cmd.connector_id, watts, cmd.reason)
 
     def _warn(self, key: str, text: str) -> None:
