@@ -14,9 +14,10 @@ once (20-90 s).
 
 Two weeks on the same hub (``Scenario``):
 - the realistic week, the main figures: two dozen breaks a weekday (12 on
-  Saturday, 8 on Sunday) and six overnight stays, the connection non-firm:
-  on about half the weekdays the grid operator lowers it to 1.8-2.2 MW for
-  20-60 minutes at its evening peak;
+  Saturday, 8 on Sunday) whose drivers charge to 75-90 %, and six overnight
+  stays that fill up; the connection non-firm: on Tuesdays and Thursdays
+  the grid operator lowers it to 1.8-2.2 MW for 20-60 minutes at its
+  evening peak;
 - the overloaded week, a stress figure reported apart: 44 breaks a weekday
   (22, 12 at the weekend) with their peaks together, curtailed twice every
   day to 1.4-2.0 MW. Break trucks must lose there; the limit must hold.
@@ -93,28 +94,28 @@ class Scenario:
     name: str
     breaks: tuple[int, int, int]  # 45-minute breaks on a weekday, a Saturday, a Sunday
     overnight: int  # overnight stays a night, none on Saturday night
-    curtail_chance: float  # chance of a curtailment window on a day (a weekday for the realistic week)
-    curtail_per_day: int  # curtailments in such a window day
+    curtail_days: tuple[int, ...]  # weekdays (0 Monday) the grid operator curtails on
+    curtail_per_day: int
     curtail_kw: tuple[float, float]
     curtail_min: tuple[float, float]
     curtail_hours: tuple[float, float]
-    weekdays_only: bool
 
 
 # A hub of 4 MCS and 8 CCS bays on a motorway: drivers stop for their
 # legally required 45-minute breaks, late morning and late afternoon, and
-# some stay overnight; about half the breaks are booked. Two dozen breaks a
-# weekday (half at the weekend) and six overnight stays: each bay turns over
-# a few times a day and most of the time the connection is not the limit.
-# The connection is non-firm: on about half the weekdays the grid operator
-# lowers it for 20-60 minutes at its own evening peak.
-REALISTIC = Scenario("realistic week", breaks=(24, 12, 8), overnight=6, curtail_chance=0.5, curtail_per_day=1,
-                     curtail_kw=(1800, 2200), curtail_min=(20, 60), curtail_hours=(16, 20), weekdays_only=True)
+# some stay overnight; about half the breaks are booked. A driver on a break
+# charges what the next leg needs (to 75-90 %) and moves on; one staying
+# overnight fills up. Two dozen breaks a weekday (half at the weekend) and
+# six overnight stays: each bay turns over a few times a day. The connection
+# is non-firm: on Tuesdays and Thursdays the grid operator lowers it for
+# 20-60 minutes at its own evening peak.
+REALISTIC = Scenario("realistic week", breaks=(24, 12, 8), overnight=6, curtail_days=(1, 3), curtail_per_day=1,
+                     curtail_kw=(1800, 2200), curtail_min=(20, 60), curtail_hours=(16, 20))
 # More than the connection can serve: 44 breaks a weekday with their peaks
 # together, and the grid operator curtailing twice every day. A stress
 # figure: what breaks must lose, and whether the limit still holds.
-OVERLOADED = Scenario("overloaded week", breaks=(44, 22, 12), overnight=6, curtail_chance=1.0, curtail_per_day=2,
-                      curtail_kw=(1400, 2000), curtail_min=(15, 60), curtail_hours=(6, 21), weekdays_only=False)
+OVERLOADED = Scenario("overloaded week", breaks=(44, 22, 12), overnight=6, curtail_days=tuple(range(7)),
+                      curtail_per_day=2, curtail_kw=(1400, 2000), curtail_min=(15, 60), curtail_hours=(6, 21))
 
 
 # --------------------------------------------------------------------------
@@ -135,6 +136,7 @@ class Visit:
     max_w: float
     knee: float
     ramp: Ramp
+    target_soc: float = 100.0  # where the driver stops: what the next leg needs, or full overnight
     alone_wh: float = 0.0  # what it could take in its stay with its connector to itself
     energy_wh: float = 0.0
     finished: bool = False
@@ -150,7 +152,8 @@ def traffic(rng: random.Random, days: int, scenario: Scenario = REALISTIC) -> li
             len(visits), arrive, leave, kind, booked, on_break, slot_end,
             battery_wh=(rng.uniform(600, 1000) if mcs else rng.uniform(400, 650)) * 1000, soc=soc, max_w=max_w,
             knee=rng.uniform(55, 70) if mcs else rng.uniform(70, 80),
-            ramp=Ramp(up_w_per_s=rng.uniform(50e3, 150e3), down_w_per_s=max_w / rng.uniform(1.0, 3.0))))
+            ramp=Ramp(up_w_per_s=rng.uniform(50e3, 150e3), down_w_per_s=max_w / rng.uniform(1.0, 3.0)),
+            target_soc=rng.uniform(75, 90) if on_break else 100.0))
 
     for day in range(days):
         t0 = day * 86400.0
@@ -185,7 +188,7 @@ def trouble(rng: random.Random, days: int, scenario: Scenario = REALISTIC) -> Tr
     for day in range(days):
         t0 = day * 86400.0
         weekday = (EPOCH + timedelta(days=day)).weekday()
-        window = rng.random() < scenario.curtail_chance and not (scenario.weekdays_only and weekday >= 5)
+        window = weekday in scenario.curtail_days
         for start in sorted(rng.uniform(*scenario.curtail_hours) for _ in range(scenario.curtail_per_day if window else 0)):
             at = t0 + start * 3600
             if not curtail or at > curtail[-1][2] + 600:
@@ -200,11 +203,11 @@ def trouble(rng: random.Random, days: int, scenario: Scenario = REALISTIC) -> Tr
 def alone_wh(v: Visit, rated_w: float) -> float:
     """What a truck could take in its stay with its connector to itself."""
     power, soc, wh, t = 0.0, v.soc, 0.0, SESSION_AFTER_S + DRAW_AFTER_S
-    while t < v.leave - v.arrive and soc < 100.0:
+    while t < v.leave - v.arrive and soc < v.target_soc:
         step = min(1.0, v.leave - v.arrive - t)
         target = min(v.max_w, rated_w) * taper(soc, v.knee)
         power, got = follow(power, target, step, v.ramp)
-        got = min(got, (100.0 - soc) / 100 * v.battery_wh)
+        got = min(got, (v.target_soc - soc) / 100 * v.battery_wh)
         wh, soc, t = wh + got, soc + got / v.battery_wh * 100, t + step
     return wh
 
@@ -495,12 +498,12 @@ class Week:
                 reach = abs(target - p0) / abs(rate)
                 if reach < dt:
                     turns.append((reach, rate))
-            room = (100.0 - v.soc) / 100 * v.battery_wh
+            room = max(0.0, v.target_soc - v.soc) / 100 * v.battery_wh
             wh = min(wh, room)
             v.energy_wh += wh
-            v.soc = min(100.0, v.soc + wh / v.battery_wh * 100)
+            v.soc = min(v.target_soc, v.soc + wh / v.battery_wh * 100)
             b.power_w = power
-            if v.soc >= 100.0 - 1e-9:
+            if v.soc >= v.target_soc - 1e-9:
                 v.finished, b.power_w, b.drawing = True, 0.0, False
         # The draw went up or down in straight pieces between ramp ends.
         t, w = self.t, start_w
