@@ -164,7 +164,8 @@ class DayClock:
 
 # Parts of the demo contributed by the hub's parts (cards, payments, site
 # access). Each module exposes demo_part(demo: DemoHub) -> DemoPart.
-DEMO_PARTS = ("edge.parts.cards.demo", "edge.parts.payments.demo", "edge.parts.site.demo", "edge.parts.chargers.ocpp.demo")
+DEMO_PARTS = ("edge.parts.cards.demo", "edge.parts.payments.demo", "edge.parts.site.demo", "edge.parts.chargers.ocpp.demo",
+              "edge.parts.power.demo")
 
 
 class DemoPart:
