@@ -366,8 +366,12 @@ side = "left"
         await d.wait_connector("C1", "Preparing")
         assert await cs1.tap(OWN, 0) == "Accepted"
         await d.wait_connector("C1", "Charging")
-        charging = await until(lambda: d.events("booking.charging"), what="booking.charging")
-        assert charging[0]["data"]["booking"] == "BK-OCPP" and charging[0]["data"]["connector"] == "C1"
+        # The outbox empties as the cloud acknowledges: the booking's state says it.
+        booking = await until_async(lambda: d.ask("bookings", {}),
+                                    lambda r: r["ok"] and any(b["booking"] == "BK-OCPP" and b["state"] == "charging"
+                                                              for b in r["data"]), "booking BK-OCPP charging")
+        [b] = [b for b in booking["data"] if b["booking"] == "BK-OCPP"]
+        assert b["connector"] == "C1"
         assert not cs1.violations
     finally:
         await cs1.close()
