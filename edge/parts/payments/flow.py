@@ -26,6 +26,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Iterable, Mapping
 
 from edge.core.hub import Refused
+from edge.parts.payments.ledger import PaymentRecord, money, tariff_from_document
 from edge.parts.payments.pricing import (
     Cost,
     Tariff,
@@ -35,9 +36,8 @@ from edge.parts.payments.pricing import (
     session_cost,
     settlement_amount,
 )
-from state_machines.payment import CHARGING, HELD, PENDING_STATES, REVIEW, SETTLING
-from edge.parts.payments.ledger import PaymentRecord, money, tariff_from_document
 from edge.parts.payments.reconciliation import NOT_OPEN_CODES, not_open_outcome, retry_delay_s
+from state_machines.payment import CHARGING, HELD, PENDING_STATES, REVIEW, SETTLING
 
 if TYPE_CHECKING:
     from edge.parts.payments.lane import TerminalLane

@@ -13,9 +13,9 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from state_machines.payment import REQUESTED
 from edge.parts.payments.ledger import PaymentLedger
 from edge.parts.payments.reconciliation import RECONCILE_EVERY_S
+from state_machines.payment import REQUESTED
 
 if TYPE_CHECKING:
     from edge.parts.payments.part import Payments

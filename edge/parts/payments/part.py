@@ -33,12 +33,12 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from edge.core.hub import Capability, NotFound, Refused
-from state_machines.payment import CHARGING, FOUND, HELD, PENDING_STATES, REQUESTED, SETTLING
 from edge.parts.payments.flow import ArchFlow, CapWatch
 from edge.parts.payments.lane import TerminalLane
 from edge.parts.payments.ledger import PaymentLedger, PaymentRecord, money
 from edge.parts.payments.receipts import Receipts, closing_time, next_closing_at
 from edge.parts.payments.reconciliation import RECONCILE_EVERY_S, Reconciliation
+from state_machines.payment import CHARGING, FOUND, HELD, PENDING_STATES, REQUESTED, SETTLING
 
 log = logging.getLogger("hubedge.payments")
 

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from edge.core.hub import NotFound, Refused
-from edge.parts.payments.pricing import Cost, Tariff
 from edge.parts.payments.ledger import Closing, money
+from edge.parts.payments.pricing import Cost, Tariff
 
 if TYPE_CHECKING:
     from edge.parts.payments.lane import TerminalLane

@@ -24,8 +24,8 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Iterable
 
 from edge.core.hub import NotFound, Refused
-from state_machines.payment import CHARGING, FINAL_STATES, FOUND, HELD, PENDING_STATES, REVIEW, SETTLING
 from edge.parts.payments.ledger import PaymentRecord, money
+from state_machines.payment import CHARGING, FINAL_STATES, FOUND, HELD, PENDING_STATES, REVIEW, SETTLING
 
 if TYPE_CHECKING:
     from edge.parts.payments.lane import TerminalLane
