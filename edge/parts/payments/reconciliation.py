@@ -6,7 +6,7 @@ terminal's answer does not name (a terminal may name only the first open
 one) is asked about on its own, by the call the ledger owes on it. A booking
 whose answer never came sits in review (never released) until the terminal
 says what became of it, or a technician records it from the acquirer's
-records (``hubctl payment resolve``); ``hubctl payment retry`` asks now. A
+records (control command payment_resolve; payment_retry asks the terminal now). A
 hold open for 24 hours is released once its session has stopped.
 
 The pure decisions (backoff, the reconciliation plan, the backstop) are
