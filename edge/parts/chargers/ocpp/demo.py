@@ -74,10 +74,6 @@ protocol = "ocpp1.6"
 password_file = "{key}"
 connectors = [ {{ id = "C7", evse = 1 }}, {{ id = "C8", evse = 2 }} ]
 
-# Site power needs each charger's rated power; an OCPP station does not say it.
-[power.chargers.{STATION}]
-rated_kw = 300
-
 [[terminals]]
 id = "T2"
 port = "{self.terminal.tcp_url}"
