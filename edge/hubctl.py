@@ -282,6 +282,12 @@ def render_status(d: dict, style: Style, view: TimeView | None = None, hide: tup
     else:
         link = f"cloud: {'connected' if cloud.get('connected') else style.state('fault') + ' disconnected'} {cloud.get('broker', '')}"
     lines.append(f"{link}; outbox {ob.get('depth', 0)} waiting, oldest {view.seconds(ob.get('oldest_age_s'))}, quota {(ob.get('quota') or {}).get('state', '?')}")
+    ocpp = d.get("ocpp")
+    if ocpp:
+        lines.append(f"ocpp: {ocpp.get('connected', 0)} of {ocpp.get('stations', 0)} stations connected"
+                     + (f" on port {ocpp['port']}" if ocpp.get("port") else ", listener not started")
+                     + (f"; {ocpp['handshakes_refused']} handshakes refused (wrong id or password: hubctl chargers)"
+                        if ocpp.get("handshakes_refused") else ""))
     clock = d.get("clock")
     if clock is not None:
         lines.append(f"clock: synchronised ({clock.get('source')})" if clock.get("synced") else

@@ -236,6 +236,13 @@ class Hub:
         self._meter_at: datetime | None = None  # when the last meter samples went out
         self.session_started_hooks: list[Callable[[Session], Awaitable[None] | None]] = []
         self.session_ended_hooks: list[Callable[[Session], Awaitable[None] | None]] = []
+        # Called inside the commit that records a session's start or end,
+        # each in a savepoint of its own: records and events that belong to
+        # that step (a booking charging, fulfilled), no I/O. A crash keeps
+        # both or neither; a hook that fails leaves the session's commit as
+        # it is.
+        self.session_started_records: list[Callable[[Session], None]] = []
+        self.session_ended_records: list[Callable[[Session], None]] = []
         self.tokens_applied_hooks: list[Callable[[Any], None]] = []  # called with the ApplyResult, on the loop
         self._tokens_lock = asyncio.Lock()
         self._bookings_lock = asyncio.Lock()
@@ -557,6 +564,7 @@ class Hub:
             with self.store.transaction():  # the session row and its event
                 self.sessions.update(s, self.clock.now())
                 self.emit("session.started", self._session_event(s))
+                self._record_hooks(self.session_started_records, s)
             later(lambda: self._run_hooks(self.session_started_hooks, s))
         if s and c.state not in ("Preparing", "Faulted", *ACTIVE):
             # Finishing (charge ended) or Available/Reserved (unplugged).
@@ -698,6 +706,7 @@ class Hub:
                 c.session_id = None
                 self._persist(c)
             self.emit("session.stopped", self._stopped_event(s))
+            self._record_hooks(self.session_ended_records, s)
             self.store.after_commit(lambda: self._run_hooks(self.session_ended_hooks, s))
 
     def _stopped_event(self, s: Session) -> dict:
@@ -739,6 +748,7 @@ class Hub:
             c.session_id = None
             self._persist(c)
             self.emit("session.stopped", self._stopped_event(s))
+            self._record_hooks(self.session_ended_records, s)
             self.store.after_commit(lambda: self._session_ended(c, s))
 
     def _session_ended(self, c: Connector, s: Session) -> None:
@@ -768,6 +778,14 @@ class Hub:
             ) from None
         log.info("session.stopping session=%s reason=%s", s.id, reason)
         return s
+
+    def _record_hooks(self, hooks, s: Session) -> None:
+        for hook in hooks:
+            try:
+                with self.store.transaction():
+                    hook(s)
+            except Exception:
+                log.exception("hook.failed session=%s", s.id)
 
     def _run_hooks(self, hooks, s: Session) -> None:
         for hook in hooks:
