@@ -1,7 +1,7 @@
-"""The site power part of `hubedge demo`: the demo hub's six connectors
-(5.6 MW together) sit behind a 1 MW grid connection, read by a simulated
-grid meter (SunSpec, Modbus TCP) that sees what the simulated trucks draw
-plus the site's other load. The live view shows each connector's share; the
+"""The site power part of `hubedge demo`: the demo hub's connectors (the
+Modbus chargers' and the OCPP station's, several MW together) sit behind a
+1 MW grid connection, read by a simulated grid meter (SunSpec, Modbus TCP)
+that sees what the simulated trucks draw plus the site's other load. The live view shows each connector's share; the
 summary says how close the site came to its limit."""
 
 from __future__ import annotations
@@ -18,8 +18,17 @@ class PowerDemo(DemoPart):
         super().__init__(demo)
         self.meter = None
 
+    def stations(self) -> dict:
+        """The demo's OCPP stations (the OCPP part starts them before this one)."""
+        return self.demo.devices.get("ocpp_stations", {})
+
     def drawn_w(self) -> float:
-        return sum(sim.drawn_w() for sim in self.demo.chargers.values())
+        modbus = sum(sim.drawn_w() for sim in self.demo.chargers.values())
+        return modbus + sum(c.power_w for st in self.stations().values() for c in st.connectors)
+
+    def rated_mw(self) -> float:
+        modbus = sum(sim.rated_power_w * len(sim.connectors) for sim in self.demo.chargers.values())
+        return (modbus + sum(st.rated_power_w * len(st.connectors) for st in self.stations().values())) / 1e6
 
     async def start(self) -> str:
         from drivers.meter_map import load_meter_map
@@ -41,7 +50,7 @@ min_kw = 20
 buffer_kw = 400
 interval_s = 0.25
 meter = {{ address = "127.0.0.1:{port}", register_map = "{meter_map}", max_kw = 10000 }}
-"""
+""" + "".join(f"[power.chargers.{sid}]\nrated_kw = {st.rated_power_w / 1000:g}\n" for sid, st in self.stations().items())
 
     async def stop(self) -> None:
         if self.meter is not None:
@@ -51,7 +60,7 @@ meter = {{ address = "127.0.0.1:{port}", register_map = "{meter_map}", max_kw = 
         site = status.get("power")
         if not site:
             return ["site power: no share was decided (the meter was never read)"]
-        return [f"site power: {len(site['allocations'])} connectors (5.6 MW together) shared a {GRID_LIMIT_KW} kW "
+        return [f"site power: {len(site['allocations'])} connectors ({self.rated_mw():.1f} MW together) shared a {GRID_LIMIT_KW} kW "
                 f"grid connection; the site's draw peaked at {self.meter.peak_w / 1000:.0f} kW (the hub keeps it under "
                 f"{GRID_LIMIT_KW - MARGIN_KW} kW)"]
 
