@@ -150,7 +150,7 @@ password = "000000"
         steps = [
             Step(0.0, f"OCPP station {STATION} connects to the hub (OCPP 1.6J, HTTP Basic): boot accepted, its vendor, "
                       "model and firmware kept (hubctl chargers)", until=self._booted),
-            Step(0.52 * HOUR, f"a truck plugs in at C7 of OCPP station {STATION}", self._plug(0, 40, 150),
+            Step(0.52 * HOUR, f"a truck plugs in at C7 of OCPP station {STATION}", self._plug(0, 50, 100),
                  until=d.connector_is("C7", "Preparing")),
         ]
         if d.cloud is None:
@@ -171,7 +171,7 @@ password = "000000"
                 self._leaves(0, "C7", 1.5, "C7's truck leaves"),
             ]
         steps += [
-            Step(1.55 * HOUR, f"a truck plugs in at C8 of {STATION}", self._plug(1, 40, 120),
+            Step(1.55 * HOUR, f"a truck plugs in at C8 of {STATION}", self._plug(1, 50, 80),
                  until=d.connector_is("C8", "Preparing")),
             Step(1.58 * HOUR, "its driver pays at arch terminal T2: the hub sends the station a remote start and "
                               "the station's transaction joins the paid session (R-O2)",
