@@ -7,6 +7,7 @@ profile; the fail-safe profiles are set when the station connects."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -62,11 +63,10 @@ async def site(tmp_path):
         await cs2.connect()
         yield d, cs1, cs2, meter
     finally:
-        import sys
         for st in stations:
-            t=time.monotonic(); await st.close(); print("station closed", time.monotonic()-t, file=sys.stderr)
-        t=time.monotonic(); d.terminate(); print("daemon", time.monotonic()-t, file=sys.stderr)
-        t=time.monotonic(); await asyncio.wait_for(meter.stop(), 10); print("meter", time.monotonic()-t, file=sys.stderr)
+            await st.close()
+        d.terminate()
+        await meter.stop()
 
 
 def profiles(station, purpose: str) -> list[dict]:
@@ -110,10 +110,7 @@ async def test_r_e1_r_e4_ocpp_stations_share_the_connection_through_charging_pro
     assert profiles(cs1, "TxProfile") and profiles(cs2, "TxProfile")
     limits = [c.limit_w for st in (cs1, cs2) for c in st.connectors]
     assert all(w is not None for w in limits) and sum(limits) / 1000 <= LIMIT - MARGIN + 1
-    proc = await d.hubctl("--json", "power")
-    import json
-
-    p = json.loads(proc.stdout)
+    p = json.loads((await d.hubctl("--json", "power")).stdout)
     assert p["mode"] == "normal" and all(c["limit_kw"] is not None for c in p["connectors"] if c["charging"])
     assert sum(p["allocations"].values()) <= p["available_kw"] + 0.5
 
@@ -125,8 +122,6 @@ async def test_r_e4_an_ocpp_station_that_rejects_its_profile_is_counted_at_rated
     await start_truck(cs2, 0)
     await d.wait_connector("C3", "Charging", timeout=20)
     deadline = time.monotonic() + 15
-    import json
-
     while True:
         p = json.loads((await d.hubctl("--json", "power")).stdout)
         c3 = next(c for c in p["connectors"] if c["connector"] == "C3")
