@@ -29,7 +29,8 @@ from drivers.device import DeviceHealth
 from edge.core import supervision
 from units import Clock, parse_rfc3339, rfc3339
 from edge.core.config import HubConfig
-from edge.core.sessions import Session, SessionLedger
+from edge.core.registry import load_parts
+from edge.core.sessions import Session, SessionLedger, TokenVerdict
 from edge.core.store import DiskError, Store
 from edge.core.supervision import Supervisor
 from state_machines.connector import ACTIVE, Connector, apply_hardware, build_machine
@@ -134,37 +135,21 @@ class Capability:
         """Extra control-socket commands: name -> async handler(args, caller, progress)."""
         return {}
 
+    def sync_handlers(self) -> dict:
+        """The cloud's sync kinds this part keeps (tokens, bookings, tariffs):
+        kind -> handler(message) -> reply counts, raising downlink.Rejected
+        to refuse a batch (edge/cloud/downlink.py)."""
+        return {}
+
     def booked_slot(self, connector_id: str) -> tuple[datetime, datetime] | None:
         """The slot (start, end) of the booking whose truck is at this
         connector, when this part knows of one (site power asks, R-E3)."""
         return None
 
 
-# The parts of the hub, in start order. Each module exposes a Capability
-# subclass; a part with nothing configured stays idle.
-CAPABILITIES = (
-    "edge.parts.cards.part:CardAuthorisation",
-    "edge.parts.payments.part:Payments",
-    "edge.parts.site.part:SiteAccess",
-    "edge.parts.chargers.ocpp.part:OcppPart",
-    "edge.parts.power.part:SitePower",
-)
-
-
 def load_capabilities(hub: "Hub") -> list[Capability]:
-    import importlib
-
-    parts = []
-    for spec in CAPABILITIES:
-        module_name, cls_name = spec.split(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue  # part not built into this release
-            raise
-        parts.append(getattr(module, cls_name)(hub))
-    return parts
+    """One Capability of each part that has one (edge/parts/__init__.py), in start order."""
+    return [getattr(module, cls_name)(hub) for module, cls_name in load_parts() if cls_name]
 
 
 # What a connector's state is made of in memory; a failed commit puts it back.
@@ -237,6 +222,8 @@ class Hub:
         self.session_started_hooks: list[Callable[[Session], Awaitable[None] | None]] = []
         self.session_ended_hooks: list[Callable[[Session], Awaitable[None] | None]] = []
         self.tokens_applied_hooks: list[Callable[[Any], None]] = []  # called with the ApplyResult, on the loop
+        # The decision for a card read by a charger's own reader: set by the part that keeps the cards.
+        self.token_decider: Callable[..., Awaitable[TokenVerdict]] | None = None
         self._tokens_lock = asyncio.Lock()
         self._bookings_lock = asyncio.Lock()
         self.stopping = False
@@ -291,8 +278,9 @@ class Hub:
         """A charger of a protocol part (OCPP ...), built by the factory
         its part registered in PROTOCOLS; it reports through this hub as
         its ChargerSink."""
-        import edge.parts.chargers.ocpp.part  # noqa: F401  (registers ocpp1.6 and ocpp2.0.1)
         from edge.core.charger import PROTOCOLS
+
+        load_parts()  # each protocol part registers its names
 
         charger = PROTOCOLS[ch.protocol](self, ch)
         self.chargers[ch.id] = charger
@@ -443,6 +431,14 @@ class Hub:
                 if reading is not None:
                     self._apply_reading(c, reading)
         self._resume_starts(charger_id)
+
+    async def authorise(self, uid: str, *, asked_at: str, timeout_s: float | None = None) -> TokenVerdict:
+        """A card read by a charger's own reader (OCPP Authorize, a start the
+        station made from its own list): decided by the cards part, by the
+        same rules as a tap at the hub's readers (R-O2)."""
+        if self.token_decider is None:
+            return TokenVerdict(uid, "Invalid", "invalid", "this hub has no card authorisation part", source="connector")
+        return await self.token_decider(uid, asked_at=asked_at, timeout_s=timeout_s)
 
     # ------------------------------------------------------------------ polls
     async def _poll_once(self, charger_id: str) -> None:
@@ -1027,7 +1023,7 @@ class Hub:
 
         cloud = self.cfg.cloud
         self.downlink = Downlink(self.hub_id, self.store, clock=self.clock, reply=self._reply, on_event=self.emit,
-                                 keys=keys, allow_unsigned=cloud.allow_unsigned, currency=self.cfg.hub.currency,
+                                 keys=keys, allow_unsigned=cloud.allow_unsigned,
                                  command_max_age=timedelta(seconds=cloud.command_max_age_s),
                                  clock_skew=timedelta(seconds=cloud.clock_skew_s))
         self._register_commands()
@@ -1180,6 +1176,9 @@ class Hub:
 
         self.downlink.register("cmd:resync", resync)
         self._register_sync_stores()
+        for part in self.capabilities:
+            for kind, handler in part.sync_handlers().items():
+                self.downlink.register(kind, handler)
         self.downlink.register("cmd:unlock_connector", unlock_connector)
         self.downlink.register("cmd:set_availability", set_availability)
         self.downlink.register("cmd:stop_session", stop_session)

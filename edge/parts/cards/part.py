@@ -102,6 +102,7 @@ class CardAuthorisation(Capability):
         self.policy = policy_from_config(hub.cfg)
         self.tokens = LoopTokens(hub.tokens, hub.spawn)
         self.auth = Authorisation(self.tokens, self.policy)
+        hub.token_decider = self.decide_token
         self.readers: dict[str, ReaderPlace] = {}
         self._reservations: dict[str, str | None] = {}  # connector -> booking id told to the logic
         self._token_list: tuple[int, int] = (hub.tokens.version, hub.tokens.count)

@@ -132,7 +132,7 @@ def choose_tariff(synced: Iterable[Mapping], now: datetime, *, currency: str, pr
                   vat_rate: Decimal) -> Tariff:
     """R-P8: the synced tariff in force at ``now`` in the site's currency, or
     the site's configured default when the cloud has sent none yet."""
-    from edge.cloud.downlink import tariff_in_force
+    from edge.parts.payments.tariffs import tariff_in_force
 
     doc = tariff_in_force(list(synced), now, currency=currency)
     if doc is not None:
@@ -968,6 +968,13 @@ class Payments(Capability):
             if rec.result_code is not None:
                 extra.setdefault("result_code", rec.result_code)
         self.hub.emit(type_, self._event(rec, **extra))
+
+    def sync_handlers(self) -> dict:
+        """R-P8: the cloud's tariffs, kept in the site's currency only."""
+        from edge.parts.payments.tariffs import apply_tariffs
+
+        currency = self.hub.cfg.hub.currency
+        return {"tariffs": lambda m: apply_tariffs(self.hub.store, m, currency=currency)}
 
     # ---------------------------------------------------- arch: pick connector
     def control_handlers(self) -> dict:

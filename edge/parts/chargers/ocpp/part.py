@@ -17,7 +17,6 @@ from datetime import timedelta
 
 from drivers.ocpp.events import HandshakeRefused
 from drivers.ocpp.listener import ListenerSettings, OcppListener, password_check
-from edge.parts.cards.auth import TokenVerdict
 from units import rfc3339
 from edge.core.config import ocpp_password
 from edge.core.charger import CommandFailed, register
@@ -100,11 +99,8 @@ class OcppSite:
         return self.listener.port if self.listener else None
 
     # ------------------------------------------------------------ the decision for a charger's own reader
-    async def decide_token(self, uid: str, asked_at: str) -> TokenVerdict:
-        cards = next((p for p in self.hub.capabilities if p.name == "cards"), None)
-        if cards is None:
-            return TokenVerdict(uid, "Invalid", "invalid", "this hub has no card authorisation part", source="connector")
-        return await cards.decide_token(uid, asked_at=asked_at, timeout_s=AUTHORIZE_LIMIT_S)
+    async def decide_token(self, uid: str, asked_at: str):
+        return await self.hub.authorise(uid, asked_at=asked_at, timeout_s=AUTHORIZE_LIMIT_S)
 
     # ------------------------------------------------------------ StationHandler
     async def station_connected(self, event):
