@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,18 +38,6 @@ log = logging.getLogger("hubedge.hub")
 VERSION = "0.1.0"
 
 CONNECTOR_SCHEMA = """
-CREATE TABLE IF NOT EXISTS token_list_parts (
-    version INTEGER NOT NULL,
-    part INTEGER NOT NULL,
-    parts INTEGER NOT NULL,
-    body TEXT NOT NULL,
-    PRIMARY KEY (version, part)
-);
-CREATE TABLE IF NOT EXISTS booking_journal (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL,
-    doc TEXT NOT NULL
-);
 CREATE TABLE IF NOT EXISTS audit_log (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     at TEXT NOT NULL,
@@ -141,6 +127,16 @@ class Capability:
         to refuse a batch (edge/cloud/downlink.py)."""
         return {}
 
+    def resync_held(self) -> dict:
+        """What this part holds of its synced kinds, sent with a resync
+        request (e.g. {"tokens": {"version": 7}})."""
+        return {}
+
+    def backups(self) -> list[tuple[str, Callable[[], None]]]:
+        """(file name, blocking copy function) of each database this part
+        keeps beside the hub's; run in a thread every [storage] backup_interval_min."""
+        return []
+
     def booked_slot(self, connector_id: str) -> tuple[datetime, datetime] | None:
         """The slot (start, end) of the booking whose truck is at this
         connector, when this part knows of one (site power asks, R-E3)."""
@@ -221,11 +217,8 @@ class Hub:
         self._meter_at: datetime | None = None  # when the last meter samples went out
         self.session_started_hooks: list[Callable[[Session], Awaitable[None] | None]] = []
         self.session_ended_hooks: list[Callable[[Session], Awaitable[None] | None]] = []
-        self.tokens_applied_hooks: list[Callable[[Any], None]] = []  # called with the ApplyResult, on the loop
         # The decision for a card read by a charger's own reader: set by the part that keeps the cards.
         self.token_decider: Callable[..., Awaitable[TokenVerdict]] | None = None
-        self._tokens_lock = asyncio.Lock()
-        self._bookings_lock = asyncio.Lock()
         self.stopping = False
         self.supervisor = Supervisor(clock=self.clock, spawn=self._spawn, alarm=self._task_alarm,
                                      stopping=lambda: self.stopping)
@@ -233,10 +226,9 @@ class Hub:
         self.events_put = 0
         self.last_sync: dict[str, datetime] = {}
         self._build_connectors()
-        self._open_sync_stores()
-        self.capabilities: list[Capability] = load_capabilities(self)
-        for alarm in self.store.alarms + self.tokens.alarms:
+        for alarm in self.store.alarms:
             self.emit("device.alarm", {"alarm": "store_recovered", "message": alarm})
+        self.capabilities: list[Capability] = load_capabilities(self)
 
     # ------------------------------------------------------------------ setup
     def _build_connectors(self) -> None:
@@ -1094,7 +1086,7 @@ class Hub:
         # At start and after the link was away, the cloud resends what the
         # broker may not have kept (edge/cloud/downlink.py: ask_resync).
         if self.downlink is not None:
-            self.downlink.ask_resync(reason, held={"tokens": {"version": self.tokens.version}})
+            self.downlink.ask_resync(reason, held=self._held())
 
     def _on_link(self, up: bool) -> None:
         self.link_up = up
@@ -1175,7 +1167,6 @@ class Hub:
             return {"connectors": len(self.connectors)}
 
         self.downlink.register("cmd:resync", resync)
-        self._register_sync_stores()
         for part in self.capabilities:
             for kind, handler in part.sync_handlers().items():
                 self.downlink.register(kind, handler)
@@ -1184,154 +1175,13 @@ class Hub:
         self.downlink.register("cmd:stop_session", stop_session)
 
     # ------------------------------------------------------- synced stores
-    def _plate_secret(self) -> bytes:
-        """The site's key for hashing plates (R-G8): from the configured file,
-        or made once and kept in the state directory (mode 0600)."""
-        from edge.core.store import atomic_write
-
-        if self.cfg.hub.plate_secret_file:
-            return self.cfg.resolve(self.cfg.hub.plate_secret_file).read_bytes().strip()
-        path = self.state_dir / "plate.key"
-        if not path.exists():
-            atomic_write(path, os.urandom(32).hex().encode(), mode=0o600)
-        return path.read_bytes().strip()
-
-    def _open_sync_stores(self) -> None:
-        from datetime import timedelta as _td
-
-        from edge.parts.site.bookings import Bay, BookingBook, BookingRules
-        from edge.parts.cards.tokens import TokenStore
-
-        self.tokens = TokenStore(self.state_dir / "tokens.sqlite3", clock=self.clock)
-        bays = [
-            Bay(b.id, b.connector_type, b.side, b.length_m, b.bookable, b.connector)
-            for b in self.cfg.bays
-        ]
-        self.bookings = BookingBook(bays, self._plate_secret(), BookingRules(horizon=_td(days=self.cfg.bookings.horizon_days)))
-        try:
-            # The last full write of the book, then every lifecycle change
-            # journalled since (in order): nothing acknowledged is lost to a
-            # power cut between two full writes.
-            docs = {d["id"]: d for d in self.store.documents("bookings").all()}
-            for _id, doc in self.store.db.execute("SELECT id, doc FROM booking_journal ORDER BY seq"):
-                docs[_id] = json.loads(doc)
-            self.bookings.load(docs.values())
-        except Exception as exc:
-            self.emit("device.alarm", {"alarm": "bookings_unreadable", "message": f"stored bookings could not be loaded ({exc}); ask the cloud to resend with hubctl resync"})
-
-    def _register_sync_stores(self) -> None:
-        """Token lists (R-A3) and bookings (R-B1) arrive here and are kept;
-        the card and gate logic read them from these stores."""
-        from edge.cloud.downlink import Rejected
-
-        async def tokens(msg: dict) -> dict:
-            # A full list of a million tokens takes seconds: off the loop,
-            # one list at a time and in the order they arrived (a delta must
-            # not overtake the list it builds on).
-            async with self._tokens_lock:
-                msg = self._token_list_part(msg)
-                if msg.get("staged"):
-                    return msg  # a part of a chunked full list, kept until the last one
-                result = await asyncio.to_thread(self.tokens.apply, msg)
-            if result.ok:
-                for hook in self.tokens_applied_hooks:
-                    try:
-                        hook(result)
-                    except Exception:
-                        log.exception("hook.failed hook=tokens_applied")
-            if not result.ok:
-                raise Rejected("rejected", "; ".join(result.reasons[:5]) + (f" (+{len(result.reasons) - 5} more)" if len(result.reasons) > 5 else ""))
-            return {"version": result.version, "counts": {"upserted": result.upserted, "removed": result.removed}}
-
-        async def bookings(msg: dict) -> dict:
-            outcome = self.bookings.apply_sync(msg, self.clock.now())
-            if not outcome.ok:  # the schema check lets none through: kept in the reply codes all the same
-                raise Rejected("wrong_version" if outcome.code == "unsupported_version" else "schema", outcome.reason)
-            await self.save_bookings()
-            results = [
-                {"booking": r.booking_id, "op": r.op, "ok": r.accepted, "code": r.code, "reason": r.reason}
-                for r in outcome.results
-            ]
-            for r in outcome.refused:
-                self.emit("booking.rejected", {"booking": r.booking_id, "op": r.op, "code": r.code, "reason": r.reason})
-            accepted = sum(1 for r in outcome.results if r.accepted)
-            return {"results": results, "counts": {"accepted": accepted, "refused": len(results) - accepted}}
-
-        self.downlink.register("tokens", tokens)
-        self.downlink.register("bookings", bookings)
-
-    def journal_booking(self, booking_id: str) -> None:
-        """Record one booking's current state at once (a small SQLite append,
-        durable with the store's next group commit); the next full write of
-        the book folds the journal in."""
-        b = self.bookings.get(booking_id)
-        if b is None:
-            return
-        with self.store.transaction() as db:
-            db.execute("INSERT INTO booking_journal (id, doc) VALUES (?, ?)",
-                       (b.id, json.dumps(b.to_document(), separators=(",", ":"))))
-
-    def _token_list_part(self, msg: dict) -> dict:
-        """A full token list larger than one MQTT message arrives in parts
-        (`part` 1..`parts` of one `version`): each is kept durably; the last
-        one brings them together and the list applies whole (R-A3, R-M3).
-        Anything else passes through unchanged."""
-        from edge.cloud.downlink import Rejected
-
-        parts = msg.get("parts")
-        if parts is None:
-            return msg
-        part = msg.get("part")
-        if msg.get("kind") != "full" or not isinstance(parts, int) or not isinstance(part, int) \
-                or isinstance(parts, bool) or isinstance(part, bool) or not 1 <= part <= parts <= 10_000:
-            raise Rejected("schema", "a chunked token list is a full list with whole numbers 1 <= part <= parts <= 10000")
-        version = msg.get("version")
-        db = self.store.db
-        with self.store.transaction():
-            # Parts of an older version are dropped: a newer list replaces it.
-            db.execute("DELETE FROM token_list_parts WHERE version != ?", (version,))
-            db.execute("INSERT OR REPLACE INTO token_list_parts (version, part, parts, body) VALUES (?,?,?,?)",
-                       (version, part, parts, json.dumps({"upsert": msg.get("upsert") or [], "remove": msg.get("remove") or []})))
-        have = db.execute("SELECT COUNT(*) FROM token_list_parts WHERE version = ? AND parts = ?", (version, parts)).fetchone()[0]
-        if have < parts:
-            return {"staged": True, "version": version, "part": part, "parts": parts, "received": have,
-                    "message": f"part {part} of {parts} of token list version {version} kept; the list applies when all have come"}
-        upsert: list = []
-        remove: list = []
-        for (body,) in db.execute("SELECT body FROM token_list_parts WHERE version = ? ORDER BY part", (version,)):
-            b = json.loads(body)
-            upsert += b["upsert"]
-            remove += b["remove"]
-        with self.store.transaction():
-            db.execute("DELETE FROM token_list_parts WHERE version = ?", (version,))
-        whole = {k: v for k, v in msg.items() if k not in ("part", "parts")}
-        whole.update(upsert=upsert, remove=remove)
-        return whole
-
-    async def save_bookings(self) -> None:
-        """The one writer of the stored bookings. The book is snapshotted on
-        the loop and written off it (10,000 bookings are megabytes of JSON,
-        and the atomic document storage rewrites the whole file); writes
-        never overlap, and a change made while one runs is written by the
-        next."""
-        from edge.parts.site.bookings import documents_of
-
-        async with self._bookings_lock:
-            journalled = self.store.db.execute("SELECT COALESCE(MAX(seq), 0) FROM booking_journal").fetchone()[0]
-            snapshot = self.bookings.snapshot()
-            docs = await asyncio.to_thread(documents_of, snapshot)
-
-            def write() -> None:
-                with self.store.documents_batch("bookings") as db:
-                    db.truncate()
-                    db.insert_multiple(docs)
-
-            await asyncio.to_thread(write)
-            # The file is written by the store's writer: the journal it folds
-            # in may go only once the file is on disk.
-            await self.store.durable()
-            with self.store.transaction() as db:
-                db.execute("DELETE FROM booking_journal WHERE seq <= ?", (journalled,))
+    def _held(self) -> dict:
+        """What the hub holds of each synced kind, told to the cloud with a
+        resync request so it can send a delta (the parts say)."""
+        held: dict = {}
+        for part in self.capabilities:
+            held.update(part.resync_held())
+        return held
 
     async def request_resync(self, user: str, progress, timeout: float = 60.0) -> dict:
         """Ask the cloud for a full resend of every synced kind and follow
@@ -1341,7 +1191,7 @@ class Hub:
         asked_at = self.clock.now()
         with self.store.transaction():  # the request and its audit, one commit
             if self.downlink is not None:
-                self.downlink.ask_resync("technician", requested_by=user, held={"tokens": {"version": self.tokens.version}})
+                self.downlink.ask_resync("technician", requested_by=user, held=self._held())
             else:
                 self.emit("sync.resync_requested", {"kinds": list(SYNC_KINDS), "requested_by": user, "reason": "technician"})
             self.audit(user, "hub.resync", self.hub_id, "", "requested")
@@ -1499,7 +1349,8 @@ class Hub:
         while not self.stopping:
             await asyncio.sleep(delay)
             delay = interval_s
-            for name, backup in (("hub.sqlite3", self.store.backup), ("tokens.sqlite3", self.tokens.backup)):
+            backups = [("hub.sqlite3", self.store.backup)] + [b for part in self.capabilities for b in part.backups()]
+            for name, backup in backups:
                 try:
                     await asyncio.to_thread(backup)
                 except sqlite3.DatabaseError as exc:
