@@ -5,9 +5,10 @@ to the state machines and the decision logic; what they decide goes back to
 drivers as commands, to the ledgers as records and to the outbox as events.
 The uplink drains the outbox beside the hardware loops and never blocks them.
 
-Each charger is polled by its own supervised loop, so a silent charger only
-ever delays itself (R-C6), and an error in one round is counted and the next
-round tries again (edge/core/supervision.py). A state change and the events that
+Each charger runs its own supervised loop behind the charger interface
+(edge/core/charger.py), so a silent charger only ever delays itself (R-C6);
+a polled one (edge/parts/chargers/modbus.py) has an error in one round
+counted and the next round tries again (edge/core/supervision.py). A state change and the events that
 report it are one commit; every change that matters is on disk before it is
 acted on (``Store.durable``), so a restart picks up where the hub stopped
 (R-C9).
@@ -240,10 +241,7 @@ class Hub:
         }
         open_sessions = {s.connector: s for s in self.sessions.open_sessions()}
         for ch in self.cfg.chargers:
-            if ch.protocol != "modbus":
-                self._build_charger(ch)
-            else:
-                self._build_modbus(ch)
+            self._build_charger(ch)
             for ref in ch.connectors:
                 bay = self.cfg.bay_for_connector(ref.id)
                 index = ref.index if ref.index is not None else ref.evse
@@ -267,9 +265,9 @@ class Hub:
                 self.connectors[ref.id] = c
 
     def _build_charger(self, ch) -> None:
-        """A charger of a protocol part (OCPP ...), built by the factory
-        its part registered in PROTOCOLS; it reports through this hub as
-        its ChargerSink."""
+        """A charger of a protocol part (Modbus, OCPP ...), built by the
+        factory its part registered in PROTOCOLS; it reports through this
+        hub as its ChargerSink."""
         from edge.core.charger import PROTOCOLS
 
         load_parts()  # each protocol part registers its names
@@ -278,25 +276,6 @@ class Hub:
         self.chargers[ch.id] = charger
         if charger.health is not None:
             self.devices[ch.id] = charger.health
-
-    def _build_modbus(self, ch) -> None:
-        from drivers.charger_modbus import ChargerDriver
-        from drivers.register_map import load_register_map
-
-        host, port = ch.address.rsplit(":", 1)
-        rmap = load_register_map(self.cfg.resolve(ch.register_map))
-        driver = ChargerDriver(
-            ch.id,
-            host,
-            int(port),
-            ch.unit,
-            rmap,
-            {c.id: c.index - 1 for c in ch.connectors},  # config counts from 1, the driver from 0
-            timeout=self.cfg.charging.modbus_timeout_s,
-            fault_after=self.cfg.charging.fault_after_polls,
-        )
-        self.chargers[ch.id] = driver
-        self.devices[ch.id] = driver.health
 
     def _persist(self, c: Connector) -> None:
         with self.store.transaction() as db:
@@ -433,26 +412,26 @@ class Hub:
         return await self.token_decider(uid, asked_at=asked_at, timeout_s=timeout_s)
 
     # ------------------------------------------------------------------ polls
-    async def _poll_once(self, charger_id: str) -> None:
-        """One round of a charger's polling (a supervised loop: an error in
-        applying the readings is counted and the next round tries again)."""
+    def charger_polled(self, charger_id: str, readings: dict) -> None:
+        """ChargerSink: a round of polling (Modbus); an error in applying the
+        readings is raised, so the round counts as failed and the next one
+        tries again (edge/core/supervision.py)."""
         try:
-            try:
-                readings = await self.chargers[charger_id].poll()
-            except Exception as exc:  # ChargerUnavailable, or a driver bug: the charger is not answering
-                self._poll_failed(charger_id, str(exc) or type(exc).__name__)
-            else:
-                self._poll_ok(charger_id, readings)
+            self._poll_ok(charger_id, readings)
         finally:
-            self._polled.add(charger_id)
-            if len(self._polled) == len(self.chargers):
-                self.ready.set()
+            self._heard(charger_id)
 
-    def _poll_stall_s(self) -> float:
-        """How long a charger's polling may go without a good round before
-        the watchdog counts it as stuck: ten rounds and three timeouts."""
-        charging = self.cfg.charging
-        return max(5.0, 10 * charging.poll_interval_s + 3 * charging.modbus_timeout_s)
+    def charger_unanswered(self, charger_id: str, reason: str) -> None:
+        """ChargerSink: a round of polling got no answer."""
+        try:
+            self._poll_failed(charger_id, reason)
+        finally:
+            self._heard(charger_id)
+
+    def _heard(self, charger_id: str) -> None:
+        self._polled.add(charger_id)
+        if len(self._polled) == len(self.chargers):
+            self.ready.set()
 
     def _poll_failed(self, charger_id: str, reason: str) -> None:
         driver = self.chargers[charger_id]
@@ -1325,12 +1304,9 @@ class Hub:
     async def start(self) -> None:
         self._start_cloud()
         for charger_id, charger in self.chargers.items():
-            if hasattr(charger, "poll"):
-                self.supervisor.loop(f"charger {charger_id} polling", lambda cid=charger_id: self._poll_once(cid),
-                                     every=self.cfg.charging.poll_interval_s, stall_after_s=self._poll_stall_s())
-            else:  # reports by itself (OCPP): its own loop, and it does not hold up readiness
+            if not charger.ready_after_first_report:  # reports by itself (OCPP): it does not hold up readiness
                 self._polled.add(charger_id)
-                self.supervisor.run(f"charger {charger_id}", lambda ch=charger: ch.run(self))
+            self.supervisor.run(charger.task_name, lambda ch=charger: ch.run(self), stall_after_s=charger.stall_after_s)
         if len(self._polled) == len(self.chargers):
             self.ready.set()
         self.supervisor.loop("ticks (timeouts, schedules)", self._tick_once, every=1.0, stall_after_s=15.0)

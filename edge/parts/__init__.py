@@ -10,7 +10,7 @@ release is skipped.
 """
 
 PARTS = (
-    "edge.parts.chargers.modbus",
+    "edge.parts.chargers.part:Chargers",
     "edge.parts.cards.part:CardAuthorisation",
     "edge.parts.payments.part:Payments",
     "edge.parts.site.part:SiteAccess",

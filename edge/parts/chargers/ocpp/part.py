@@ -221,25 +221,6 @@ class OcppPart(Capability):
                          "connected": sum(1 for c in self.site.chargers.values() if c.connected),
                          "handshakes_refused": self.site.refused}}
 
-    def control_handlers(self) -> dict:
-        return {"chargers": self._chargers}
-
-    async def _chargers(self, args: dict, caller, progress) -> list:
-        """`hubctl chargers`: every charger, OCPP ones with what they said at boot."""
-        out = []
-        for cid, charger in self.hub.chargers.items():
-            if hasattr(charger, "view"):
-                out.append(charger.view())
-                continue
-            health = self.hub.devices.get(cid)
-            ch = next(c for c in self.hub.cfg.chargers if c.id == cid)
-            out.append({"charger": cid, "protocol": ch.protocol, "address": ch.address,
-                        "connected": bool(health and health.state == "ok"),
-                        "state": health.state if health else "unknown", "vendor": None, "model": None,
-                        "serial": None, "firmware": None, "last_frame": None,
-                        "connectors": {c.id: {"index": c.index} for c in ch.connectors}})
-        return out
-
 
 def make_charger(hub, cfg) -> OcppCharger:
     """PROTOCOLS factory: the charger for one ``[[chargers]]`` entry."""
