@@ -504,11 +504,12 @@ class ChaosRun:
 
         # A second arch terminal on a serial pty, for the faults only a
         # serial line has (NAK, bad CRC); it serves C4, T1 (TCP) serves C3.
+        # (T2 is the demo's own second terminal, at the OCPP charger.)
         self.t2 = ZvtTerminalSimulator(terminal_id="29001002")
         await self.t2.start(tcp_port=None, pty=True)
         extra = f"""
 [[terminals]]
-id = "T2"
+id = "T9"
 port = "{self.t2.pty_path}"
 connectors = ["C4"]
 password = "000000"
@@ -634,7 +635,7 @@ password = "000000"
         return sid is not None
 
     def _terminal_for(self, cid: str) -> tuple[str, Any]:
-        return ("T1", self.hub.devices["terminals"]["T1"]) if cid == "C3" else ("T2", self.t2)
+        return ("T1", self.hub.devices["terminals"]["T1"]) if cid == "C3" else ("T9", self.t2)
 
     async def _tap(self, cid: str, uid: str) -> None:
         reader = self.hub.devices["readers"]["R1" if cid == "C1" else "R2"]
@@ -963,7 +964,7 @@ password = "000000"
         from edge.cloud.envelope import validate_event
 
         txs = [{"terminal": name, "receipt_no": t.receipt_no, "amount": t.amount, "state": t.state, "booked": t.booked}
-               for name, term in (("T1", self.hub.devices["terminals"]["T1"]), ("T2", self.t2)) for t in term.transactions]
+               for name, term in (("T1", self.hub.devices["terminals"]["T1"]), ("T9", self.t2)) for t in term.transactions]
         checks = [
             check_sessions(self.visits, sessions, [e for e in events if e.get("type") == "session.started"]),
             check_holds(holds, txs, sessions, [e for e in events if str(e.get("type", "")).startswith("payment.")]),

@@ -242,7 +242,18 @@ def render_status(d: dict, style: Style, view: TimeView | None = None, hide: tup
             details.append(f"reserved for booking {c['reserved_for']}")
         power = f"{(c.get('power_w') or 0) / 1000:.0f} kW" if c.get("power_w") else "-"
         rows.append([c["connector"], c.get("bay") or "-", style.state(c["status"]), view.age(c.get("since")), power, "; ".join(details)])
-    lines.append(table(rows, ["CONNECTOR", "BAY", "STATE", "FOR", "POWER", "DETAIL"], style))
+    header = ["CONNECTOR", "BAY", "STATE", "FOR", "POWER", "DETAIL"]
+    site = d.get("power")
+    if site:  # site power: each connector's share of the grid connection (R-E6)
+        header.insert(5, "SHARE")
+        for row, c in zip(rows, d["connectors"]):
+            share = site["allocations"].get(c["connector"])
+            row.insert(5, f"{share:.0f} kW" if share else "-")
+    lines.append(table(rows, header, style))
+    if site:
+        load = "meter silent" if site.get("site_load_kw") is None else f"site load {site['site_load_kw']:.0f} kW"
+        lines.append(f"site power: limit {site['grid_limit_kw']:.0f} kW, {load}, charging {site['charging_kw']:.0f} kW"
+                     + ("" if site["mode"] == "normal" else f", {style.state('fallback')} (safe total)"))
     for section in ("bays", "bookings", "gates", "terminals", "readers"):
         if d.get(section):
             lines.append("")
@@ -271,6 +282,12 @@ def render_status(d: dict, style: Style, view: TimeView | None = None, hide: tup
     else:
         link = f"cloud: {'connected' if cloud.get('connected') else style.state('fault') + ' disconnected'} {cloud.get('broker', '')}"
     lines.append(f"{link}; outbox {ob.get('depth', 0)} waiting, oldest {view.seconds(ob.get('oldest_age_s'))}, quota {(ob.get('quota') or {}).get('state', '?')}")
+    ocpp = d.get("ocpp")
+    if ocpp:
+        lines.append(f"ocpp: {ocpp.get('connected', 0)} of {ocpp.get('stations', 0)} stations connected"
+                     + (f" on port {ocpp['port']}" if ocpp.get("port") else ", listener not started")
+                     + (f"; {ocpp['handshakes_refused']} handshakes refused (wrong id or password: hubctl chargers)"
+                        if ocpp.get("handshakes_refused") else ""))
     clock = d.get("clock")
     if clock is not None:
         lines.append(f"clock: synchronised ({clock.get('source')})" if clock.get("synced") else

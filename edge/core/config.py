@@ -225,7 +225,6 @@ class OcppSection(Section):
     offline_after_s: float = Field(default=600, gt=0, le=86_400, description="silent this long: connectors Unavailable")
     max_frame_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
     meter_interval_s: int = Field(default=60, ge=1, le=3600, description="meter sample interval asked of stations")
-    call_timeout_s: float = Field(default=30, gt=0, le=300, description="how long the hub waits for a station's answer")
     tls_cert: str | None = None
     tls_key: str | None = None
 

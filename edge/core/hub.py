@@ -220,6 +220,13 @@ class Hub:
         self.session_ended_hooks: list[Callable[[Session], Awaitable[None] | None]] = []
         # The decision for a card read by a charger's own reader: set by the part that keeps the cards.
         self.token_decider: Callable[..., Awaitable[TokenVerdict]] | None = None
+        # Called inside the commit that records a session's start or end,
+        # each in a savepoint of its own: records and events that belong to
+        # that step (a booking charging, fulfilled), no I/O. A crash keeps
+        # both or neither; a hook that fails leaves the session's commit as
+        # it is.
+        self.session_started_records: list[Callable[[Session], None]] = []
+        self.session_ended_records: list[Callable[[Session], None]] = []
         self.stopping = False
         self.supervisor = Supervisor(clock=self.clock, spawn=self._spawn, alarm=self._task_alarm,
                                      stopping=lambda: self.stopping)
@@ -524,6 +531,7 @@ class Hub:
             with self.store.transaction():  # the session row and its event
                 self.sessions.update(s, self.clock.now())
                 self.emit("session.started", self._session_event(s))
+                self._record_hooks(self.session_started_records, s)
             later(lambda: self._run_hooks(self.session_started_hooks, s))
         if s and c.state not in ("Preparing", "Faulted", *ACTIVE):
             # Finishing (charge ended) or Available/Reserved (unplugged).
@@ -665,6 +673,7 @@ class Hub:
                 c.session_id = None
                 self._persist(c)
             self.emit("session.stopped", self._stopped_event(s))
+            self._record_hooks(self.session_ended_records, s)
             self.store.after_commit(lambda: self._run_hooks(self.session_ended_hooks, s))
 
     def _stopped_event(self, s: Session) -> dict:
@@ -706,6 +715,7 @@ class Hub:
             c.session_id = None
             self._persist(c)
             self.emit("session.stopped", self._stopped_event(s))
+            self._record_hooks(self.session_ended_records, s)
             self.store.after_commit(lambda: self._session_ended(c, s))
 
     def _session_ended(self, c: Connector, s: Session) -> None:
@@ -735,6 +745,14 @@ class Hub:
             ) from None
         log.info("session.stopping session=%s reason=%s", s.id, reason)
         return s
+
+    def _record_hooks(self, hooks, s: Session) -> None:
+        for hook in hooks:
+            try:
+                with self.store.transaction():
+                    hook(s)
+            except Exception:
+                log.exception("hook.failed session=%s", s.id)
 
     def _run_hooks(self, hooks, s: Session) -> None:
         for hook in hooks:

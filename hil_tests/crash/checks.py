@@ -135,6 +135,7 @@ def check_run(run, journey, *, finished: bool, status: dict | None, daemon_runni
         calls = len(journey.locked_in)
         out.append(f"the truck stayed locked to its connector after the charge (R-C5): the driver called a technician "
                    f"after {UNLOCK_PATIENCE_S:.0f} s{'' if calls == 1 else f', {calls} times'}; {journey.locked_in[-1]}")
+    out += [f"stopped answering: {h}" for h in run.hangs]
     out += [f"events: {p}" for p in verdict.problems]
     started = [e for e in events if e.get("type") == "session.started"]
     payments = [e for e in events if str(e.get("type", "")).startswith("payment.")]

@@ -42,7 +42,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 EDGE = str(ROOT / "edge") + os.sep
-STORE = str(ROOT / "edge" / "store.py")
+STORE = str(ROOT / "edge" / "core" / "store.py")
 CONTEXTLIB = os.sep + "contextlib.py"
 FRAMES = 4
 _WRITE = re.compile(r"^\s*(?:INSERT(?:\s+OR\s+\w+)?\s+INTO|REPLACE\s+INTO|UPDATE(?:\s+OR\s+\w+)?|DELETE\s+FROM)\s+"

@@ -100,8 +100,11 @@ async def run_journey(site: CrashSite, journey: str, *, point: Point | None = No
             break
         await asyncio.sleep(0.15)
     status = await _settle(site, SETTLE_S if finished else SETTLE_STUCK_S)
-    if status is None or await site.status() is None:
-        site.stacks()
+    if (status is None or await site.status() is None) and not run.hangs:
+        at = await site.stacks()
+        if at:
+            run.hangs.append(f"the running daemon did not answer `status` at the end; its event loop's thread stood "
+                             f"at: {at} (every thread's stack is in {run.log.name})")
     commits = run.commits()
     verdict = await asyncio.to_thread(run.contract.final_check, run.db_path, 20.0)
     resp = await site.call("bookings")

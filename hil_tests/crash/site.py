@@ -19,11 +19,11 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from edge.core.control import request
-from edge.demo import ROOT, DemoHub
+from edge.demo import DEMO_PARTS, ROOT, DemoHub
 
 SPEED = 60.0  # simulated seconds per real second: about 5 kWh a real second at 300 kW
 DEMO_ID = "DEMO-01"
@@ -31,7 +31,9 @@ DEMO_ID = "DEMO-01"
 
 class CrashHub(DemoHub):
     """The demo hub whose daemon is the counting entry point; it starts
-    no daemon of its own: each run starts one with its arguments."""
+    no daemon of its own: each run starts one with its arguments. The demo's
+    OCPP station is left out: no journey uses it, and its connection is
+    the demo day's first step, which these runs do not play."""
 
     daemon_argv: list[str] | None = None
 
@@ -65,6 +67,7 @@ class Run:
         self.crashes: list[dict] = []  # each SIGKILL at the chosen point, as the daemon noted it
         self.unexpected_exits = 0
         self.notes: list[str] = []
+        self.hangs: list[str] = []  # a running daemon that stopped answering: when, how long, where it stood
 
     # ------------------------------------------------------------ records
     def commits(self) -> list[tuple[str, int]]:
@@ -88,6 +91,10 @@ class Run:
         return self.site.state / "hub.sqlite3"
 
 
+PROBE_S = 5.0  # no answer for this long: the site asks the daemon itself
+HANG_S = 15.0  # a running daemon silent on its control socket this long has stopped answering
+
+
 class CrashSite:
     def __init__(self, base: Path):
         self.base = Path(base)
@@ -95,6 +102,8 @@ class CrashSite:
         self.runs = 0
         self.run: Run | None = None
         self._watch: asyncio.Task | None = None
+        self._answered_at = 0.0  # monotonic time of the daemon's last answer (or of its start)
+        self._silence_reported = False
 
     @property
     def state(self) -> Path:
@@ -106,7 +115,8 @@ class CrashSite:
 
     # ------------------------------------------------------------ the site
     async def start(self) -> "CrashSite":
-        self.hub = CrashHub(state_dir=self.base / "site", socket=self.base / "site" / "control.sock", speed=SPEED)
+        self.hub = CrashHub(state_dir=self.base / "site", socket=self.base / "site" / "control.sock", speed=SPEED,
+                            part_modules=tuple(name for name in DEMO_PARTS if ".ocpp." not in name))
         notes = await self.hub.start()
         if self.hub.private_broker is None or self.hub.cloud is None:
             await self.hub.stop()
@@ -150,6 +160,7 @@ class CrashSite:
             argv += ["--kill", kill[0], kill[1]]
         hub.daemon_argv = argv
         hub.start_daemon()
+        self._answered_at, self._silence_reported = time.monotonic(), False
         await self.wait_up()
         self._watch = asyncio.get_running_loop().create_task(self._supervise(run))
         return run
@@ -215,13 +226,36 @@ class CrashSite:
         if self.hub is not None:
             self.hub.kill_daemon()
 
-    def stacks(self) -> None:
+    async def stacks(self) -> str | None:
         """The daemon's threads' stacks into its log (hil_tests/crash/daemon.py
-        answers SIGUSR1 so), for a daemon that stopped answering."""
+        answers SIGUSR1 so), for a daemon that stopped answering; returns
+        where its event loop's thread stood, or None if it is not running."""
         proc = self.hub.daemon
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGUSR1)
-            time.sleep(0.5)
+        if proc is None or proc.poll() is not None:
+            return None
+        size = self.hub.log_path.stat().st_size if self.hub.log_path.exists() else 0
+        proc.send_signal(signal.SIGUSR1)
+        await asyncio.sleep(0.5)
+        with open(self.hub.log_path, "rb") as f:
+            f.seek(size)
+            return loop_thread_at(f.read().decode(errors="replace"))
+
+    async def _watch_answers(self, run: Run, proc: subprocess.Popen) -> None:
+        """A daemon that runs but has not answered its control socket for
+        HANG_S: its stacks go to its log at once, while it hangs, and the run
+        says when, for how long and where its loop's thread stood."""
+        if self._silence_reported or proc.poll() is not None or time.monotonic() - self._answered_at < PROBE_S:
+            return
+        await self.status()  # its own question: the journey may be waiting on a long one (a payment)
+        silent = time.monotonic() - self._answered_at
+        if silent < HANG_S or proc.poll() is not None:
+            return
+        self._silence_reported = True
+        at = await self.stacks()
+        run.hangs.append(f"the running daemon (pid {proc.pid}) did not answer its control socket for {silent:.0f} s "
+                         f"(from {datetime.now(timezone.utc) - timedelta(seconds=silent):%H:%M:%S} UTC); "
+                         f"its event loop's thread stood at: {at or 'no stacks in the log'} "
+                         f"(every thread's stack is in {run.log.name})")
 
     async def _supervise(self, run: Run) -> None:
         """Restart the daemon whenever it dies: after its SIGKILL at the
@@ -231,6 +265,8 @@ class CrashSite:
         while True:
             await asyncio.sleep(0.05)
             proc = self.hub.daemon
+            if proc is not None and proc.poll() is None:
+                await self._watch_answers(run, proc)
             if proc is None or proc.poll() is None:
                 continue
             kill = _last_kill(run.trace)
@@ -247,6 +283,7 @@ class CrashSite:
             # Restarted as the field would: the same state, nothing counted.
             self.hub.daemon_argv = []
             self.hub.start_daemon()
+            self._answered_at, self._silence_reported = time.monotonic(), False
             try:
                 await self.wait_up(60)
             except RuntimeError as exc:
@@ -275,9 +312,11 @@ class CrashSite:
     async def call(self, cmd: str, args: dict | None = None, timeout: float = 15) -> dict | None:
         """One control request; None while the daemon is away."""
         try:
-            return await request(self.hub.socket, cmd, args or {}, timeout=timeout)
+            resp = await request(self.hub.socket, cmd, args or {}, timeout=timeout)
         except (OSError, ConnectionError, asyncio.TimeoutError, ValueError):
             return None
+        self._answered_at = time.monotonic()
+        return resp
 
     async def status(self) -> dict | None:
         resp = await self.call("status", timeout=10)
@@ -309,3 +348,21 @@ def _last_kill(trace: Path) -> dict | None:
 
 def _kills(trace: Path) -> int:
     return len(_kill_records(trace))
+
+
+def loop_thread_at(dump: str, frames: int = 4) -> str | None:
+    """Where the thread that took SIGUSR1 (the main thread: the daemon's
+    event loop) stood in a faulthandler dump: its innermost frames."""
+    lines = dump.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("Current thread ")), None)
+    if start is None:
+        return None
+    out = []
+    for line in lines[start + 1:]:
+        line = line.strip()
+        if not line.startswith("File "):
+            break
+        out.append(line.replace("File ", "", 1))
+        if len(out) == frames:
+            break
+    return " < ".join(out) or None

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import jsonschema
 import pytest
 
 from edge.cloud.envelope import validate_event
@@ -22,15 +23,19 @@ from hil_tests.daemon import RunningDaemon
 from simulators.broker import free_port
 from simulators.ocpp_station import OcppStation
 
+ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "station-pw-0123456789"
 OWN = "04A1B2C3"
 BLOCKED = "0BADBAD0"
 
 
 class OcppDaemon(RunningDaemon):
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, pki=None):
         super().__init__(tmp)
         self.port = free_port()
+        self.scheme = "wss" if pki else "ws"
+        tls = f'tls_cert = "{pki.server_cert}"\ntls_key = "{pki.server_key}"' if pki else ""
+        profile = "security_profile = 2" if pki else ""
         for sid in ("CS1", "CS2"):
             key = tmp / f"{sid}.key"
             key.write_text(PASSWORD + "\n")
@@ -49,9 +54,11 @@ listen = "127.0.0.1:{self.port}"
 heartbeat_interval_s = 1
 offline_after_s = 3
 meter_interval_s = 1
+{tls}
 [[chargers]]
 id = "CS1"
 protocol = "ocpp1.6"
+{profile}
 password_file = "{tmp / 'CS1.key'}"
 connectors = [ {{ id = "C1", evse = 1 }}, {{ id = "C2", evse = 2 }} ]
 [[chargers]]
@@ -69,7 +76,7 @@ connectors = [ {{ id = "C3", evse = 1, connector = 1 }} ]
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ocpp"
+        return f"{self.scheme}://127.0.0.1:{self.port}/ocpp"
 
     def station(self, sid: str, version: str = "ocpp1.6", **kw) -> OcppStation:
         kw.setdefault("connectors", 2 if sid == "CS1" else 1)
@@ -121,7 +128,7 @@ async def hub(tmp_path):
     d.terminate()
 
 
-async def test_r_o1_r_o2_r_o4_card_at_the_stations_reader_charges_and_stops_end_to_end(hub):
+async def test_r_o1_r_o2_r_o4_r_o7_card_at_the_stations_reader_charges_and_stops_end_to_end(hub):
     cs1 = hub.station("CS1", signed=True)
     await cs1.connect()
     try:
@@ -132,6 +139,9 @@ async def test_r_o1_r_o2_r_o4_card_at_the_stations_reader_charges_and_stops_end_
             "SimCharge", "SIM-MCS-1200", "1.0.0-sim", True)
         out = await hub.hubctl("chargers")
         assert out.returncode == 0 and "SimCharge" in out.stdout and "ocpp1.6" in out.stdout, out
+        machine = await hub.hubctl("--json", "chargers")
+        schema = json.loads((ROOT / "edge" / "cloud" / "schemas" / "hubctl" / "chargers.json").read_text())
+        jsonschema.Draft202012Validator(schema).validate(json.loads(machine.stdout))
         assert await cs1.tap(OWN, 0) == "Accepted"  # tapped before plugging: the station waits
         cs1.plug(0, soc=30)
         await hub.wait_connector("C1", "Charging")
@@ -279,3 +289,27 @@ async def test_r_o5_silent_station_makes_its_connectors_unavailable_and_comes_ba
         assert any(e["data"]["device"] == "CS1" for e in hub.events("device.recovered"))
     finally:
         await cs1.close()
+
+
+async def test_r_o1_security_profile_2_wss_through_the_daemon(tmp_path):
+    import ssl
+
+    from hil_tests.broker import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    d = OcppDaemon(tmp_path, pki=pki)
+    d.start()
+    await d.wait_ready()
+    cs1 = d.station("CS1", ssl=ssl.create_default_context(cafile=str(pki.ca)))
+    try:
+        await cs1.connect()
+        assert cs1.boot_status == "Accepted" and d.url.startswith("wss://")
+        cs1.plug(0)
+        await d.wait_connector("C1", "Preparing")
+        plain = OcppStation("CS1", "ocpp1.6", d.url.replace("wss://", "ws://"), password=PASSWORD)
+        with pytest.raises((aiohttp.ClientError, OSError)):
+            await plain.connect()  # no plain websocket on a TLS listener
+        await plain.close()
+    finally:
+        await cs1.close()
+        d.terminate()

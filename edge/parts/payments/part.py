@@ -1215,7 +1215,7 @@ class Payments(Capability):
 
     def _overview(self, rec: PaymentRecord, s) -> dict:
         reading = self.hub.readings.get(s.connector)
-        energy = max(0, getattr(reading, "energy_wh", 0) - (s.meter_start_wh or 0)) if reading and s.meter_start_wh is not None else 0
+        energy = max(0, reading.energy_wh - (s.meter_start_wh or 0)) if reading and reading.energy_wh is not None and s.meter_start_wh is not None else 0
         tariff = rec.tariff_obj
         cost = session_cost(int(energy), tariff) if tariff else None
         return {"energy_wh": int(energy), "cost_so_far": money(cost.gross, rec.currency) if cost else None,
@@ -1784,8 +1784,8 @@ class Payments(Capability):
                     continue
                 w.meter_start_wh = s.meter_start_wh
             reading = self.hub.readings.get(rec.connector)
-            if reading is None:
-                continue
+            if reading is None or reading.energy_wh is None:
+                continue  # no energy figure yet (an OCPP station sends it with its meter values)
             w.observe(reading.energy_wh, mono)
             energy = reading.energy_wh - w.meter_start_wh
             if not cost_cap_reached(energy, w.rate, w.cap_wh, lead_s):

@@ -296,8 +296,9 @@ class SiteAccess(Capability):
         self._last_save = 0.0
         self._last_purge = 0.0
         self._charging_at: dict[str, str] = {}  # connector -> booking charging there
-        hub.session_started_hooks.append(self._session_started)
-        hub.session_ended_hooks.append(self._session_ended)
+        # The booking's step is in the commit of the session's own.
+        hub.session_started_records.append(self._session_started)
+        hub.session_ended_records.append(self._session_ended)
         hub.store.db.executescript(GATE_HOLDS_SCHEMA)
 
     @property
