@@ -143,3 +143,11 @@ def test_every_module_keeps_the_import_rules():
 )
 def test_the_rules_themselves(importer, target, ok):
     assert allowed(importer, target) is ok
+
+
+def test_no_module_of_the_core_is_over_800_lines():
+    """The core stays readable: split a module along its seams before it
+    passes 800 lines (issue 16)."""
+    long = {str(p.relative_to(ROOT)): n for p in sorted((ROOT / "edge" / "core").rglob("*.py"))
+            if (n := len(p.read_text().splitlines())) > 800}
+    assert not long, f"split these along their seams: {long}"

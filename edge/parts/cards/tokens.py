@@ -38,7 +38,7 @@ from pathlib import Path
 
 from units import Clock, parse_rfc3339
 from edge.core.sessions import mask  # noqa: F401  (the cards part's users take it from here)
-from edge.core.store import online_backup, open_database
+from edge.core.recovery import online_backup, open_database
 
 log = logging.getLogger("hubedge.tokens")
 
