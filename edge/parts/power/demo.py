@@ -41,7 +41,7 @@ min_kw = 20
 buffer_kw = 400
 interval_s = 0.25
 meter = {{ address = "127.0.0.1:{port}", register_map = "{meter_map}", max_kw = 10000 }}
-"""
+""" + (OCPP_STATION_RATED if "edge.parts.chargers.ocpp.demo" in self.demo.part_modules else "")
 
     async def stop(self) -> None:
         if self.meter is not None:
@@ -54,6 +54,14 @@ meter = {{ address = "127.0.0.1:{port}", register_map = "{meter_map}", max_kw = 
         return [f"site power: {len(site['allocations'])} connectors (5.6 MW together) shared a {GRID_LIMIT_KW} kW "
                 f"grid connection; the site's draw peaked at {self.meter.peak_w / 1000:.0f} kW (the hub keeps it under "
                 f"{GRID_LIMIT_KW - MARGIN_KW} kW)"]
+
+
+# The demo's OCPP station (the chargers part's scene) says nothing of its
+# rated power over OCPP 1.6: the site's configuration gives it.
+OCPP_STATION_RATED = """
+[power.chargers.CS-OCPP1]
+rated_kw = 350
+"""
 
 
 def demo_part(demo: DemoHub) -> DemoPart:
