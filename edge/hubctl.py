@@ -73,7 +73,7 @@ class Parser(argparse.ArgumentParser):
 # Commands contributed by the hub's parts (cards, payments, site access),
 # each module exposing hubctl_commands() -> list[PartCommand]. Kept in small
 # modules of their own so hubctl starts fast.
-HUBCTL_PARTS = ("edge.parts.cards.hubctl", "edge.parts.payments.hubctl", "edge.parts.site.hubctl", "edge.parts.chargers.ocpp.hubctl",
+HUBCTL_PARTS = ("edge.parts.cards.hubctl", "edge.parts.payments.hubctl", "edge.parts.site.hubctl", "edge.parts.chargers.hubctl",
                 "edge.parts.power.hubctl")
 
 

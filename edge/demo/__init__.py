@@ -17,10 +17,12 @@ processes that never outlive the demo). Each part's scene is its own
 """
 
 from edge.demo.run import broker_problem, hubctl_command, run_demo
-from edge.demo.site import CONNECTOR_SIMS, DEMO_PARTS, MAPS, MCS_BAYS, ROOT, DemoHub, DemoPart
+from edge.demo.site import (BLOCKED, CONNECTOR_SIMS, DEMO_PARTS, MAPS, MCS_BAYS, OWN, OWN_OTHER, ROAMING, ROOT,
+                             STRANGER, DemoHub, DemoPart)
 from edge.demo.story import DayClock, Step, first_answer
 
 __all__ = [
-    "CONNECTOR_SIMS", "DEMO_PARTS", "MAPS", "MCS_BAYS", "ROOT", "DayClock", "DemoHub", "DemoPart", "Step",
+    "BLOCKED", "CONNECTOR_SIMS", "DEMO_PARTS", "MAPS", "MCS_BAYS", "OWN", "OWN_OTHER", "ROAMING", "ROOT", "STRANGER",
+    "DayClock", "DemoHub", "DemoPart", "Step",
     "broker_problem", "first_answer", "hubctl_command", "run_demo",
 ]

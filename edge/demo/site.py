@@ -24,6 +24,13 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 MAPS = ROOT / "config" / "register-maps"
 
 
+# The demo site's cards, tapped in more than one part's scenes.
+OWN = "04A1B2C3"  # own card, fleet Demo Haulage, truck plate on the list
+OWN_OTHER = "04D4E5F6"  # own card of another fleet
+BLOCKED = "0BADBAD0"  # own card reported stolen: Blocked
+ROAMING = "04C0FFEE"  # a roaming (eMSP) card the cloud accepts
+STRANGER = "04DEAD01"  # a roaming card nobody answers for
+
 # Parts of the demo contributed by the hub's parts (cards, payments, site
 # access). Each module exposes demo_part(demo: DemoHub) -> DemoPart.
 DEMO_PARTS = ("edge.parts.cards.demo", "edge.parts.payments.demo", "edge.parts.site.demo", "edge.parts.chargers.ocpp.demo",

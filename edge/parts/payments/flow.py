@@ -67,7 +67,7 @@ def choose_tariff(synced: Iterable[Mapping], now: datetime, *, currency: str, pr
                   vat_rate: Decimal) -> Tariff:
     """R-P8: the synced tariff in force at ``now`` in the site's currency, or
     the site's configured default when the cloud has sent none yet."""
-    from edge.cloud.downlink import tariff_in_force
+    from edge.parts.payments.tariffs import tariff_in_force
 
     doc = tariff_in_force(list(synced), now, currency=currency)
     if doc is not None:

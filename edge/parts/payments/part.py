@@ -146,6 +146,14 @@ class Payments(ArchFlow, Reconciliation, Receipts, Capability):
                 extra.setdefault("result_code", rec.result_code)
         self.hub.emit(type_, self._event(rec, **extra))
 
+    # ------------------------------------------------------ the cloud's tariffs
+    def sync_handlers(self) -> dict:
+        """R-P8: the cloud's tariffs, kept in the site's currency only."""
+        from edge.parts.payments.tariffs import apply_tariffs
+
+        currency = self.hub.cfg.hub.currency
+        return {"tariffs": lambda m: apply_tariffs(self.hub.store, m, currency=currency)}
+
     # ------------------------------------------------------ control commands
     def control_handlers(self) -> dict:
         return {

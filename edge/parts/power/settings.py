@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from edge.core.config import register_section
+
 if TYPE_CHECKING:
     from edge.core.config import HubConfig
 
@@ -158,3 +160,6 @@ def power_problems(cfg: "HubConfig") -> list[str]:
                         f"{p.fail_safe_kw * connectors:g} kW, above fallback_kw {p.fallback_kw:g}: a hub that dies "
                         f"would leave the site over its safe total; give at most {p.fallback_kw / connectors:g}")
     return problems
+
+
+register_section("power", PowerSection, power_problems)  # [power]: absent, chargers are never limited

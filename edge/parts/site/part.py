@@ -52,6 +52,7 @@ from edge.parts.site.bookings import BookingBook, BookingStateError
 from units import rfc3339
 from edge.parts.site.gate_policy import GateRole, GateSettings, SiteView
 from edge.core.hub import Capability
+from edge.parts.site.store import BookingStore
 from state_machines import booking as lifecycle
 from edge.parts.site.gates import GATE_HOLDS_SCHEMA, GateRuntime, Gates, TrucksOnWay
 
@@ -168,6 +169,7 @@ class SiteAccess(Gates, Capability):
 
     def __init__(self, hub):
         super().__init__(hub)
+        self.stored = BookingStore(hub)
         cfg = hub.cfg
         tz = ZoneInfo(cfg.hub.timezone)
         bk = cfg.bookings
@@ -223,7 +225,7 @@ class SiteAccess(Gates, Capability):
             if rt.barrier is not None:
                 await rt.barrier.close()
         if self._dirty:
-            await self.hub.save_bookings()
+            await self.stored.save_bookings()
             self._dirty = False
 
     # ------------------------------------------------------------ live view
@@ -351,21 +353,21 @@ class SiteAccess(Gates, Capability):
 
     # ------------------------------------------------------------ persistence
     def _changed(self, booking_id: str | None) -> None:
-        """A booking's lifecycle moved: durable at once through the hub's
-        journal (R-C9: a power cut right after must not lose it), and the
+        """A booking's lifecycle moved: durable at once through the
+        booking journal (R-C9: a power cut right after must not lose it), and the
         whole book rewritten on the next save."""
         if booking_id:
-            self.hub.journal_booking(booking_id)
+            self.stored.journal_booking(booking_id)
         self._dirty = True
 
     async def _save(self) -> None:
-        """Write the book through the hub's one writer of stored bookings."""
+        """Write the book through the one writer of stored bookings."""
         book = self.book
         self._saving = True
         self._dirty = False
         version = book.version
         try:
-            await self.hub.save_bookings()
+            await self.stored.save_bookings()
         except Exception as exc:
             self._dirty = True
             log.error("booking.save_failed error=%r", exc)
@@ -453,6 +455,9 @@ class SiteAccess(Gates, Capability):
         return {"booking": b.id, "slot_start": rfc3339(b.slot_start), "slot_end": rfc3339(b.slot_end),
                 "type": b.connector_type, "side": b.side, "bay": b.bay_id,
                 "connector": self.connector_of_bay.get(b.bay_id or ""), "state": b.status}
+
+    def sync_handlers(self) -> dict:
+        return {"bookings": self.stored.sync}
 
     def control_handlers(self) -> dict:
         from edge.core.control import ControlError

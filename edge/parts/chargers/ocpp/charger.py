@@ -43,9 +43,9 @@ from drivers.ocpp.events import (
 from drivers.ocpp.station import StationConfig
 from units import rfc3339
 from edge.core.charger import Charger, CommandFailed, Reading
+from edge.core.sessions import mask
 from edge.parts.chargers.ocpp import ledger
 from edge.parts.chargers.ocpp.store import TxRecord
-from edge.parts.cards.tokens import mask
 
 log = logging.getLogger("hubedge.ocpp.charger")
 

@@ -26,8 +26,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from edge.demo import DemoHub, DemoPart, Step
-from edge.parts.cards.demo import OWN
+from edge.demo import OWN, DemoHub, DemoPart, Step
 
 HOUR = 3600.0
 STATION = "CS-OCPP1"

@@ -15,8 +15,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from edge.core.hub import _changing
-from edge.core.sessions import Session
-from edge.parts.cards.tokens import mask
+from edge.core.sessions import Session, mask
 
 # OCPP stop reasons (1.6 Reason, 2.0.1 stoppedReason) in the ledger's words.
 STOP_REASONS = {
