@@ -270,7 +270,7 @@ def render_status(d: dict, style: Style, view: TimeView | None = None, hide: tup
     stuck = [x for x in tasks if x["state"] == "fault"]
     if stuck:
         lines.append(style.bold("hub tasks not making progress"))
-        lines.append(table([[t["device"], _age(t["since"], now), t.get("last_error") or ""] for t in stuck], ["TASK", "SINCE", "WHAT HAPPENED"], style))
+        lines.append(table([[t["device"], view.age(t["since"]), t.get("last_error") or ""] for t in stuck], ["TASK", "SINCE", "WHAT HAPPENED"], style))
     elif tasks:
         failed = sum((t.get("detail") or {}).get("failed_iterations", 0) for t in tasks)
         restarts = sum((t.get("detail") or {}).get("restarts", 0) for t in tasks)
