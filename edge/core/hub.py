@@ -29,9 +29,8 @@ from drivers.device import DeviceHealth
 from edge.core import supervision
 from units import Clock, parse_rfc3339, rfc3339
 from edge.core.config import HubConfig
-from edge.core.files import DiskError
 from edge.core.sessions import Session, SessionLedger
-from edge.core.store import Store
+from edge.core.store import DiskError, Store
 from edge.core.supervision import Supervisor
 from state_machines.connector import ACTIVE, Connector, apply_hardware, build_machine
 
@@ -1207,7 +1206,7 @@ class Hub:
     def _plate_secret(self) -> bytes:
         """The site's key for hashing plates (R-G8): from the configured file,
         or made once and kept in the state directory (mode 0600)."""
-        from edge.core.files import atomic_write
+        from edge.core.store import atomic_write
 
         if self.cfg.hub.plate_secret_file:
             return self.cfg.resolve(self.cfg.hub.plate_secret_file).read_bytes().strip()

@@ -37,7 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from units import Clock, parse_rfc3339
-from edge.core.files import online_backup, open_database
+from edge.core.store import online_backup, open_database
 
 log = logging.getLogger("hubedge.tokens")
 

@@ -65,7 +65,7 @@ from edge.parts.site.gate_policy import (
 )
 from edge.core.hub import Capability
 from edge.parts.site.plates import log_ref
-from edge.core.files import DiskError
+from edge.core.store import DiskError
 from state_machines import booking as lifecycle
 
 log = logging.getLogger("hubedge.site")
