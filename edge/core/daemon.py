@@ -12,7 +12,7 @@ from units import parse_rfc3339
 from edge.core.config import HubConfig
 from edge.core.control import Caller, ControlError, ControlServer, resolve_prefix
 from edge.core.hub import Hub, NotFound, Refused
-from edge.core.files import DiskError
+from edge.core.store import DiskError
 
 log = logging.getLogger("hubedge.daemon")
 

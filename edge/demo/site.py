@@ -360,7 +360,7 @@ def _command_key(path: Path) -> bytes:
     """The demo's command key: made once (mode 0600) and kept with its state,
     so a demo restarted on the same state directory still verifies."""
     from edge.cloud.signing import load_keys
-    from edge.core.files import atomic_write
+    from edge.core.store import atomic_write
 
     if not path.exists():
         atomic_write(path, (os.urandom(32).hex() + "\n").encode(), mode=0o600)

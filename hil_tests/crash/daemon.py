@@ -11,13 +11,13 @@ What counts as a commit:
   daemon opens (the hub's database in edge/core/store.py, the token store in
   edge/parts/cards/tokens.py), and a write statement sqlite commits on its own because
   no transaction is open;
-* an ``atomic_write`` (edge/core/files.py) of a document set or any other file:
+* an ``atomic_write`` (edge/core/store.py) of a document set or any other file:
   the rename that makes the new content the file.
 
 A commit point is named by what made it, so that two runs of one journey
 name it alike although polls and ticks commit at their own times: the
 innermost edge/* functions on the stack when the transaction began (up to
-four, innermost first; the frames of edge/core/store.py and files.py left out) and the tables it
+four, innermost first; edge/core/store.py's own frames left out) and the tables it
 wrote (or the file it replaced), plus its occurrence number among the points
 of that name. ``--arm FILE`` starts the counting once FILE exists, so a
 journey counts from its own first step, not from the daemon's start-up.
@@ -42,8 +42,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 EDGE = str(ROOT / "edge") + os.sep
-# The store's own frames (the store and the files under it) never name a point.
-STORE = (str(ROOT / "edge" / "core" / "store.py"), str(ROOT / "edge" / "core" / "files.py"))
+STORE = str(ROOT / "edge" / "core" / "store.py")
 CONTEXTLIB = os.sep + "contextlib.py"
 FRAMES = 4
 _WRITE = re.compile(r"^\s*(?:INSERT(?:\s+OR\s+\w+)?\s+INTO|REPLACE\s+INTO|UPDATE(?:\s+OR\s+\w+)?|DELETE\s+FROM)\s+"
@@ -69,10 +68,10 @@ def opener() -> str:
     frame = sys._getframe(1)
     while frame is not None and len(names) < FRAMES:
         path = frame.f_code.co_filename
-        if path.startswith(EDGE) and path not in STORE:
+        if path.startswith(EDGE) and path != STORE:
             qual = frame.f_code.co_qualname.replace(".<locals>", "")
             names.append(qual if "." in qual else f"{Path(path).stem}.{qual}")
-        elif names and path not in STORE and not path.endswith(CONTEXTLIB):
+        elif names and path != STORE and not path.endswith(CONTEXTLIB):
             break
         frame = frame.f_back
     return " < ".join(names) or "(outside edge)"
@@ -227,10 +226,9 @@ def install(commits: Commits) -> None:
 
     sqlite3.connect = counting_connect
 
-    import edge.core.files
     import edge.core.store
 
-    atomic_write = edge.core.files.atomic_write
+    atomic_write = edge.core.store.atomic_write
 
     def counted_atomic_write(path, data, **kwargs):
         label = f"{opener()} [file {Path(path).name}]"
@@ -242,10 +240,8 @@ def install(commits: Commits) -> None:
             raise
         COMMITS.after(label, place)
 
-    # Callers look the name up when they call it, in edge.core.files (the
-    # document storage) or edge.core.store (its writer thread), or import it
-    # from either at the call (the key files).
-    edge.core.files.atomic_write = counted_atomic_write
+    # Callers look the name up in edge.core.store when they call it (the
+    # document storage) or import it from there at the call (the key files).
     edge.core.store.atomic_write = counted_atomic_write
 
 

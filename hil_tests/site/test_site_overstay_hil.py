@@ -81,7 +81,7 @@ side = "right"
 @pytest.fixture
 async def bays(tmp_path):
     from edge.cloud.signing import load_keys
-    from edge.core.files import atomic_write
+    from edge.core.store import atomic_write
 
     key_file = tmp_path / "command.key"
     atomic_write(key_file, (b"42" * 32) + b"\n", mode=0o600)

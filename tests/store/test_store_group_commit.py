@@ -20,9 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge.core import store as store_module
-from edge.core.files import DiskError
 from edge.core.outbox import Outbox
-from edge.core.store import Store
+from edge.core.store import DiskError, Store
 
 
 class SlowDisk:
