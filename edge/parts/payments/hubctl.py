@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import argparse
 
-from edge.hubctl import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, PartCommand, Style, table
+from edge.hubctl import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, PartCommand
+from edge.hubctl_render import Style, table
 
 FINAL = ("declined", "settled", "released", "lapsed")
 PENDING = ("settling", "review", "releasing")
