@@ -18,7 +18,7 @@ from payment_rig import NOW, Rig
 from units import FakeClock
 from edge.cloud.envelope import validate_event
 from edge.core.hub import Refused
-from edge.hubctl_render import Style
+from edge.hubctl import Style
 from edge.parts.payments.part import BACKSTOP
 from edge.parts.payments.hubctl import _render_list
 
