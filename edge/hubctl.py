@@ -25,7 +25,8 @@ from edge.hubctl_render import (Style, TimeView, parse_when, render_audit, rende
                                 render_sessions, render_status, table)
 from units import rfc3339
 
-# TimeView and table are the renderers the parts' hubctl modules also take from here.
+# The parts' hubctl modules take the renderers they need (Style, table, TimeView,
+# parse_when) from here: a part's face may import edge.hubctl, not its other modules.
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED, EXIT_NOT_FOUND, EXIT_UNREACHABLE, EXIT_CONFIG = 0, 1, 2, 3, 4, 5, 6
 CODE_EXIT = {

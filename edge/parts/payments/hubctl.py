@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from edge.hubctl import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, PartCommand
-from edge.hubctl_render import Style, table
+from edge.hubctl import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, PartCommand, Style, table
 
 FINAL = ("declined", "settled", "released", "lapsed")
 PENDING = ("settling", "review", "releasing")

@@ -10,8 +10,7 @@ import argparse
 import re
 from datetime import datetime, timedelta, timezone
 
-from edge.hubctl import EXIT_USAGE, HubctlError, PartCommand
-from edge.hubctl_render import Style, TimeView, parse_when, table
+from edge.hubctl import EXIT_USAGE, HubctlError, PartCommand, Style, TimeView, parse_when, table
 
 
 def _configure(p: argparse.ArgumentParser) -> None:

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from edge.hubctl import EXIT_REFUSED, HubctlError, PartCommand
-from edge.hubctl_render import Style, table
+from edge.hubctl import EXIT_REFUSED, HubctlError, PartCommand, Style, table
 
 
 def _configure_bookings(p: argparse.ArgumentParser) -> None:
