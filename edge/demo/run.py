@@ -17,7 +17,7 @@ from pathlib import Path
 from edge.demo.site import DemoHub
 from edge.demo.story import DayClock, base_day, tell_the_day
 from edge.demo.view import brief, day_summary, day_view, events_since
-from edge.hubctl import Style, render_status
+from edge.hubctl_render import Style, render_status
 
 
 def hubctl_command() -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from edge.demo.site import DemoHub
 from edge.demo.story import clock_text
-from edge.hubctl import METHODS
+from edge.hubctl_render import METHODS
 
 
 def events_since(log_path: Path, offset: int) -> tuple[list[str], int]:
@@ -26,7 +26,7 @@ def day_view(hub: DemoHub, status: dict):
     """The live view on the demo day's clock: ages and instants in demo time."""
     from datetime import datetime
 
-    from edge.hubctl import TimeView
+    from edge.hubctl_render import TimeView
 
     def elapsed(when: datetime) -> float:
         return hub.clock.now() - hub.clock.day_of(when.timestamp())

@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 
 from edge.core.hub import Refused
-from edge.hubctl import Style
+from edge.hubctl_render import Style
 from edge.parts.power.hubctl import render_power
 from edge.cloud.schemas import validator
 from tests.power.part_rig import POWER, T0, PowerRig
@@ -269,7 +269,7 @@ async def test_r_e6_hubctl_power_shows_each_share_and_its_json_follows_the_schem
 
 
 async def test_r_e6_the_status_table_shows_each_connectors_share_and_the_site(rig):
-    from edge.hubctl import render_status
+    from edge.hubctl_render import render_status
 
     rig.plug("C1", session="S1")
     for _ in range(3):
