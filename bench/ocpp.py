@@ -1,5 +1,6 @@
-"""The OCPP layer alone (`python -m bench ocpp`): what checking and answering
-a station's frames costs, before the hub is behind it.
+"""OCPP (`python -m bench ocpp`): first the layer alone, what checking and
+answering a station's frames costs before the hub is behind it; then the
+same through the real daemon with 40 stations (bench/ocpp_daemon.py).
 
 - Validation: a 1.6 MeterValues (four samples, one signed) and a 2.0.1
   TransactionEvent through ``rpc.read_frame`` + ``rpc.check_call`` (frame
@@ -97,6 +98,18 @@ def _bare_library_app() -> web.Application:
         @on("MeterValues")
         def meter_values(self, connector_id, meter_value, **kw):
             return call_result.MeterValues()
+
+        @on("BootNotification")
+        def boot(self, **kw):
+            return call_result.BootNotification(current_time=T, interval=10, status="Accepted")
+
+        @on("StatusNotification")
+        def status(self, **kw):
+            return call_result.StatusNotification()
+
+        @on("Heartbeat")
+        def heartbeat(self, **kw):
+            return call_result.Heartbeat(current_time=T)
 
     import logging
     quiet = logging.getLogger("bench.ocpp.bare")
@@ -213,8 +226,11 @@ async def _wire(quick: bool) -> list[Result]:
 
 
 def run(quick: bool) -> list[Result]:
+    from bench import ocpp_daemon
+
     results = validation(500 if quick else 5000)
     results += asyncio.run(_wire(quick))
+    results += ocpp_daemon.run(quick)  # the same through the real daemon (issue 17 §8)
     return results
 
 

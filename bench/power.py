@@ -6,14 +6,21 @@ The hub: 4 MCS connectors (1.2 MW rated, 100 kW minimum) and 8 CCS (400 kW,
 meter is silent. Trucks arrive for 45-minute breaks by day (about half of
 them booked, the slot ending 50 minutes after arrival) and for overnight
 stays; each has its battery, state of charge, peak power, taper knee and
-ramp rates. About 44 breaks a weekday (fewer at the weekend) and 6 overnight
-stays make a busy hub: at the midday and evening peaks the trucks want more
-than the connection gives. The site's other load is the meter simulator's
-``BaseLoad`` (a truck stop's day with noise and machines switching 30-40 kW,
-up to about 400 kW; the 60 kW margin is above its largest one-second step).
-Every day the grid operator curtails the limit twice (to 1.4-2.0 MW for 15-60
-minutes), the meter goes silent once (30-120 s) and one charger stops taking
-commands once (20-90 s).
+ramp rates. The site's other load is the meter simulator's ``BaseLoad`` (a
+truck stop's day with noise and machines switching 30-40 kW, up to about
+400 kW; the 60 kW margin is above its largest one-second step). Every day
+the meter goes silent once (30-120 s) and one charger stops taking commands
+once (20-90 s).
+
+Two weeks on the same hub (``Scenario``):
+- the realistic week, the main figures: two dozen breaks a weekday (12 on
+  Saturday, 8 on Sunday) whose drivers charge to 75-90 %, and six overnight
+  stays that fill up; the connection non-firm: on Tuesdays and Thursdays
+  the grid operator lowers it to 1.8-2.2 MW for 20-60 minutes at its
+  evening peak;
+- the overloaded week, a stress figure reported apart: 44 breaks a weekday
+  (22, 12 at the weekend) with their peaks together, curtailed twice every
+  day to 1.4-2.0 MW. Break trucks must lose there; the limit must hold.
 
 Time is simulated as discrete events: the meter is read every second and the
 controller stepped with the reading (and at once on a plug, an unplug or a
@@ -30,22 +37,24 @@ arrivals:
 - limit lowered -> every charger that must lower told (p99) and the site back
   under (worst); same baseline;
 - break trucks that got at least 95 % of the energy they could take alone in
-  their stay, and Jain's index among trucks of equal priority (power over
-  its max-min fair share, sampled every 10 s); baseline: first come, first
-  served (each truck in arrival order takes up to its cap);
-- energy delivered, against first come first served and an equal split
-  (EVerest's, capped at rated, nothing redistributed);
+  their stay (booked ones apart), Jain's index among trucks of equal
+  priority (power over its max-min fair share, sampled every 10 s) and the
+  energy delivered, each against first come, first served (each truck in
+  arrival order takes up to its cap) and an equal split (EVerest's, capped
+  at rated, nothing redistributed);
 - the control step's own cost with 40 connectors, as a share of one core at
   the week's step rate; baseline: the equal split through the same controller.
 
-    python -m bench power            # the week (about 4 minutes of CPU)
-    python -m bench power --quick    # its Monday (about 30 s)
+    python -m bench power            # both weeks (about 25 minutes of CPU, the runs spread over the cores)
+    python -m bench power --quick    # their Mondays (about 2 minutes of CPU)
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import heapq
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -78,6 +87,37 @@ SERVED = 0.95  # a break truck got "what it could take" at this share of it
 GRACE_S = 5.0  # after a lowered limit, R-E2's time to be back under
 
 
+@dataclass(frozen=True)
+class Scenario:
+    """Who comes in a week and what the grid operator does."""
+
+    name: str
+    breaks: tuple[int, int, int]  # 45-minute breaks on a weekday, a Saturday, a Sunday
+    overnight: int  # overnight stays a night, none on Saturday night
+    curtail_days: tuple[int, ...]  # weekdays (0 Monday) the grid operator curtails on
+    curtail_per_day: int
+    curtail_kw: tuple[float, float]
+    curtail_min: tuple[float, float]
+    curtail_hours: tuple[float, float]
+
+
+# A hub of 4 MCS and 8 CCS bays on a motorway: drivers stop for their
+# legally required 45-minute breaks, late morning and late afternoon, and
+# some stay overnight; about half the breaks are booked. A driver on a break
+# charges what the next leg needs (to 75-90 %) and moves on; one staying
+# overnight fills up. Two dozen breaks a weekday (half at the weekend) and
+# six overnight stays: each bay turns over a few times a day. The connection
+# is non-firm: on Tuesdays and Thursdays the grid operator lowers it for
+# 20-60 minutes at its own evening peak.
+REALISTIC = Scenario("realistic week", breaks=(24, 12, 8), overnight=6, curtail_days=(1, 3), curtail_per_day=1,
+                     curtail_kw=(1800, 2200), curtail_min=(20, 60), curtail_hours=(16, 20))
+# More than the connection can serve: 44 breaks a weekday with their peaks
+# together, and the grid operator curtailing twice every day. A stress
+# figure: what breaks must lose, and whether the limit still holds.
+OVERLOADED = Scenario("overloaded week", breaks=(44, 22, 12), overnight=6, curtail_days=tuple(range(7)),
+                      curtail_per_day=2, curtail_kw=(1400, 2000), curtail_min=(15, 60), curtail_hours=(6, 21))
+
+
 # --------------------------------------------------------------------------
 # The week: who comes when, and what goes wrong.
 
@@ -96,12 +136,13 @@ class Visit:
     max_w: float
     knee: float
     ramp: Ramp
+    target_soc: float = 100.0  # where the driver stops: what the next leg needs, or full overnight
     alone_wh: float = 0.0  # what it could take in its stay with its connector to itself
     energy_wh: float = 0.0
     finished: bool = False
 
 
-def traffic(rng: random.Random, days: int) -> list[Visit]:
+def traffic(rng: random.Random, days: int, scenario: Scenario = REALISTIC) -> list[Visit]:
     visits: list[Visit] = []
 
     def truck(arrive, leave, kind, booked, on_break, slot_end, soc):
@@ -111,18 +152,19 @@ def traffic(rng: random.Random, days: int) -> list[Visit]:
             len(visits), arrive, leave, kind, booked, on_break, slot_end,
             battery_wh=(rng.uniform(600, 1000) if mcs else rng.uniform(400, 650)) * 1000, soc=soc, max_w=max_w,
             knee=rng.uniform(55, 70) if mcs else rng.uniform(70, 80),
-            ramp=Ramp(up_w_per_s=rng.uniform(50e3, 150e3), down_w_per_s=max_w / rng.uniform(1.0, 3.0))))
+            ramp=Ramp(up_w_per_s=rng.uniform(50e3, 150e3), down_w_per_s=max_w / rng.uniform(1.0, 3.0)),
+            target_soc=rng.uniform(75, 90) if on_break else 100.0))
 
     for day in range(days):
         t0 = day * 86400.0
         weekday = (EPOCH + timedelta(days=day)).weekday()
-        for _ in range({5: 22, 6: 12}.get(weekday, 44)):  # breaks: fewer at the weekend
+        for _ in range({5: scenario.breaks[1], 6: scenario.breaks[2]}.get(weekday, scenario.breaks[0])):
             hour = rng.gauss(11.5, 2.0) if rng.random() < 0.5 else rng.gauss(17.0, 1.8)
             arrive = t0 + min(21.5, max(5.0, hour)) * 3600 + rng.uniform(0, 60)
             booked = rng.random() < 0.5
             truck(arrive, arrive + rng.uniform(45, 50) * 60, "MCS" if rng.random() < 0.45 else "CCS", booked, True,
                   arrive + 50 * 60 if booked else None, rng.uniform(10, 40))
-        for _ in range(0 if weekday == 5 else 6):  # overnight stays, none on Saturday night
+        for _ in range(0 if weekday == 5 else scenario.overnight):  # overnight stays, none on Saturday night
             arrive = t0 + rng.uniform(18, 22) * 3600
             leave = t0 + 86400 + rng.uniform(5, 7) * 3600
             booked = rng.random() < 0.7
@@ -141,14 +183,16 @@ class Trouble:
     charger_out: list[tuple[float, int, float]]  # start, bay, end
 
 
-def trouble(rng: random.Random, days: int) -> Trouble:
+def trouble(rng: random.Random, days: int, scenario: Scenario = REALISTIC) -> Trouble:
     curtail, meter, charger = [], [], []
     for day in range(days):
         t0 = day * 86400.0
-        for start in sorted(rng.uniform(6, 21) for _ in range(2)):
+        weekday = (EPOCH + timedelta(days=day)).weekday()
+        window = weekday in scenario.curtail_days
+        for start in sorted(rng.uniform(*scenario.curtail_hours) for _ in range(scenario.curtail_per_day if window else 0)):
             at = t0 + start * 3600
             if not curtail or at > curtail[-1][2] + 600:
-                curtail.append((at, rng.uniform(1400, 2000), at + rng.uniform(15, 60) * 60))
+                curtail.append((at, rng.uniform(*scenario.curtail_kw), at + rng.uniform(*scenario.curtail_min) * 60))
         at = t0 + rng.uniform(6, 22) * 3600
         meter.append((at, at + rng.uniform(30, 120)))
         at = t0 + rng.uniform(6, 22) * 3600
@@ -159,11 +203,11 @@ def trouble(rng: random.Random, days: int) -> Trouble:
 def alone_wh(v: Visit, rated_w: float) -> float:
     """What a truck could take in its stay with its connector to itself."""
     power, soc, wh, t = 0.0, v.soc, 0.0, SESSION_AFTER_S + DRAW_AFTER_S
-    while t < v.leave - v.arrive and soc < 100.0:
+    while t < v.leave - v.arrive and soc < v.target_soc:
         step = min(1.0, v.leave - v.arrive - t)
         target = min(v.max_w, rated_w) * taper(soc, v.knee)
         power, got = follow(power, target, step, v.ramp)
-        got = min(got, (100.0 - soc) / 100 * v.battery_wh)
+        got = min(got, (v.target_soc - soc) / 100 * v.battery_wh)
         wh, soc, t = wh + got, soc + got / v.battery_wh * 100, t + step
     return wh
 
@@ -454,12 +498,12 @@ class Week:
                 reach = abs(target - p0) / abs(rate)
                 if reach < dt:
                     turns.append((reach, rate))
-            room = (100.0 - v.soc) / 100 * v.battery_wh
+            room = max(0.0, v.target_soc - v.soc) / 100 * v.battery_wh
             wh = min(wh, room)
             v.energy_wh += wh
-            v.soc = min(100.0, v.soc + wh / v.battery_wh * 100)
+            v.soc = min(v.target_soc, v.soc + wh / v.battery_wh * 100)
             b.power_w = power
-            if v.soc >= 100.0 - 1e-9:
+            if v.soc >= v.target_soc - 1e-9:
                 v.finished, b.power_w, b.drawing = True, 0.0, False
         # The draw went up or down in straight pieces between ramp ends.
         t, w = self.t, start_w
@@ -579,51 +623,98 @@ def step_cost(allocation: str, steps: int) -> float:
 # --------------------------------------------------------------------------
 
 
+def one_run(scenario: Scenario, days: int, name: str) -> Outcome:
+    """One week under one allocation; the arrivals and troubles come from the seed, so every run sees the same."""
+    rng = random.Random(SEED)
+    visits = traffic(rng, days, scenario)
+    trouble_ = trouble(rng, days, scenario)
+    kwargs = {"hub": {}, "every_30s": {"every_s": 30.0, "at_once": False},
+              "first_come": {"allocation": "first_come"}, "equal": {"allocation": "equal"}}[name]
+    return Week(visits, trouble_, days, **kwargs).run()
+
+
+RUNS = ("hub", "every_30s", "first_come", "equal")
+
+
+def weeks(scenarios: list[Scenario], days: int) -> list[dict[str, Outcome]]:
+    """Every scenario under the hub's controller and the baselines, the runs
+    side by side in processes of their own (each is deterministic)."""
+    jobs = [(sc, days, name) for sc in scenarios for name in RUNS]
+    with concurrent.futures.ProcessPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
+        outcomes = list(pool.map(one_run, *zip(*jobs)))
+    return [dict(zip(RUNS, outcomes[i * len(RUNS):(i + 1) * len(RUNS)])) for i in range(len(scenarios))]
+
+
+def _p99(values):
+    return percentile(values, 99) if values else 0.0
+
+
+def _mean(values):
+    return sum(values) / len(values) if values else 1.0
+
+
+def _served(o: Outcome) -> float:
+    return 100 * o.served / max(1, o.breaks)
+
+
+def _booked_served(o: Outcome) -> float:
+    return 100 * o.booked_served / max(1, o.booked_breaks)
+
+
+FCFS = "first come, first served"
+EQUAL = "equal split (nothing redistributed)"
+EVERY30 = "same week, stepped every 30 s (evcc's default interval)"
+
+
+def limit_figures(tag: str, hub: Outcome, slow: Outcome, command: str) -> list[Result]:
+    """R-E1/R-E2: the limit held and curtailments met, against stepping every 30 s."""
+    return [
+        Result(f"{tag}time above the limit beyond one 1 s control cycle", hub.excess_s, "s", EVERY30, slow.excess_s,
+               goal=0.0, command=command),
+        Result(f"{tag}worst overshoot of the limit", 100 * max(0.0, hub.worst_over), "% of limit", EVERY30,
+               100 * max(0.0, slow.worst_over), goal=2.0, command=command),
+        Result(f"{tag}limit lowered -> every charger told, p99 ({len(hub.told_s)} chargers, "
+               f"{len(hub.under_s)} curtailments)", _p99(hub.told_s), "s", EVERY30, _p99(slow.told_s), goal=1.0,
+               command=command),
+        Result(f"{tag}limit lowered -> site back under, worst of {len(hub.under_s)}", max(hub.under_s, default=0.0),
+               "s", EVERY30, max(slow.under_s, default=0.0), goal=5.0, command=command),
+    ]
+
+
+def share_figures(tag: str, out: dict[str, Outcome], command: str, *, goals: bool) -> list[Result]:
+    """R-E3: breaks served, fairness and energy, each against first come first served and an equal split."""
+    hub = out["hub"]
+    rows = []
+    for label, base in ((FCFS, out["first_come"]), (EQUAL, out["equal"])):
+        rows += [
+            Result(f"{tag}break trucks that got >= 95 % of what they could take alone ({hub.breaks} breaks)",
+                   _served(hub), "%", label, _served(base), goal=99.0 if goals else None, lower_is_better=False,
+                   command=command),
+            Result(f"{tag}booked break trucks ({hub.booked_breaks}) that got >= 95 % of it", _booked_served(hub), "%",
+                   label, _booked_served(base), lower_is_better=False, command=command),
+            Result(f"{tag}Jain's fairness index among equal-priority trucks", _mean(hub.jain), "", label,
+                   _mean(base.jain), goal=0.95 if goals else None, lower_is_better=False, command=command),
+            Result(f"{tag}energy delivered", hub.energy_wh / 1e6, "MWh", label, base.energy_wh / 1e6,
+                   lower_is_better=False, command=command),
+        ]
+    return rows
+
+
 def run(quick: bool) -> list[Result]:
     days = 1 if quick else 7
     command = COMMAND + (" --quick" if quick else "")
-    rng = random.Random(SEED)
-    visits = traffic(rng, days)
-    trouble_ = trouble(rng, days)
-    hub = Week(visits, trouble_, days).run()
-    slow = Week(visits, trouble_, days, every_s=30.0, at_once=False).run()
-    fcfs = Week(visits, trouble_, days, allocation="first_come").run()
-    equal = Week(visits, trouble_, days, allocation="equal").run()
+    main, stress = weeks([REALISTIC, OVERLOADED], days)
 
     steps = 300 if quick else 2000
     cost_hub, cost_equal = step_cost("hub", steps), step_cost("equal", steps)
-    rate = hub.steps / hub.seconds  # steps per second over the week, the at-once ones included
-
-    def p99(values):
-        return percentile(values, 99) if values else 0.0
-
-    def mean(values):
-        return sum(values) / len(values) if values else 1.0
-
-    every30 = "same week, stepped every 30 s (evcc's default interval)"
+    rate = main["hub"].steps / main["hub"].seconds  # steps per second over the week, the at-once ones included
+    span = "Monday" if quick else "week"
+    tag = f"[{OVERLOADED.name.replace('week', span)}: {OVERLOADED.breaks[0]} breaks a weekday, curtailed twice a day] "
     return [
-        Result("time above the limit beyond one 1 s control cycle", hub.excess_s, "s", every30, slow.excess_s,
-               goal=0.0, command=command),
-        Result("worst overshoot of the limit", 100 * max(0.0, hub.worst_over), "% of limit", every30,
-               100 * max(0.0, slow.worst_over), goal=2.0, command=command),
-        Result(f"limit lowered -> every charger told, p99 ({len(hub.told_s)} chargers, {len(hub.under_s)} curtailments)",
-               p99(hub.told_s), "s",
-               every30, p99(slow.told_s), goal=1.0, command=command),
-        Result(f"limit lowered -> site back under, worst of {len(hub.under_s)}", max(hub.under_s, default=0.0), "s",
-               every30, max(slow.under_s, default=0.0), goal=5.0, command=command),
-        Result(f"break trucks that got >= 95 % of what they could take alone ({hub.breaks} breaks)",
-               100 * hub.served / max(1, hub.breaks), "%", "first come, first served",
-               100 * fcfs.served / max(1, fcfs.breaks), goal=99.0, lower_is_better=False, command=command),
-        Result(f"booked break trucks ({hub.booked_breaks}) that got >= 95 % of it",
-               100 * hub.booked_served / max(1, hub.booked_breaks), "%", "first come, first served",
-               100 * fcfs.booked_served / max(1, fcfs.booked_breaks), lower_is_better=False, command=command),
-        Result("Jain's fairness index among equal-priority trucks", mean(hub.jain), "", "first come, first served",
-               mean(fcfs.jain), goal=0.95, lower_is_better=False, command=command),
-        Result("energy delivered", hub.energy_wh / 1e6, "MWh", "first come, first served", fcfs.energy_wh / 1e6,
-               lower_is_better=False, command=command),
-        Result("energy delivered", hub.energy_wh / 1e6, "MWh", "equal split (nothing redistributed)",
-               equal.energy_wh / 1e6, lower_is_better=False, command=command),
+        *limit_figures("", main["hub"], main["every_30s"], command),
+        *share_figures("", main, command, goals=True),
         Result(f"control loop cost, 40 connectors, {rate:.2f} steps/s", 100 * cost_hub * rate, "% of a core",
                "equal split through the same controller", 100 * cost_equal * rate, goal=2.0, command=command),
+        *limit_figures(tag, stress["hub"], stress["every_30s"], command),
+        *share_figures(tag, stress, command, goals=False),
     ]
-

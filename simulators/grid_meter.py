@@ -134,6 +134,7 @@ class GridMeterSimulator:
         self._mono0 = time.monotonic()
         self._sim_s = 0.0  # simulated seconds since start, at the last update
         self._power_w = 0.0
+        self.peak_w = 0.0  # the most the site drew at any reading or update
         self._extra_s = 0.0
         if meter_map.sunspec:
             chain = meter_map.sunspec
@@ -224,6 +225,7 @@ class GridMeterSimulator:
                 self.energy_export_wh -= self._power_w * dt / 3600
         self._sim_s = max(self._sim_s, t)
         self._power_w = float(self.draw_w()) + 1000.0 * self.base_load.kw(self.epoch + timedelta(seconds=self._sim_s))
+        self.peak_w = max(self.peak_w, self._power_w)
 
     def _values(self) -> dict[str, float]:
         total = self._power_w

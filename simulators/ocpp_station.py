@@ -190,10 +190,13 @@ class OcppStation:
 
     async def _stop_tasks(self) -> None:
         tasks, self._tasks = self._tasks, []
-        for t in tasks:
-            if t is not asyncio.current_task():
+        pending = {t for t in tasks if t is not asyncio.current_task()}
+        while pending:
+            # Cancelled again until they end: asyncio.wait_for (Python 3.11)
+            # swallows a cancellation that comes as its call is answered.
+            for t in pending:
                 t.cancel()
-        await asyncio.gather(*(t for t in tasks if t is not asyncio.current_task()), return_exceptions=True)
+            _done, pending = await asyncio.wait(pending, timeout=0.5)
         for f in self._pending.values():
             if not f.done():
                 f.set_exception(CallFailed("the connection closed before the answer"))

@@ -26,7 +26,7 @@ after the hub's booking reached it, settles it. A technician sees it in
 the terminal can no longer tell, records what the acquirer's records show
 (`hubctl payment resolve`: booked settles it, not booked lapses it).
 
-The ledger (edge/parts/payments/part.py) keeps one row per hold and moves it only along
+The ledger (edge/parts/payments/ledger.py) keeps one row per hold and moves it only along
 these transitions; `next_state` answers from this machine's table, so the
 diagram, the tests and the ledger follow one definition.
 """

@@ -20,8 +20,10 @@ whatever the message changed are durable: the uplink acknowledges the MQTT
 message only then, so a crash before that point has the broker deliver it
 again (edge/cloud/uplink.py).
 
-Built in here: tariffs (R-P8) and maintenance windows (R-C7), kept as document
-sets, with the pure look-ups the hub core calls each tick.
+Built in here: maintenance windows (R-C7), kept as a document set, with the
+pure look-up the hub core calls each tick. The other kinds are the parts'
+(tariffs: payments; tokens: cards; bookings: site access), registered with
+``register`` when the hub wires the cloud link.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ from typing import Any
 from tinydb import Query
 
 from units import Clock, parse_rfc3339, rfc3339
-from edge.parts.payments.pricing import CURRENCIES
 from edge.cloud.schemas import SCHEMA_DIR, validator
 from edge.cloud.signing import SIGNATURE_PROPERTY, verify
 from edge.core.store import Store
@@ -120,12 +121,9 @@ def _seconds(delta: timedelta) -> int:
 class Downlink:
     def __init__(self, hub_id: str, store: Store, *, clock: Clock | None = None, reply: Callable[[dict], Any],
                  on_event: Callable[[str, dict], Any] | None = None, max_bytes: int = MAX_PAYLOAD_BYTES,
-                 keys: Iterable[bytes] = (), allow_unsigned: bool = False, currency: str | None = None,
+                 keys: Iterable[bytes] = (), allow_unsigned: bool = False,
                  command_max_age: timedelta = COMMAND_MAX_AGE, clock_skew: timedelta = CLOCK_SKEW):
         self.hub_id = hub_id
-        # The site's currency: a tariff in another one would be stored and
-        # never apply, so it is refused (None: any currency edge.parts.payments.pricing knows).
-        self.currency = currency
         self.set_keys(keys, allow_unsigned)
         self.store = store
         self.clock = clock or store.clock
@@ -142,7 +140,6 @@ class Downlink:
         self._inflight: dict[tuple[str, str], asyncio.Future] = {}
         self._resync_asked_at: float | None = None
         store.db.executescript(SCHEMA)
-        self.register("tariffs", lambda m: apply_tariffs(self.store, m, currency=self.currency))
         self.register("maintenance", lambda m: apply_maintenance(self.store, m, self.clock.now()))
 
     def set_keys(self, keys: Iterable[bytes], allow_unsigned: bool = False) -> None:
@@ -489,68 +486,6 @@ def _claimed_id(payload: bytes, max_bytes: int) -> str | None:
         return None
     found = message.get("id") if isinstance(message, dict) else None
     return found if isinstance(found, str) and 0 < len(found) <= 128 else None
-
-
-# ------------------------------------------------------------------ tariffs
-def _decimal(value: str, field: str, tariff_id: str) -> Decimal:
-    try:
-        number = Decimal(value)
-    except InvalidOperation:
-        raise Rejected("rejected", f"tariff {tariff_id}: {field} {value!r} is not a decimal number") from None
-    if not number.is_finite():
-        raise Rejected("rejected", f"tariff {tariff_id}: {field} must be a finite decimal")
-    return number
-
-
-def apply_tariffs(store: Store, message: dict, *, currency: str | None = None) -> dict:
-    """Upsert the message's tariffs (by id) into store.documents("tariffs"),
-    all or none: one bad tariff refuses the whole batch. A tariff in a currency
-    the hub cannot price, or other than the site's ``currency``, is refused:
-    stored, it would never be in force while the cloud believed it was."""
-    seen: set[str] = set()
-    clean = []
-    for tariff in message["tariffs"]:
-        tid = tariff["id"]
-        if tid in seen:
-            raise Rejected("rejected", f"tariff {tid} appears twice in the batch: send each tariff once; nothing applied")
-        seen.add(tid)
-        if tariff["currency"] not in CURRENCIES:
-            raise Rejected("rejected", f"tariff {tid}: currency {tariff['currency']} is not one this hub can price "
-                                       f"(known: {', '.join(sorted(CURRENCIES))}); nothing applied")
-        if currency is not None and tariff["currency"] != currency:
-            raise Rejected("rejected", f"tariff {tid}: currency {tariff['currency']} is not this site's currency "
-                                       f"{currency}: send the tariff in {currency}; nothing applied")
-        price = _decimal(tariff["price_per_kwh"], "price_per_kwh", tid)
-        vat = _decimal(tariff["vat_rate"], "vat_rate", tid)
-        if price > 100:
-            raise Rejected("rejected", f"tariff {tid}: price_per_kwh {tariff['price_per_kwh']} per kWh is implausible "
-                                       f"(over 100): check the unit (currency units per kWh); nothing applied")
-        if not vat < 1:
-            raise Rejected("rejected", f"tariff {tid}: vat_rate {tariff['vat_rate']} must be a fraction below 1 "
-                                       f"(send 0.19 for 19 %); nothing applied")
-        clean.append({"id": tid, "currency": tariff["currency"], "price_per_kwh": tariff["price_per_kwh"],
-                      "vat_rate": tariff["vat_rate"],
-                      "effective_from": rfc3339(parse_rfc3339(tariff["effective_from"]))})
-    T = Query()
-    with store.documents_batch("tariffs") as db:
-        for tariff in clean:
-            db.upsert(tariff, T.id == tariff["id"])
-    return {"counts": {"upserted": len(clean)}}
-
-
-def tariff_in_force(tariffs: Iterable[Mapping], now: datetime, currency: str | None = None) -> Mapping | None:
-    """The tariff with the latest effective_from not after ``now`` (R-P8);
-    equal start times: the highest id wins, as in edge.parts.payments.pricing.tariff_in_force,
-    so the answer never depends on the order the tariffs were stored in."""
-    best, best_key = None, None
-    for tariff in tariffs:
-        if currency is not None and tariff["currency"] != currency:
-            continue
-        since = parse_rfc3339(tariff["effective_from"])
-        key = (since, tariff["id"])
-        if since <= now and (best_key is None or key > best_key):
-            best, best_key = tariff, key
-    return best
 
 
 # ------------------------------------------------------- maintenance windows

@@ -76,15 +76,36 @@ class ChargerSink(Protocol):
         reconnection): the hub resends what it owes it (pending starts,
         unlocks, limits)."""
 
+    def charger_polled(self, charger_id: str, readings: dict[str, Reading]) -> None:
+        """A round of polling read these: applied at once. Raises when one
+        could not be applied; the poller counts the round as failed and the
+        next round applies the readings again."""
+
+    def charger_unanswered(self, charger_id: str, reason: str) -> None:
+        """A round of polling got no answer. Once the charger's ``health``
+        says fault (N rounds in a row), its connectors are Faulted with
+        ``reason`` and one device.fault goes out."""
+
 
 class Charger(abc.ABC):
     """One charger with one or more connectors (hub connector ids)."""
 
     protocol: str = "?"
+    # The hub is ready (sd_notify READY) once every charger that sets this
+    # has been heard from once (a first round of polling, good or not).
+    ready_after_first_report: bool = False
+    # How long ``run`` may go without a heartbeat (supervision.beat, or a
+    # round of supervision.rounds) before the watchdog counts it as stuck.
+    stall_after_s: float = 60.0
 
     def __init__(self, charger_id: str, connectors: list[str]):
         self.id = charger_id
         self.connectors = list(connectors)
+
+    @property
+    def task_name(self) -> str:
+        """How its supervised loop shows in `hubctl devices`."""
+        return f"charger {self.id}"
 
     @abc.abstractmethod
     async def run(self, sink: ChargerSink) -> None:

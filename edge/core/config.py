@@ -15,7 +15,8 @@ import tomllib
 from datetime import time
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Literal
+from dataclasses import dataclass
+from typing import Annotated, Callable, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -23,13 +24,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     StringConstraints,
     ValidationError,
     field_validator,
 )
 
 from drivers.anpr.read import DEFAULT_MAX_BODY
-from edge.parts.power.settings import PowerSection, power_problems
+from edge.core.registry import load_parts
 
 
 def _port_in_range(port: int | None, where: str) -> None:
@@ -223,7 +225,6 @@ class OcppSection(Section):
     offline_after_s: float = Field(default=600, gt=0, le=86_400, description="silent this long: connectors Unavailable")
     max_frame_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
     meter_interval_s: int = Field(default=60, ge=1, le=3600, description="meter sample interval asked of stations")
-    call_timeout_s: float = Field(default=30, gt=0, le=300, description="how long the hub waits for a station's answer")
     tls_cert: str | None = None
     tls_key: str | None = None
 
@@ -329,10 +330,16 @@ class HubConfig(Section):
     terminals: list[TerminalSection] = []
     readers: list[ReaderSection] = []
     gates: list[GateSection] = []
-    power: PowerSection | None = None  # site power (R-E1..R-E6); absent: chargers are never limited
 
     # Where the file was read from: relative paths in it are relative to it.
     source: str = Field(default="", exclude=True)
+    # The parts' own sections (register_section), by name; absent ones are None.
+    _sections: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
+
+    def __getattr__(self, name: str):
+        if name in SECTIONS:  # cfg.power: the part's section as its model parsed it
+            return (self.__pydantic_private__ or {}).get("_sections", {}).get(name)
+        return super().__getattr__(name)
 
     def connector_ids(self) -> list[str]:
         return [c.id for ch in self.chargers for c in ch.connectors]
@@ -597,7 +604,32 @@ def _cross_check(cfg: HubConfig) -> list[str]:
             problems.append(f"cloud.key_file: {exc}")
     if cfg.hub.plate_secret_file and not _is_file(cfg.resolve(cfg.hub.plate_secret_file)):
         problems.append(f"hub.plate_secret_file: file {cfg.hub.plate_secret_file!r} not found")
-    return problems + power_problems(cfg)
+    for section in SECTIONS.values():
+        if section.check is not None:
+            problems += section.check(cfg)
+    return problems
+
+
+@dataclass(frozen=True)
+class PartSection:
+    """A part's own table of the file: its model, and what in it must fit the
+    rest of the file (one sentence per problem), checked after the rest."""
+
+    model: type[BaseModel]
+    check: Callable[[HubConfig], list[str]] | None = None
+
+
+# section name -> its PartSection, filled by the parts when they are imported.
+SECTIONS: dict[str, PartSection] = {}
+
+
+def register_section(name: str, model: type[BaseModel], check: Callable[[HubConfig], list[str]] | None = None) -> None:
+    """A part's ``[name]`` table: parsed by ``model`` (its problems named
+    ``name.key`` like every other section's), read back as ``cfg.<name>``
+    (None when the file has no such table)."""
+    if name in HubConfig.model_fields:
+        raise ValueError(f"[{name}] is a section of the core")
+    SECTIONS[name] = PartSection(model, check)
 
 
 def parse_config(data: dict, source: str | Path = "") -> HubConfig:
@@ -605,11 +637,23 @@ def parse_config(data: dict, source: str | Path = "") -> HubConfig:
     if "source" in data:
         # "source" is where the file was read from, set by the loader, not a key.
         raise ConfigError(source or "<config>", ["source: unknown key (check its spelling against config/README.md)"])
+    load_parts()  # the parts register their sections
+    own = {name: data[name] for name in SECTIONS if name in data}
+    problems: list[str] = []
     try:
-        cfg = HubConfig.model_validate({**data, "source": str(source)})
+        cfg = HubConfig.model_validate({**{k: v for k, v in data.items() if k not in own}, "source": str(source)})
     except ValidationError as exc:
+        cfg = None
         problems = [f"{_loc(e['loc'])}: {_describe(e)}" for e in exc.errors()]
-        raise ConfigError(source or "<config>", problems) from None
+    sections = {}
+    for name, raw in own.items():
+        try:
+            sections[name] = SECTIONS[name].model.model_validate(raw)
+        except ValidationError as exc:
+            problems += [f"{_loc((name, *e['loc']))}: {_describe(e)}" for e in exc.errors()]
+    if cfg is None or problems:
+        raise ConfigError(source or "<config>", problems)
+    cfg._sections = sections
     problems = _cross_check(cfg)
     if problems:
         raise ConfigError(source or "<config>", problems)

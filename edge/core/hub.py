@@ -5,9 +5,10 @@ to the state machines and the decision logic; what they decide goes back to
 drivers as commands, to the ledgers as records and to the outbox as events.
 The uplink drains the outbox beside the hardware loops and never blocks them.
 
-Each charger is polled by its own supervised loop, so a silent charger only
-ever delays itself (R-C6), and an error in one round is counted and the next
-round tries again (edge/core/supervision.py). A state change and the events that
+Each charger runs its own supervised loop behind the charger interface
+(edge/core/charger.py), so a silent charger only ever delays itself (R-C6);
+a polled one (edge/parts/chargers/modbus.py) has an error in one round
+counted and the next round tries again (edge/core/supervision.py). A state change and the events that
 report it are one commit; every change that matters is on disk before it is
 acted on (``Store.durable``), so a restart picks up where the hub stopped
 (R-C9).
@@ -16,41 +17,27 @@ acted on (``Store.durable``), so a restart picks up where the hub stopped
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
-import os
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Awaitable, Callable
 
 from drivers.device import DeviceHealth
-from edge.core import supervision
+from edge.core import VERSION, supervision  # noqa: F401  (VERSION: edge.core.hub.VERSION as before)
 from units import Clock, parse_rfc3339, rfc3339
+from edge.core.cloud_link import CloudSide
 from edge.core.config import HubConfig
-from edge.core.sessions import Session, SessionLedger
+from edge.core.connectors import ConnectorPlace, ConnectorSide, NotFound, Refused, _changing
+from edge.core.registry import load_parts
+from edge.core.sessions import Session, SessionLedger, TokenVerdict
 from edge.core.store import DiskError, Store
 from edge.core.supervision import Supervisor
-from state_machines.connector import ACTIVE, Connector, apply_hardware, build_machine
+from edge.core.views import StatusViews
+from state_machines.connector import ACTIVE, Connector, build_machine
 
 log = logging.getLogger("hubedge.hub")
 
-VERSION = "0.1.0"
-
 CONNECTOR_SCHEMA = """
-CREATE TABLE IF NOT EXISTS token_list_parts (
-    version INTEGER NOT NULL,
-    part INTEGER NOT NULL,
-    parts INTEGER NOT NULL,
-    body TEXT NOT NULL,
-    PRIMARY KEY (version, part)
-);
-CREATE TABLE IF NOT EXISTS booking_journal (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL,
-    doc TEXT NOT NULL
-);
 CREATE TABLE IF NOT EXISTS audit_log (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     at TEXT NOT NULL,
@@ -72,21 +59,6 @@ CREATE TABLE IF NOT EXISTS connector_state (
     since TEXT NOT NULL
 );
 """
-
-
-class Refused(Exception):
-    """An action the hub will not carry out; the message says why and what to do."""
-
-    code = "refused"
-
-    def __init__(self, message: str, code: str | None = None):
-        super().__init__(message)
-        if code:
-            self.code = code
-
-
-class NotFound(Refused):
-    code = "not_found"
 
 
 class Capability:
@@ -134,68 +106,34 @@ class Capability:
         """Extra control-socket commands: name -> async handler(args, caller, progress)."""
         return {}
 
+    def sync_handlers(self) -> dict:
+        """The cloud's sync kinds this part keeps (tokens, bookings, tariffs):
+        kind -> handler(message) -> reply counts, raising downlink.Rejected
+        to refuse a batch (edge/cloud/downlink.py)."""
+        return {}
+
+    def resync_held(self) -> dict:
+        """What this part holds of its synced kinds, sent with a resync
+        request (e.g. {"tokens": {"version": 7}})."""
+        return {}
+
+    def backups(self) -> list[tuple[str, Callable[[], None]]]:
+        """(file name, blocking copy function) of each database this part
+        keeps beside the hub's; run in a thread every [storage] backup_interval_min."""
+        return []
+
     def booked_slot(self, connector_id: str) -> tuple[datetime, datetime] | None:
         """The slot (start, end) of the booking whose truck is at this
         connector, when this part knows of one (site power asks, R-E3)."""
         return None
 
 
-# The parts of the hub, in start order. Each module exposes a Capability
-# subclass; a part with nothing configured stays idle.
-CAPABILITIES = (
-    "edge.parts.cards.part:CardAuthorisation",
-    "edge.parts.payments.part:Payments",
-    "edge.parts.site.part:SiteAccess",
-    "edge.parts.chargers.ocpp.part:OcppPart",
-    "edge.parts.power.part:SitePower",
-)
-
-
 def load_capabilities(hub: "Hub") -> list[Capability]:
-    import importlib
-
-    parts = []
-    for spec in CAPABILITIES:
-        module_name, cls_name = spec.split(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue  # part not built into this release
-            raise
-        parts.append(getattr(module, cls_name)(hub))
-    return parts
+    """One Capability of each part that has one (edge/parts/__init__.py), in start order."""
+    return [getattr(module, cls_name)(hub) for module, cls_name in load_parts() if cls_name]
 
 
-# What a connector's state is made of in memory; a failed commit puts it back.
-_CONNECTOR_FIELDS = ("state", "hw", "session_id", "last_session_id", "reserved_for", "admin_unavailable",
-                     "fault_reason", "fault_kind", "since")
-
-
-@contextlib.contextmanager
-def _changing(*connectors: Connector):
-    """Undo the in-memory side of a change whose commit fails: the connector
-    is again what the database says, so the next reading or call makes the
-    same change anew (with its event) instead of finding it already made."""
-    saved = [(c, {k: getattr(c, k) for k in _CONNECTOR_FIELDS}) for c in connectors]
-    try:
-        yield
-    except BaseException:
-        for c, fields in saved:
-            for k, v in fields.items():
-                setattr(c, k, v)
-        raise
-
-
-@dataclass
-class ConnectorPlace:
-    charger_id: str
-    index: int
-    bay: str | None
-    free_vend: bool
-
-
-class Hub:
+class Hub(ConnectorSide, CloudSide, StatusViews):
     def __init__(self, cfg: HubConfig, *, clock: Clock | None = None):
         from edge.core.outbox import Outbox
 
@@ -236,6 +174,8 @@ class Hub:
         self._meter_at: datetime | None = None  # when the last meter samples went out
         self.session_started_hooks: list[Callable[[Session], Awaitable[None] | None]] = []
         self.session_ended_hooks: list[Callable[[Session], Awaitable[None] | None]] = []
+        # The decision for a card read by a charger's own reader: set by the part that keeps the cards.
+        self.token_decider: Callable[..., Awaitable[TokenVerdict]] | None = None
         # Called inside the commit that records a session's start or end,
         # each in a savepoint of its own: records and events that belong to
         # that step (a booking charging, fulfilled), no I/O. A crash keeps
@@ -243,9 +183,6 @@ class Hub:
         # it is.
         self.session_started_records: list[Callable[[Session], None]] = []
         self.session_ended_records: list[Callable[[Session], None]] = []
-        self.tokens_applied_hooks: list[Callable[[Any], None]] = []  # called with the ApplyResult, on the loop
-        self._tokens_lock = asyncio.Lock()
-        self._bookings_lock = asyncio.Lock()
         self.stopping = False
         self.supervisor = Supervisor(clock=self.clock, spawn=self._spawn, alarm=self._task_alarm,
                                      stopping=lambda: self.stopping)
@@ -253,10 +190,9 @@ class Hub:
         self.events_put = 0
         self.last_sync: dict[str, datetime] = {}
         self._build_connectors()
-        self._open_sync_stores()
-        self.capabilities: list[Capability] = load_capabilities(self)
-        for alarm in self.store.alarms + self.tokens.alarms:
+        for alarm in self.store.alarms:
             self.emit("device.alarm", {"alarm": "store_recovered", "message": alarm})
+        self.capabilities: list[Capability] = load_capabilities(self)
 
     # ------------------------------------------------------------------ setup
     def _build_connectors(self) -> None:
@@ -268,10 +204,7 @@ class Hub:
         }
         open_sessions = {s.connector: s for s in self.sessions.open_sessions()}
         for ch in self.cfg.chargers:
-            if ch.protocol != "modbus":
-                self._build_charger(ch)
-            else:
-                self._build_modbus(ch)
+            self._build_charger(ch)
             for ref in ch.connectors:
                 bay = self.cfg.bay_for_connector(ref.id)
                 index = ref.index if ref.index is not None else ref.evse
@@ -295,35 +228,17 @@ class Hub:
                 self.connectors[ref.id] = c
 
     def _build_charger(self, ch) -> None:
-        """A charger of a protocol part (OCPP ...), built by the factory
-        its part registered in PROTOCOLS; it reports through this hub as
-        its ChargerSink."""
-        import edge.parts.chargers.ocpp.part  # noqa: F401  (registers ocpp1.6 and ocpp2.0.1)
+        """A charger of a protocol part (Modbus, OCPP ...), built by the
+        factory its part registered in PROTOCOLS; it reports through this
+        hub as its ChargerSink."""
         from edge.core.charger import PROTOCOLS
+
+        load_parts()  # each protocol part registers its names
 
         charger = PROTOCOLS[ch.protocol](self, ch)
         self.chargers[ch.id] = charger
         if charger.health is not None:
             self.devices[ch.id] = charger.health
-
-    def _build_modbus(self, ch) -> None:
-        from drivers.charger_modbus import ChargerDriver
-        from drivers.register_map import load_register_map
-
-        host, port = ch.address.rsplit(":", 1)
-        rmap = load_register_map(self.cfg.resolve(ch.register_map))
-        driver = ChargerDriver(
-            ch.id,
-            host,
-            int(port),
-            ch.unit,
-            rmap,
-            {c.id: c.index - 1 for c in ch.connectors},  # config counts from 1, the driver from 0
-            timeout=self.cfg.charging.modbus_timeout_s,
-            fault_after=self.cfg.charging.fault_after_polls,
-        )
-        self.chargers[ch.id] = driver
-        self.devices[ch.id] = driver.health
 
     def _persist(self, c: Connector) -> None:
         with self.store.transaction() as db:
@@ -411,203 +326,6 @@ class Hub:
                 part.on_connector_changed(c, previous)
             except Exception:
                 log.exception("capability.failed part=%s hook=connector_changed", part.name)
-
-    # ------------------------------------------------------- the charger sink
-    def charger_reported(self, charger_id: str, readings: dict) -> None:
-        """ChargerSink: fresh readings from a charger that reports by itself (OCPP)."""
-        try:
-            self._poll_ok(charger_id, readings)
-        except Exception:
-            log.exception("charger.reading_failed charger=%s: the next report tries again", charger_id)
-
-    def charger_lost(self, charger_id: str, reason: str) -> None:
-        """ChargerSink: the charger went silent (an OCPP station past
-        offline_after_s): its connectors become Unavailable with ``reason``
-        (R-O5); one in a session, which cannot be taken out of service under
-        it, is Faulted with the same reason until the charger is back."""
-        for cid, place in self.places.items():
-            if place.charger_id != charger_id:
-                continue
-            c = self.connectors[cid]
-            if c.state in ACTIVE:
-                with _changing(c):
-                    self._fault(c, "comm", reason, "charger_offline")
-            elif c.state != "Unavailable":
-                self._set_unavailable(c, reason)
-
-    def charger_ready(self, charger_id: str) -> None:
-        """ChargerSink: the charger answers again; what its silence took out
-        of service comes back (a technician's hold stays)."""
-        self._polled.add(charger_id)
-        for cid, place in self.places.items():
-            if place.charger_id != charger_id:
-                continue
-            c = self.connectors[cid]
-            if c.admin_unavailable == "charger offline":
-                self.set_availability(cid, True, "charger back online")
-            elif c.state == "Faulted" and c.fault_kind == "comm":
-                reading = self.readings.get(cid)
-                if reading is not None:
-                    self._apply_reading(c, reading)
-        self._resume_starts(charger_id)
-
-    # ------------------------------------------------------------------ polls
-    async def _poll_once(self, charger_id: str) -> None:
-        """One round of a charger's polling (a supervised loop: an error in
-        applying the readings is counted and the next round tries again)."""
-        try:
-            try:
-                readings = await self.chargers[charger_id].poll()
-            except Exception as exc:  # ChargerUnavailable, or a driver bug: the charger is not answering
-                self._poll_failed(charger_id, str(exc) or type(exc).__name__)
-            else:
-                self._poll_ok(charger_id, readings)
-        finally:
-            self._polled.add(charger_id)
-            if len(self._polled) == len(self.chargers):
-                self.ready.set()
-
-    def _poll_stall_s(self) -> float:
-        """How long a charger's polling may go without a good round before
-        the watchdog counts it as stuck: ten rounds and three timeouts."""
-        charging = self.cfg.charging
-        return max(5.0, 10 * charging.poll_interval_s + 3 * charging.modbus_timeout_s)
-
-    def _poll_failed(self, charger_id: str, reason: str) -> None:
-        driver = self.chargers[charger_id]
-        if driver.health.state != "fault":
-            return  # not yet N failed polls
-        ours = [self.connectors[cid] for cid, place in self.places.items() if place.charger_id == charger_id]
-        # Its connectors' faults and the device fault: one commit.
-        with _changing(*ours), self.store.transaction():
-            for c in ours:
-                self._fault(c, "comm", f"charger {charger_id} not answering: {reason}", "charger_unreachable")
-            if charger_id not in self._faults_reported:
-                self.emit(
-                    "device.fault",
-                    {"device": charger_id, "class": "charger", "reason": f"no answer to {self.cfg.charging.fault_after_polls} polls: {reason}; check its power and network"},
-                )
-                self.store.after_commit(lambda: self._faults_reported.add(charger_id))
-
-    def _fault(self, c: Connector, kind: str, why: str, reason: str) -> None:
-        """Put a connector in fault (unless it is already): ``kind`` decides
-        how it recovers, ``why`` is shown to people, ``reason`` goes with
-        its event."""
-        if c.state == "Faulted":
-            return
-        prev = c.state
-        c.fault_kind = kind
-        c.fault_reason = why
-        c.trigger("fault")
-        self._changed(c, prev, reason)
-
-    def _poll_ok(self, charger_id: str, readings: dict) -> None:
-        if charger_id in self._faults_reported:
-            health = self.devices[charger_id]
-            down = health.last_down_s if health.last_down_s is not None else 0
-            self.emit("device.recovered", {"device": charger_id, "class": "charger", "down_for_s": max(0, round(down))})
-            self._faults_reported.discard(charger_id)
-        failed: Exception | None = None
-        for cid, reading in readings.items():
-            if cid not in self.connectors:
-                continue
-            self.readings[cid] = reading
-            try:
-                self._apply_reading(self.connectors[cid], reading)
-            except Exception as exc:  # the charger's other connectors are still followed
-                failed = failed or exc
-        if failed is not None:
-            raise failed
-        if charger_id not in self._starts_resumed:
-            self._starts_resumed.add(charger_id)
-            self._resume_starts(charger_id)
-
-    def _apply_reading(self, c: Connector, reading) -> None:
-        """Feed one reading to the connector's machine. The state change, the
-        session step it makes (started, stopped) and their events are one
-        commit; if it fails, the connector is as before and the next reading
-        tries again."""
-        hw = getattr(reading.status, "value", reading.status)
-        if c.state == "Faulted":
-            kind = c.fault_kind
-            if kind == "unlock" and hw != "unplugged":
-                return  # stays faulted until unlocked or the cable is out (R-C5)
-        with _changing(c):
-            prev = c.state
-            step = apply_hardware(c, hw)
-            if step.trigger is None:
-                return
-            reason = None
-            if step.trigger == "fault":
-                c.fault_kind = "hardware"
-                c.fault_reason = getattr(reading, "problem", None) or f"charger reports a fault on connector {c.id} (status code {getattr(reading, 'raw_status', '?')})"
-                reason = "charger_fault"
-            elif step.trigger == "recover":
-                c.fault_kind = None
-                c.fault_reason = None
-                reason = "recovered"
-            with self.store.transaction():
-                self._changed(c, prev, reason)
-                self._after_step(c, prev, reading)
-
-    def _after_step(self, c: Connector, prev: str, reading) -> None:
-        """The session side of a connector step, inside its transaction; what
-        it sets going (hooks, unlock, a free-vend start) starts once the
-        transaction has committed."""
-        place = self.places[c.id]
-        later = self.store.after_commit
-        s = self.sessions.get(c.session_id) if c.session_id else None
-        if s and s.status == "starting" and c.state in ACTIVE:
-            s.status = "active"
-            if s.meter_start_wh is None:
-                s.meter_start_wh = reading.energy_wh
-            with self.store.transaction():  # the session row and its event
-                self.sessions.update(s, self.clock.now())
-                self.emit("session.started", self._session_event(s))
-                self._record_hooks(self.session_started_records, s)
-            later(lambda: self._run_hooks(self.session_started_hooks, s))
-        if s and c.state not in ("Preparing", "Faulted", *ACTIVE):
-            # Finishing (charge ended) or Available/Reserved (unplugged).
-            default = "ev_disconnected" if c.state in ("Available", "Reserved") else "ev_finished"
-            self._end_session(c, s, self._stop_reasons.get(s.id, default), reading)
-            later(lambda: self._stop_reasons.pop(s.id, None))
-        if c.state == "Finishing" and prev != "Finishing":
-            later(lambda: self._spawn(self._unlock(c, retries=self.cfg.charging.unlock_retries)))
-        if c.state == "Preparing" and prev != "Preparing" and not c.session_id and place.free_vend:
-            later(lambda: self._spawn(self._start_free_vend(c.id)))
-        if c.state in ("Available", "Finishing") and c.id in self._pending_unavailable and not c.session_id:
-            self._set_unavailable(c, self._pending_unavailable[c.id])
-            later(lambda: self._pending_unavailable.pop(c.id, None))
-
-    async def _start_free_vend(self, connector_id: str) -> None:
-        try:
-            await self.start_session(connector_id, method="free_vend")
-        except Refused as exc:
-            log.warning("session.not_started connector=%s reason=%s", connector_id, exc)
-
-    def _resume_starts(self, charger_id: str) -> None:
-        """After a restart, what a commit set going may never have left
-        (R-C9): a session written as 'starting' whose charger is not charging
-        yet gets its start sent again; one already charging simply goes on.
-        A connector found Finishing with its session ended gets the unlock it
-        is owed (R-C5), and a free-vend connector found Preparing with no
-        session gets its start. Each command is safe to repeat."""
-        for cid, place in self.places.items():
-            if place.charger_id != charger_id:
-                continue
-            c = self.connectors[cid]
-            s = self.sessions.get(c.session_id) if c.session_id else None
-            if s and s.status == "starting" and c.state == "Preparing" and c.hw == "plugged":
-                age = (self.clock.now() - s.started_at).total_seconds()
-                if age < self.cfg.charging.start_timeout_s:
-                    log.info("session.start_resent session=%s connector=%s", s.id, cid)
-                    self._spawn(self._send(place.charger_id, "start", cid))
-            elif c.state == "Finishing" and not c.session_id:
-                log.info("connector.unlock_resumed connector=%s", cid)
-                self._spawn(self._unlock(c, retries=self.cfg.charging.unlock_retries))
-            elif c.state == "Preparing" and not c.session_id and place.free_vend and c.hw_plugged():
-                log.info("session.free_vend_resumed connector=%s", cid)
-                self._spawn(self._start_free_vend(cid))
 
     # -------------------------------------------------------------- sessions
     def _session_event(self, s: Session) -> dict:
@@ -796,119 +514,6 @@ class Hub:
             except Exception:
                 log.exception("hook.failed session=%s", s.id)
 
-    # --------------------------------------------------------------- unlock
-    async def _unlock(self, c: Connector, *, retries: int) -> bool:
-        """R-C5: unlock after a stop; retried, then reported as a fault."""
-        if c.id in self._unlocking:
-            return False
-        self._unlocking.add(c.id)
-        place = self.places[c.id]
-        try:
-            for attempt in range(retries + 1):
-                try:
-                    ok = await self.chargers[place.charger_id].unlock(c.id)
-                except Exception as exc:
-                    log.warning("connector.unlock_error connector=%s attempt=%d error=%s", c.id, attempt + 1, exc)
-                    ok = False
-                if ok:
-                    if c.state == "Faulted" and c.fault_kind == "unlock":
-                        with _changing(c):
-                            prev = c.state
-                            c.fault_kind = None
-                            c.fault_reason = None
-                            c.trigger("recover")
-                            self._changed(c, prev, "unlocked")
-                    log.info("connector.unlocked connector=%s attempt=%d", c.id, attempt + 1)
-                    return True
-                if attempt < retries:
-                    await asyncio.sleep(self.cfg.charging.unlock_retry_s)
-            with _changing(c), self.store.transaction():  # the failure and the fault it causes, one commit
-                self.emit(
-                    "connector.unlock_failed",
-                    {"connector": c.id, "attempts": retries + 1, "message": "the connector stayed locked: a technician can run `hubctl connector unlock " + c.id + "`"},
-                )
-                self._fault(c, "unlock", f"unlock failed after {retries + 1} attempts", "unlock_failed")
-            return False
-        finally:
-            self._unlocking.discard(c.id)
-
-    async def unlock(self, connector_id: str) -> bool:
-        c = self._connector(connector_id)
-        if c.session_id:
-            raise Refused(f"connector {connector_id} has session {c.session_id} running: stop it first with `hubctl session stop {c.session_id[:8]} --reason 'truck cannot unplug'`")
-        return await self._unlock(c, retries=0)
-
-    # --------------------------------------------------------- availability
-    def _connector(self, connector_id: str) -> Connector:
-        c = self.connectors.get(connector_id)
-        if c is None:
-            raise NotFound(f"no connector {connector_id!r} at this hub; `hubctl status` lists them")
-        return c
-
-    def _set_unavailable(self, c: Connector, reason: str) -> None:
-        with _changing(c), self.store.transaction():
-            prev = c.state
-            c.admin_unavailable = reason
-            if c.state != "Unavailable":
-                if c.state == "Faulted":
-                    self._persist(c)  # stays Faulted; recovery goes to Unavailable
-                    return
-                c.trigger("take_out_of_service")
-                self._changed(c, prev, reason)
-            else:
-                self._persist(c)
-
-    def reserve_connector(self, connector_id: str, booking_id: str) -> bool:
-        """Hold a connector for a booking (R-B3). Available becomes Reserved;
-        in any other state the hold is remembered and shows once it is free."""
-        c = self._connector(connector_id)
-        with _changing(c), self.store.transaction():
-            c.reserved_for = booking_id
-            if c.state == "Available":
-                prev = c.state
-                c.trigger("reserve")
-                self._changed(c, prev, f"reserved for booking {booking_id}")
-            else:
-                self._persist(c)
-        return c.state == "Reserved"
-
-    def release_connector(self, connector_id: str, booking_id: str | None = None) -> None:
-        """End a booking's hold (fulfilled, cancelled, no-show, reassigned)."""
-        c = self._connector(connector_id)
-        if booking_id is not None and c.reserved_for != booking_id:
-            return
-        with _changing(c), self.store.transaction():
-            c.reserved_for = None
-            if c.state == "Reserved":
-                prev = c.state
-                c.trigger("release_reservation")
-                self._changed(c, prev, "reservation ended")
-            else:
-                self._persist(c)
-
-    def set_availability(self, connector_id: str, available: bool, reason: str) -> str:
-        """R-C7. Returns what happened, for the person who asked."""
-        c = self._connector(connector_id)
-        if not available:
-            if c.session_id:
-                self._pending_unavailable[c.id] = reason
-                return f"connector {c.id} has a session running; it becomes Unavailable when the session ends"
-            self._set_unavailable(c, reason)
-            return f"connector {c.id} is now {c.state}"
-        self._pending_unavailable.pop(c.id, None)
-        with _changing(c), self.store.transaction():
-            if c.state == "Unavailable":
-                prev = c.state
-                c.admin_unavailable = None
-                c.trigger("return_to_service")
-                self._changed(c, prev, "available")
-                if c.state == "Preparing" and self.places[c.id].free_vend:
-                    self.store.after_commit(lambda: self._spawn(self._start_free_vend(c.id)))
-            else:
-                c.admin_unavailable = None
-                self._persist(c)
-        return f"connector {c.id} is now {c.state}"
-
     # ----------------------------------------------------------------- ticks
     def _tick_once(self) -> None:
         self.tick(self.clock.now())
@@ -1035,345 +640,6 @@ class Hub:
         if not task.cancelled() and task.exception() is not None:
             log.error("task.failed error=%r", task.exception())
 
-    # ---------------------------------------------------------------- cloud
-    def _start_cloud(self) -> None:
-        from edge.cloud.downlink import Downlink
-
-        loop = asyncio.get_running_loop()
-        keys = self._command_keys()
-        from datetime import timedelta
-
-        cloud = self.cfg.cloud
-        self.downlink = Downlink(self.hub_id, self.store, clock=self.clock, reply=self._reply, on_event=self.emit,
-                                 keys=keys, allow_unsigned=cloud.allow_unsigned, currency=self.cfg.hub.currency,
-                                 command_max_age=timedelta(seconds=cloud.command_max_age_s),
-                                 clock_skew=timedelta(seconds=cloud.clock_skew_s))
-        self._register_commands()
-        if not self.cfg.cloud.broker:
-            log.info("cloud.disabled reason=no_broker_configured")
-            return
-        if not keys and cloud.allow_unsigned:
-            log.warning("cloud.commands_unverified reason=allow_unsigned action=%r",
-                        "syncs and commands from the broker are obeyed unsigned: for a test bench only; on a site "
-                        "set [cloud] command_key_file to the cloud's command key for this hub (docs/deploy.md)")
-        elif not keys:
-            log.warning("cloud.commands_refused reason=no_command_key_file action=%r",
-                        "every sync and command from the cloud is refused (bad_signature): set [cloud] "
-                        "command_key_file to the cloud's command key for this hub (docs/deploy.md)")
-        from edge.cloud.uplink import Uplink
-
-        tls = None
-        if self.cfg.cloud.broker.startswith("mqtts://"):
-            tls = {
-                "ca": str(self.cfg.resolve(self.cfg.cloud.ca_file)),
-                "cert": str(self.cfg.resolve(self.cfg.cloud.cert_file)),
-                "key": str(self.cfg.resolve(self.cfg.cloud.key_file)),
-            }
-        self.uplink = Uplink(
-            self.hub_id,
-            self.cfg.cloud.broker,
-            client_id=self.cfg.cloud.client_id or f"hubedge-{self.hub_id}",
-            outbox=self.outbox,
-            clock=self.clock,
-            tls=tls,
-            version=VERSION,
-            on_message=self._on_cloud_message,
-            on_link=self._on_link,
-            on_session=self._on_cloud_session,
-            loop=loop,
-            keepalive=self.cfg.cloud.keepalive_s,
-        )
-        self.uplink.start()
-
-    def _command_keys(self) -> tuple[bytes, ...]:
-        """The cloud's command keys (edge/cloud/signing.py), none when not configured.
-        The config check has read the file already; a file spoilt since then
-        stops the start with the same message."""
-        from edge.core.config import ConfigError
-        from edge.cloud.signing import KeyFileError, load_keys
-
-        if not self.cfg.cloud.command_key_file:
-            return ()
-        try:
-            keys = load_keys(self.cfg.resolve(self.cfg.cloud.command_key_file))
-        except KeyFileError as exc:
-            raise ConfigError(self.cfg.source or "<config>", [f"cloud.command_key_file: {exc}"]) from None
-        log.info("cloud.commands_signed keys=%d", len(keys))
-        return keys
-
-    def _reply(self, payload: dict) -> None:
-        if self.uplink is not None:
-            self.uplink.publish_reply(payload)
-
-    def _on_cloud_message(self, topic: str, payload: bytes, sig: str | None) -> asyncio.Task | None:
-        # The uplink acknowledges the message to the broker once this task
-        # has applied and recorded it durably (edge/cloud/uplink.py).
-        if self.downlink is not None:
-            return self._spawn(self.downlink.handle(topic, payload, sig))
-        return None
-
-    def _on_cloud_session(self, reason: str) -> None:
-        # At start and after the link was away, the cloud resends what the
-        # broker may not have kept (edge/cloud/downlink.py: ask_resync).
-        if self.downlink is not None:
-            self.downlink.ask_resync(reason, held={"tokens": {"version": self.tokens.version}})
-
-    def _on_link(self, up: bool) -> None:
-        self.link_up = up
-        log.info("cloud.link up=%s", up)
-        if up:
-            for c in self.connectors.values():
-                self._publish_state(c)
-        for part in self.capabilities:
-            try:
-                part.on_link(up)
-            except Exception:
-                log.exception("capability.failed part=%s hook=link", part.name)
-
-    def _register_commands(self) -> None:
-        """The cloud's commands (docs/cloud-contract.md). Their args were
-        checked against edge/cloud/schemas/cmd/ before they get here; a refusal is
-        answered in the cloud's terms (reply codes of edge/cloud/schemas/reply.json,
-        no advice meant for a technician's hubctl)."""
-        from edge.cloud.downlink import Rejected
-
-        def refusal(exc: Refused) -> Rejected:
-            text = "; ".join(part for part in str(exc).split("; ") if "hubctl" not in part)
-            if isinstance(exc, NotFound):
-                return Rejected("not_found", text, {"reason": exc.code})
-            return Rejected("refused", text, {"reason": exc.code})
-
-        def connector_of(cid: str) -> Connector:
-            if cid not in self.connectors:
-                raise Rejected("not_found", f"no connector {cid!r} at hub {self.hub_id}: it has "
-                                            f"{', '.join(self.connectors) or 'none'}; nothing was done")
-            return self.connectors[cid]
-
-        async def unlock_connector(msg: dict) -> dict:
-            cid = msg["args"]["connector"]
-            c = connector_of(cid)
-            if c.session_id:
-                raise Rejected("refused", f"connector {cid} has session {c.session_id} running: send stop_session "
-                                          f"for it first, then unlock_connector", {"session": c.session_id})
-            try:
-                ok = await self.unlock(cid)
-            except Refused as exc:
-                raise refusal(exc)
-            if not ok:
-                raise Rejected("unlock_failed", f"connector {cid} stayed locked; send a technician")
-            self.audit("cloud", "connector.unlock", cid, "", "done")
-            return {"connector": cid}
-
-        async def set_availability(msg: dict) -> dict:
-            args = msg["args"]
-            cid, available = args["connector"], args["available"]
-            connector_of(cid)
-            try:
-                with self.store.transaction():  # the change and its audit event, one commit
-                    result = self.set_availability(cid, available, str(args.get("reason") or "cloud command"))
-                    self.audit("cloud", "connector.available" if available else "connector.unavailable", cid,
-                               str(args.get("reason") or ""), result)
-            except Refused as exc:
-                raise refusal(exc)
-            return {"connector": cid, "message": result}
-
-        async def stop_session(msg: dict) -> dict:
-            sid = msg["args"]["session"]
-            if self.sessions.get(sid) is None:
-                raise Rejected("not_found", f"no session {sid!r} at hub {self.hub_id}; nothing was done")
-            try:
-                await self.stop_session(sid, reason="remote")
-            except Refused as exc:
-                raise refusal(exc)
-            self.audit("cloud", "session.stop", sid, "", "stopping")
-            return {"session": sid}
-
-        async def resync(msg: dict) -> dict:
-            # The cloud asks for the hub's state again: retained status and
-            # every connector's state are published anew.
-            for c in self.connectors.values():
-                self._publish_state(c)
-            self.audit("cloud", "hub.resync", self.hub_id, "", "states republished")
-            return {"connectors": len(self.connectors)}
-
-        self.downlink.register("cmd:resync", resync)
-        self._register_sync_stores()
-        self.downlink.register("cmd:unlock_connector", unlock_connector)
-        self.downlink.register("cmd:set_availability", set_availability)
-        self.downlink.register("cmd:stop_session", stop_session)
-
-    # ------------------------------------------------------- synced stores
-    def _plate_secret(self) -> bytes:
-        """The site's key for hashing plates (R-G8): from the configured file,
-        or made once and kept in the state directory (mode 0600)."""
-        from edge.core.store import atomic_write
-
-        if self.cfg.hub.plate_secret_file:
-            return self.cfg.resolve(self.cfg.hub.plate_secret_file).read_bytes().strip()
-        path = self.state_dir / "plate.key"
-        if not path.exists():
-            atomic_write(path, os.urandom(32).hex().encode(), mode=0o600)
-        return path.read_bytes().strip()
-
-    def _open_sync_stores(self) -> None:
-        from datetime import timedelta as _td
-
-        from edge.parts.site.bookings import Bay, BookingBook, BookingRules
-        from edge.parts.cards.tokens import TokenStore
-
-        self.tokens = TokenStore(self.state_dir / "tokens.sqlite3", clock=self.clock)
-        bays = [
-            Bay(b.id, b.connector_type, b.side, b.length_m, b.bookable, b.connector)
-            for b in self.cfg.bays
-        ]
-        self.bookings = BookingBook(bays, self._plate_secret(), BookingRules(horizon=_td(days=self.cfg.bookings.horizon_days)))
-        try:
-            # The last full write of the book, then every lifecycle change
-            # journalled since (in order): nothing acknowledged is lost to a
-            # power cut between two full writes.
-            docs = {d["id"]: d for d in self.store.documents("bookings").all()}
-            for _id, doc in self.store.db.execute("SELECT id, doc FROM booking_journal ORDER BY seq"):
-                docs[_id] = json.loads(doc)
-            self.bookings.load(docs.values())
-        except Exception as exc:
-            self.emit("device.alarm", {"alarm": "bookings_unreadable", "message": f"stored bookings could not be loaded ({exc}); ask the cloud to resend with hubctl resync"})
-
-    def _register_sync_stores(self) -> None:
-        """Token lists (R-A3) and bookings (R-B1) arrive here and are kept;
-        the card and gate logic read them from these stores."""
-        from edge.cloud.downlink import Rejected
-
-        async def tokens(msg: dict) -> dict:
-            # A full list of a million tokens takes seconds: off the loop,
-            # one list at a time and in the order they arrived (a delta must
-            # not overtake the list it builds on).
-            async with self._tokens_lock:
-                msg = self._token_list_part(msg)
-                if msg.get("staged"):
-                    return msg  # a part of a chunked full list, kept until the last one
-                result = await asyncio.to_thread(self.tokens.apply, msg)
-            if result.ok:
-                for hook in self.tokens_applied_hooks:
-                    try:
-                        hook(result)
-                    except Exception:
-                        log.exception("hook.failed hook=tokens_applied")
-            if not result.ok:
-                raise Rejected("rejected", "; ".join(result.reasons[:5]) + (f" (+{len(result.reasons) - 5} more)" if len(result.reasons) > 5 else ""))
-            return {"version": result.version, "counts": {"upserted": result.upserted, "removed": result.removed}}
-
-        async def bookings(msg: dict) -> dict:
-            outcome = self.bookings.apply_sync(msg, self.clock.now())
-            if not outcome.ok:  # the schema check lets none through: kept in the reply codes all the same
-                raise Rejected("wrong_version" if outcome.code == "unsupported_version" else "schema", outcome.reason)
-            await self.save_bookings()
-            results = [
-                {"booking": r.booking_id, "op": r.op, "ok": r.accepted, "code": r.code, "reason": r.reason}
-                for r in outcome.results
-            ]
-            for r in outcome.refused:
-                self.emit("booking.rejected", {"booking": r.booking_id, "op": r.op, "code": r.code, "reason": r.reason})
-            accepted = sum(1 for r in outcome.results if r.accepted)
-            return {"results": results, "counts": {"accepted": accepted, "refused": len(results) - accepted}}
-
-        self.downlink.register("tokens", tokens)
-        self.downlink.register("bookings", bookings)
-
-    def journal_booking(self, booking_id: str) -> None:
-        """Record one booking's current state at once (a small SQLite append,
-        durable with the store's next group commit); the next full write of
-        the book folds the journal in."""
-        b = self.bookings.get(booking_id)
-        if b is None:
-            return
-        with self.store.transaction() as db:
-            db.execute("INSERT INTO booking_journal (id, doc) VALUES (?, ?)",
-                       (b.id, json.dumps(b.to_document(), separators=(",", ":"))))
-
-    def _token_list_part(self, msg: dict) -> dict:
-        """A full token list larger than one MQTT message arrives in parts
-        (`part` 1..`parts` of one `version`): each is kept durably; the last
-        one brings them together and the list applies whole (R-A3, R-M3).
-        Anything else passes through unchanged."""
-        from edge.cloud.downlink import Rejected
-
-        parts = msg.get("parts")
-        if parts is None:
-            return msg
-        part = msg.get("part")
-        if msg.get("kind") != "full" or not isinstance(parts, int) or not isinstance(part, int) \
-                or isinstance(parts, bool) or isinstance(part, bool) or not 1 <= part <= parts <= 10_000:
-            raise Rejected("schema", "a chunked token list is a full list with whole numbers 1 <= part <= parts <= 10000")
-        version = msg.get("version")
-        db = self.store.db
-        with self.store.transaction():
-            # Parts of an older version are dropped: a newer list replaces it.
-            db.execute("DELETE FROM token_list_parts WHERE version != ?", (version,))
-            db.execute("INSERT OR REPLACE INTO token_list_parts (version, part, parts, body) VALUES (?,?,?,?)",
-                       (version, part, parts, json.dumps({"upsert": msg.get("upsert") or [], "remove": msg.get("remove") or []})))
-        have = db.execute("SELECT COUNT(*) FROM token_list_parts WHERE version = ? AND parts = ?", (version, parts)).fetchone()[0]
-        if have < parts:
-            return {"staged": True, "version": version, "part": part, "parts": parts, "received": have,
-                    "message": f"part {part} of {parts} of token list version {version} kept; the list applies when all have come"}
-        upsert: list = []
-        remove: list = []
-        for (body,) in db.execute("SELECT body FROM token_list_parts WHERE version = ? ORDER BY part", (version,)):
-            b = json.loads(body)
-            upsert += b["upsert"]
-            remove += b["remove"]
-        with self.store.transaction():
-            db.execute("DELETE FROM token_list_parts WHERE version = ?", (version,))
-        whole = {k: v for k, v in msg.items() if k not in ("part", "parts")}
-        whole.update(upsert=upsert, remove=remove)
-        return whole
-
-    async def save_bookings(self) -> None:
-        """The one writer of the stored bookings. The book is snapshotted on
-        the loop and written off it (10,000 bookings are megabytes of JSON,
-        and the atomic document storage rewrites the whole file); writes
-        never overlap, and a change made while one runs is written by the
-        next."""
-        from edge.parts.site.bookings import documents_of
-
-        async with self._bookings_lock:
-            journalled = self.store.db.execute("SELECT COALESCE(MAX(seq), 0) FROM booking_journal").fetchone()[0]
-            snapshot = self.bookings.snapshot()
-            docs = await asyncio.to_thread(documents_of, snapshot)
-
-            def write() -> None:
-                with self.store.documents_batch("bookings") as db:
-                    db.truncate()
-                    db.insert_multiple(docs)
-
-            await asyncio.to_thread(write)
-            # The file is written by the store's writer: the journal it folds
-            # in may go only once the file is on disk.
-            await self.store.durable()
-            with self.store.transaction() as db:
-                db.execute("DELETE FROM booking_journal WHERE seq <= ?", (journalled,))
-
-    async def request_resync(self, user: str, progress, timeout: float = 60.0) -> dict:
-        """Ask the cloud for a full resend of every synced kind and follow
-        which have arrived (sync.applied) until all have or the time is up."""
-        from edge.cloud.downlink import SYNC_KINDS
-
-        asked_at = self.clock.now()
-        with self.store.transaction():  # the request and its audit, one commit
-            if self.downlink is not None:
-                self.downlink.ask_resync("technician", requested_by=user, held={"tokens": {"version": self.tokens.version}})
-            else:
-                self.emit("sync.resync_requested", {"kinds": list(SYNC_KINDS), "requested_by": user, "reason": "technician"})
-            self.audit(user, "hub.resync", self.hub_id, "", "requested")
-        deadline = time.monotonic() + timeout
-        done: list[str] = []
-        while True:
-            done = [k for k in SYNC_KINDS if self.last_sync.get(k, asked_at) > asked_at]
-            await progress({"received": done, "waiting": [k for k in SYNC_KINDS if k not in done], "link": self.link_up})
-            if len(done) == len(SYNC_KINDS) or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(1.0)
-        return {"received": done, "complete": len(done) == len(SYNC_KINDS), "link": self.link_up}
-
     # ----------------------------------------------------------------- audit
     def audit(self, user: str, action: str, target: str, reason: str, result: str) -> None:
         """R-T1: every action is an audit.action event synced to the cloud, and
@@ -1398,108 +664,13 @@ class Hub:
         rows = self.store.db.execute(sql + " ORDER BY seq DESC LIMIT ?", (*args, int(limit))).fetchall()
         return [dict(zip(("at", "user", "action", "target", "reason", "result"), r)) for r in rows]
 
-    # ------------------------------------------------------------------ views
-    def status(self) -> dict:
-        now = self.clock.now()
-        connectors = []
-        for cid, c in self.connectors.items():
-            v = self.connector_view(c)
-            s = self.sessions.get(c.session_id) if c.session_id else None
-            if s:
-                r = self.readings.get(cid)
-                energy = getattr(r, "energy_wh", None)
-                v["session_energy_wh"] = max(0, energy - (s.meter_start_wh or 0)) if energy is not None else None
-                v["session_method"] = s.method
-            connectors.append(v)
-        return {
-            "hub": self.hub_id,
-            "version": VERSION,
-            "ts": rfc3339(now),
-            "timezone": self.cfg.hub.timezone,
-            "uptime_s": round(time.monotonic() - self.started_mono),
-            "ready": self.ready.is_set(),
-            "clock": self.clock.view(),
-            "connectors": connectors,
-            "devices": self.device_views(),
-            "cloud": self.cloud_view(),
-            "outbox": self.outbox_view(),
-            **self._part_sections(),
-        }
-
-    def device_views(self) -> list[dict]:
-        """`hubctl devices`: every device with the connectors it serves, then
-        the hub's own tasks and the store's writer (class ``task``)."""
-        served: dict[str, list[str]] = {}
-        for cid, place in self.places.items():
-            served.setdefault(place.charger_id, []).append(cid)
-        for t in self.cfg.terminals:
-            served[t.id] = list(t.connectors)
-        for r in self.cfg.readers:
-            served[r.id] = [r.connector]
-        rows = [d.as_dict() for d in self.devices.values()] + self.supervisor.views() + [self._writer_view()]
-        return [{**row, "connectors": served.get(row["device"], [])} for row in rows]
-
-    def _writer_view(self) -> dict:
-        w = self.store.writer_view()
-        problem = self.store.disk_problem()
-        failing = w["failure"] is not None
-        state = "fault" if failing or problem else "ok"
-        if state != self._writer_state[0]:
-            self._writer_state = (state, self.clock.now())
-        return {
-            "device": "store writer",
-            "class": "task",
-            "state": state,
-            "since": rfc3339(self._writer_state[1]),
-            "last_error": problem or (f"the card fails writes ({w['failure']}): they are kept and tried again; "
-                                      f"check the SD card (dmesg, free space)" if failing else None),
-            "detail": {"critical": True, **w},
-        }
-
-    def booked_slot(self, connector_id: str) -> tuple[datetime, datetime] | None:
-        """The booked slot of the truck at a connector, from whichever part
-        keeps bookings; None for a truck without one."""
-        for part in self.capabilities:
-            try:
-                slot = part.booked_slot(connector_id)
-            except Exception:
-                log.exception("capability.failed part=%s hook=booked_slot", part.name)
-                continue
-            if slot is not None:
-                return slot
-        return None
-
-    def _part_sections(self) -> dict:
-        out: dict = {}
-        for part in self.capabilities:
-            try:
-                out.update(part.status())
-            except Exception:
-                log.exception("capability.failed part=%s hook=status", part.name)
-        return out
-
-    def cloud_view(self) -> dict:
-        if self.uplink is None:
-            return {"configured": False, "connected": False}
-        return {"configured": True, "broker": self.cfg.cloud.broker, **self.uplink.link_state()}
-
-    def outbox_view(self) -> dict:
-        from edge.core.outbox import outbox_summary
-
-        out = outbox_summary(self.outbox, link=self.cloud_view(), now=self.clock.now())
-        out["total_put"] = self.events_put
-        return out
-
     # ------------------------------------------------------------------- run
     async def start(self) -> None:
         self._start_cloud()
         for charger_id, charger in self.chargers.items():
-            if hasattr(charger, "poll"):
-                self.supervisor.loop(f"charger {charger_id} polling", lambda cid=charger_id: self._poll_once(cid),
-                                     every=self.cfg.charging.poll_interval_s, stall_after_s=self._poll_stall_s())
-            else:  # reports by itself (OCPP): its own loop, and it does not hold up readiness
+            if not charger.ready_after_first_report:  # reports by itself (OCPP): it does not hold up readiness
                 self._polled.add(charger_id)
-                self.supervisor.run(f"charger {charger_id}", lambda ch=charger: ch.run(self))
+            self.supervisor.run(charger.task_name, lambda ch=charger: ch.run(self), stall_after_s=charger.stall_after_s)
         if len(self._polled) == len(self.chargers):
             self.ready.set()
         self.supervisor.loop("ticks (timeouts, schedules)", self._tick_once, every=1.0, stall_after_s=15.0)
@@ -1518,7 +689,8 @@ class Hub:
         while not self.stopping:
             await asyncio.sleep(delay)
             delay = interval_s
-            for name, backup in (("hub.sqlite3", self.store.backup), ("tokens.sqlite3", self.tokens.backup)):
+            backups = [("hub.sqlite3", self.store.backup)] + [b for part in self.capabilities for b in part.backups()]
+            for name, backup in backups:
                 try:
                     await asyncio.to_thread(backup)
                 except sqlite3.DatabaseError as exc:

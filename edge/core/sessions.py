@@ -19,6 +19,33 @@ from decimal import Decimal
 
 from units import parse_rfc3339, rfc3339
 
+
+def mask(uid: str) -> str:
+    """What a log line may show of a token id."""
+    return "*" + uid[-4:]
+
+
+@dataclass(frozen=True)
+class TokenVerdict:
+    """A decision about a card alone, with no connector in view: a charger's
+    own card reader asking (OCPP Authorize, a start the station made from its
+    own list). Same rules as a tap at the hub's readers (R-O2)."""
+
+    uid: str
+    status: str  # Accepted | Blocked | Expired | Invalid | Unknown (the cloud's words, R-A1)
+    code: str  # accepted, or the AuthRejected code (blocked, expired, unknown_offline, cloud_timeout ...)
+    reason: str
+    method: str | None = None  # own_card | emsp_card
+    group: str | None = None
+    source: str = "local_list"
+    offline: bool = False
+    token_type: str | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.status == "Accepted"
+
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,

@@ -159,21 +159,7 @@ class Supervisor:
         raises is logged and counted; one that returns is a heartbeat."""
 
         async def body() -> None:
-            health = _current.get()
-            while not self._stopping():
-                t0 = time.monotonic()
-                try:
-                    result = step()
-                    if inspect.isawaitable(result):
-                        await result
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    self._failed(health, exc)
-                else:
-                    self._succeeded(health)
-                interval = every() if callable(every) else every
-                await asyncio.sleep(max(0.0, interval - (time.monotonic() - t0)))
+            await rounds(step, every=every, stopping=self._stopping)
 
         return self.run(name, body, critical=critical, stall_after_s=stall_after_s)
 
@@ -211,30 +197,6 @@ class Supervisor:
         except Exception:  # the failure may be the very store the alarm goes to
             log.exception("task.alarm_failed code=%s", code)
 
-    def _succeeded(self, health: TaskHealth) -> None:
-        now = time.monotonic()
-        health.iterations += 1
-        health.beat(now)
-        if health.errors_in_row:
-            log.warning("task.recovered name=%s failed_rounds=%d", health.name, health.errors_in_row)
-            health.errors_in_row = 0
-
-    def _failed(self, health: TaskHealth, exc: Exception) -> None:
-        now = time.monotonic()
-        health.iterations += 1
-        health.errors += 1
-        health.errors_in_row += 1
-        health.last_error = _describe(exc)
-        health.last_error_mono = now
-        if health.errors_in_row == 1:
-            log.exception("task.round_failed name=%s error=%r action=%r", health.name, health.last_error,
-                          "the loop goes on; see the traceback")
-            health._logged_mono = now
-        elif now - health._logged_mono >= ERROR_LOG_EVERY_S:
-            log.error("task.rounds_failing name=%s in_row=%d error=%r", health.name, health.errors_in_row,
-                      health.last_error)
-            health._logged_mono = now
-
     async def _keep(self, health: TaskHealth, body: Callable[[], Awaitable[None]]) -> None:
         _current.set(health)
         delay = self.backoff[0]
@@ -267,3 +229,55 @@ class Supervisor:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.backoff[1])
             health.since = self.clock.now()
+
+
+async def rounds(step: Callable[[], Awaitable[None] | None], *, every: float | Callable[[], float],
+                 stopping: Callable[[], bool] = lambda: False) -> None:
+    """Call ``step()`` (plain or async) every ``every`` seconds (from the
+    start of one call to the next) for as long as the supervised loop this
+    runs in lives: a step that raises is logged and counted and the next
+    round tries again; one that returns is a heartbeat. ``Supervisor.loop``
+    runs one; a loop of its own (a charger's ``run``) may await it."""
+    health = _current.get()
+    while not stopping():
+        t0 = time.monotonic()
+        try:
+            result = step()
+            if inspect.isawaitable(result):
+                await result
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if health is None:
+                raise
+            _failed(health, exc)
+        else:
+            if health is not None:
+                _succeeded(health)
+        interval = every() if callable(every) else every
+        await asyncio.sleep(max(0.0, interval - (time.monotonic() - t0)))
+
+
+def _succeeded(health: TaskHealth) -> None:
+    now = time.monotonic()
+    health.iterations += 1
+    health.beat(now)
+    if health.errors_in_row:
+        log.warning("task.recovered name=%s failed_rounds=%d", health.name, health.errors_in_row)
+        health.errors_in_row = 0
+
+def _failed(health: TaskHealth, exc: Exception) -> None:
+    now = time.monotonic()
+    health.iterations += 1
+    health.errors += 1
+    health.errors_in_row += 1
+    health.last_error = _describe(exc)
+    health.last_error_mono = now
+    if health.errors_in_row == 1:
+        log.exception("task.round_failed name=%s error=%r action=%r", health.name, health.last_error,
+                      "the loop goes on; see the traceback")
+        health._logged_mono = now
+    elif now - health._logged_mono >= ERROR_LOG_EVERY_S:
+        log.error("task.rounds_failing name=%s in_row=%d error=%r", health.name, health.errors_in_row,
+                  health.last_error)
+        health._logged_mono = now

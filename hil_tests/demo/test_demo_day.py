@@ -70,7 +70,9 @@ def test_the_same_day_at_two_speeds_and_synced_to_a_broker(tmp_path):
         assert day.index("charger CH2 answers again: its connectors recover by themselves and both sessions go on") \
             < day.index("B5's truck is full: its session ends and the connector unlocks")
         assert day[-1] == "the bookings scene is over"
-        assert re.search(r"revenue 164\.15 EUR", out), out
+        # T1's two sessions (164.15 EUR) and the one paid at T2 on OCPP station CS-OCPP1 (40 kWh).
+        assert re.search(r"revenue 183\.46 EUR", out), out
+        assert "ocpp: station CS-OCPP1 connected; 2 sessions over OCPP, 90.0 kWh" in out
         assert "1 transaction, 67.59 EUR booked" in out
         assert "bookings: 5 assigned, 1 reassigned, 3 no-show, 2 arrived, 2 fulfilled" in out
         assert "device.fault" in out and "device.recovered" in out

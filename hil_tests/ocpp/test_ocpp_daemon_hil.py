@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import jsonschema
 import pytest
 
 from edge.cloud.envelope import validate_event
@@ -22,15 +23,19 @@ from hil_tests.daemon import RunningDaemon
 from simulators.broker import free_port
 from simulators.ocpp_station import OcppStation
 
+ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "station-pw-0123456789"
 OWN = "04A1B2C3"
 BLOCKED = "0BADBAD0"
 
 
 class OcppDaemon(RunningDaemon):
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, pki=None, extra: str = ""):
         super().__init__(tmp)
         self.port = free_port()
+        self.scheme = "wss" if pki else "ws"
+        tls = f'tls_cert = "{pki.server_cert}"\ntls_key = "{pki.server_key}"' if pki else ""
+        profile = "security_profile = 2" if pki else ""
         for sid in ("CS1", "CS2"):
             key = tmp / f"{sid}.key"
             key.write_text(PASSWORD + "\n")
@@ -49,9 +54,11 @@ listen = "127.0.0.1:{self.port}"
 heartbeat_interval_s = 1
 offline_after_s = 3
 meter_interval_s = 1
+{tls}
 [[chargers]]
 id = "CS1"
 protocol = "ocpp1.6"
+{profile}
 password_file = "{tmp / 'CS1.key'}"
 connectors = [ {{ id = "C1", evse = 1 }}, {{ id = "C2", evse = 2 }} ]
 [[chargers]]
@@ -59,6 +66,7 @@ id = "CS2"
 protocol = "ocpp2.0.1"
 password_file = "{tmp / 'CS2.key'}"
 connectors = [ {{ id = "C3", evse = 1, connector = 1 }} ]
+{extra}
 """)
         (tmp / "state").mkdir(exist_ok=True)
         tokens = TokenStore(tmp / "state" / "tokens.sqlite3")
@@ -69,7 +77,7 @@ connectors = [ {{ id = "C3", evse = 1, connector = 1 }} ]
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ocpp"
+        return f"{self.scheme}://127.0.0.1:{self.port}/ocpp"
 
     def station(self, sid: str, version: str = "ocpp1.6", **kw) -> OcppStation:
         kw.setdefault("connectors", 2 if sid == "CS1" else 1)
@@ -121,7 +129,7 @@ async def hub(tmp_path):
     d.terminate()
 
 
-async def test_r_o1_r_o2_r_o4_card_at_the_stations_reader_charges_and_stops_end_to_end(hub):
+async def test_r_o1_r_o2_r_o4_r_o7_card_at_the_stations_reader_charges_and_stops_end_to_end(hub):
     cs1 = hub.station("CS1", signed=True)
     await cs1.connect()
     try:
@@ -132,6 +140,11 @@ async def test_r_o1_r_o2_r_o4_card_at_the_stations_reader_charges_and_stops_end_
             "SimCharge", "SIM-MCS-1200", "1.0.0-sim", True)
         out = await hub.hubctl("chargers")
         assert out.returncode == 0 and "SimCharge" in out.stdout and "ocpp1.6" in out.stdout, out
+        status = await hub.hubctl("status")
+        assert "ocpp: 1 of 2 stations connected" in status.stdout, status.stdout
+        machine = await hub.hubctl("--json", "chargers")
+        schema = json.loads((ROOT / "edge" / "cloud" / "schemas" / "hubctl" / "chargers.json").read_text())
+        jsonschema.Draft202012Validator(schema).validate(json.loads(machine.stdout))
         assert await cs1.tap(OWN, 0) == "Accepted"  # tapped before plugging: the station waits
         cs1.plug(0, soc=30)
         await hub.wait_connector("C1", "Charging")
@@ -279,3 +292,112 @@ async def test_r_o5_silent_station_makes_its_connectors_unavailable_and_comes_ba
         assert any(e["data"]["device"] == "CS1" for e in hub.events("device.recovered"))
     finally:
         await cs1.close()
+
+
+async def test_r_o1_security_profile_2_wss_through_the_daemon(tmp_path):
+    import ssl
+
+    from hil_tests.broker import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    d = OcppDaemon(tmp_path, pki=pki)
+    d.start()
+    await d.wait_ready()
+    cs1 = d.station("CS1", ssl=ssl.create_default_context(cafile=str(pki.ca)))
+    try:
+        await cs1.connect()
+        assert cs1.boot_status == "Accepted" and d.url.startswith("wss://")
+        cs1.plug(0)
+        await d.wait_connector("C1", "Preparing")
+        plain = OcppStation("CS1", "ocpp1.6", d.url.replace("wss://", "ws://"), password=PASSWORD)
+        with pytest.raises((aiohttp.ClientError, OSError)):
+            await plain.connect()  # no plain websocket on a TLS listener
+        await plain.close()
+    finally:
+        await cs1.close()
+        d.terminate()
+
+
+async def test_r_b3_r_o2_a_booked_truck_over_ocpp_its_bay_reserved_at_the_station(tmp_path):
+    """The cloud books bay B1 (C1 on OCPP station CS1) for a truck with card
+    OWN: the hub holds the bay and the station gets ReserveNow for that card;
+    the truck plugs in, its driver taps the card at the station's reader and
+    the session fulfils the booking (booking.charging)."""
+    from datetime import datetime, timedelta, timezone
+
+    from simulators.broker import Broker
+    from simulators.cloud import CloudSimulator
+    from units import rfc3339
+
+    broker = Broker(tmp_path / "broker").start()
+    cloud = CloudSimulator(broker.url, "HIL-OCPP").start()
+    d = OcppDaemon(tmp_path, extra=f"""
+[cloud]
+broker = "{broker.url}"
+client_id = "hubedge-HIL-OCPP"
+allow_unsigned = true
+[bookings]
+assign_lead_min = 60
+early_grace_min = 30
+hold_horizon_min = 90
+no_show_after_min = 30
+[[bays]]
+id = "B1"
+connector = "C1"
+connector_type = "MCS"
+side = "left"
+""")
+    d.needs_cloud = True
+    d.start()
+    cs1 = d.station("CS1")
+    try:
+        await d.wait_ready()
+        await cs1.connect()
+        await d.wait_connector("C1", "Available")
+        start = datetime.now(timezone.utc) + timedelta(minutes=5)
+        cloud.send("bookings", {"cancel": [], "upsert": [{
+            "id": "BK-OCPP", "slot_start": rfc3339(start), "slot_end": rfc3339(start + timedelta(hours=1)),
+            "connector_type": "MCS", "side": "left", "plates": ["NL-BT-101-K"], "customer": "fleet",
+            "token_uid": OWN}]})
+        await d.wait_connector("C1", "Reserved")
+        reserve = await until(lambda: [p for a, p in cs1.received if a == "ReserveNow"], what="ReserveNow at CS1")
+        assert reserve[0]["connectorId"] == 1 and reserve[0]["idTag"] == OWN
+        cs1.plug(0, soc=30)
+        await d.wait_connector("C1", "Preparing")
+        assert await cs1.tap(OWN, 0) == "Accepted"
+        await d.wait_connector("C1", "Charging")
+        # The outbox empties as the cloud acknowledges: the booking's state says it.
+        booking = await until_async(lambda: d.ask("bookings", {}),
+                                    lambda r: r["ok"] and any(b["booking"] == "BK-OCPP" and b["state"] == "charging"
+                                                              for b in r["data"]), "booking BK-OCPP charging")
+        [b] = [b for b in booking["data"] if b["booking"] == "BK-OCPP"]
+        assert b["connector"] == "C1"
+        assert not cs1.violations
+    finally:
+        await cs1.close()
+        d.terminate()
+        cloud.stop()
+        broker.kill()
+
+
+async def test_r_o2_r_o3_2_0_1_transaction_events_make_one_session_with_its_seq_nos(hub):
+    cs2 = hub.station("CS2", "ocpp2.0.1", signed=True)
+    await cs2.connect()
+    try:
+        await hub.wait_connector("C3", "Available")
+        cs2.plug(0, soc=40)
+        assert await cs2.tap(OWN, 0) == "Accepted"
+        await hub.wait_connector("C3", "Charging")  # from the TransactionEvent's charging state
+        [s] = await hub.wait_session("active")
+        tx = cs2.connectors[0].tx.tx_id
+        await asyncio.sleep(1.5)  # Updated events with meter values
+        assert await cs2.tap(OWN, 0) == "Stopped"
+        [s] = await hub.wait_session("stopped")
+        assert s["energy_wh"] > 0 and s["signed_stop"].startswith("OCMF|")
+        with hub.db() as db:
+            row = db.execute("SELECT session_id, last_seq, ended FROM ocpp_transactions WHERE station = 'CS2' "
+                             "AND transaction_id = ?", (tx,)).fetchone()
+        assert row[0] == s["id"] and row[1] >= 2 and row[2] == 1
+        assert not hub.events("device.transaction_gap") and not cs2.violations
+    finally:
+        await cs2.close()

@@ -23,10 +23,10 @@ from hil_tests.payments.conftest import expected_cost
 pytestmark = pytest.mark.hil
 
 # The commits of a paid session where a kill used to be placed by hand.
-APPROVAL_RECORDED = ("after", "Payments._preauthorize_and_start < * [payment_holds,payment_steps] #1")
-SESSION_ENDED_NOT_BILLED = ("before", "Payments._session_over < * #1")
-SETTLE_CALL_WRITTEN = ("after", "PaymentLedger.begin_step < Payments._attempt < * #1")
-SETTLE_ANSWER_NOT_RECORDED = ("before", "Payments._finish < Payments._attempt < * #1")
+APPROVAL_RECORDED = ("after", "ArchFlow._preauthorize_and_start < * [payment_holds,payment_steps] #1")
+SESSION_ENDED_NOT_BILLED = ("before", "ArchFlow._session_over < * #1")
+SETTLE_CALL_WRITTEN = ("after", "PaymentLedger.begin_step < ArchFlow._attempt < * #1")
+SETTLE_ANSWER_NOT_RECORDED = ("before", "ArchFlow._finish < ArchFlow._attempt < * #1")
 
 
 def _steps(hub, payment_id: str) -> list[tuple]:

@@ -31,7 +31,7 @@ from hil_tests.broker import Broker
 from hil_tests.scenarios.cloud_contract import CloudContract, Verdict
 from hil_tests.scenarios.timeline import DeviceWatch, Timeline
 
-HUB = "DEMO-01"  # the demo hub's id (edge/demo.py)
+HUB = "DEMO-01"  # the demo hub's id (edge/demo/site.py)
 # Simulated seconds per real second, for chargers and booking timings alike:
 # a truck takes in about 5 kWh a real second at 300 kW.
 SPEED = 60.0

@@ -29,7 +29,7 @@ BOOKING = "BK-7781"
 
 # This scenario found that a power cut soon after the truck started charging
 # lost the booking's "charging" state (the book was written every 5 s); the
-# hub now journals each booking change at once (Hub.journal_booking).
+# hub now journals each booking change at once (BookingStore.journal_booking, edge/parts/site/store.py).
 
 
 @pytest.mark.parametrize("power_cut", [False, True],

@@ -44,6 +44,9 @@ async def test_cloud_gone_then_back(scene, power_cut):
     await scene.load_tokens([CARD], version=1)
     scene.broker_down()
     offline_since = scene.contract.windows[-1].start
+    # An event is marked offline when the hub knew the link was down as it
+    # queued it: the hub sees the broker's socket close within moments.
+    await scene.wait_status(lambda st: not st["cloud"].get("connected"), "seeing the cloud gone")
 
     scene.step(f"an ad-hoc truck {adhoc} at the entry: the hub has free bays, so it opens")
     await scene.plate("G-IN", PLATE_BUS)

@@ -12,6 +12,7 @@ import pytest
 
 from units import Clock, rfc3339
 from edge.cloud.downlink import Downlink
+from edge.parts.payments.tariffs import apply_tariffs
 from edge.core.outbox import Outbox
 from edge.core.store import Store
 from edge.cloud.uplink import Uplink
@@ -45,6 +46,7 @@ async def test_sync_malformed_downlink_refused_with_reply_R_M3(tmp_path, broker,
                         allow_unsigned=True)
     gate_opened: list[dict] = []
     downlink.register("cmd:open_gate", lambda m: gate_opened.append(m) or {"gate": m["args"].get("gate")})
+    downlink.register("tariffs", lambda m: apply_tariffs(store, m))  # as the payments part does
     uplink.start()
     await wait_until(lambda: uplink.link_state()["connected"])
     await asyncio.sleep(0.2)  # let the SUBACK land before the cloud publishes

@@ -15,7 +15,8 @@ from edge.parts.cards.auth import AuthRejected, Authorisation, AuthPolicy, SendA
 from edge.parts.cards.part import LoopTokens, policy_from_config, token_answer
 from edge.parts.cards.hubctl import hubctl_commands
 from edge.core.config import parse_config
-from edge.hubctl import EXIT_NOT_FOUND, EXIT_OK, Style
+from edge.hubctl import EXIT_NOT_FOUND, EXIT_OK
+from edge.hubctl_render import Style
 from edge.parts.cards.tokens import CachedAuthorisation, TokenStore
 
 NOW = datetime(2026, 3, 2, 8, 0, tzinfo=timezone.utc)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.hubctl import main, parse_when
+from edge.hubctl import main
+from edge.hubctl_render import parse_when
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)

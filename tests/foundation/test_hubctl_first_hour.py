@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from edge.core.control import ControlError, resolve_prefix
-from edge.hubctl import MIB, Style, TimeView, main, render_outbox, render_status
+from edge.hubctl import main
+from edge.hubctl_render import MIB, Style, TimeView, render_outbox, render_status
 
 ROOT = Path(__file__).resolve().parents[2]
 NO_DAEMON = "/nonexistent/hubedge/control.sock"

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from units import rfc3339
-from edge.hubctl import Style, render_status
+from edge.hubctl_render import Style, render_status
 
 NOW = datetime.now(timezone.utc)
 

@@ -17,7 +17,7 @@ import units as clock_module
 from units import Clock, FakeClock
 from edge.core.config import ConfigError, parse_config
 from edge.core.control import ControlServer
-from edge.hubctl import Style, render_status
+from edge.hubctl_render import Style, render_status
 from edge.core.reload import needs_restart
 
 HUB = {"id": "H1", "country": "NL", "vat_rate": "0.21"}

@@ -345,3 +345,29 @@ async def test_every_event_of_an_ocpp_day_follows_its_schema(rig):
     for e in events:
         validate_event(e)
     assert "s3cret" not in str(events)
+
+
+async def test_r_b3_r_o2_booked_start_uses_the_reservations_tag_so_the_station_lets_it_start(rig):
+    rig.hub.reserve_connector("C8", "bk-42")
+    await rig.settle()
+    [reserve] = [c for c in rig.station.calls if c[0] == "reserve"]
+    tag = reserve[3][:20].upper()
+    await rig.status(2, "Preparing")  # the booked truck plugs in: the hub's hold becomes Preparing
+    assert rig.state("C8") == "Preparing"
+    s = await rig.hub.start_session("C8", method="remote", booking_id="bk-42")
+    method, evse, id_tag, rid = rig.station.calls[-1][:4]
+    assert (method, evse, id_tag) == ("remote_start", 2, tag)
+    await rig.start(2, id_tag, meter=50, remote_start_id=rid)
+    [got] = rig.sessions()
+    assert got.id == s.id and got.booking_id == "bk-42" and got.status == "active"
+    assert "cancel_reservation" not in rig.station.names()  # the station's reservation ends with its transaction
+
+
+async def test_a_limit_the_station_keeps_refusing_is_evented_once_not_at_every_step(rig):
+    from edge.core.charger import CommandFailed
+
+    rig.station.answers["set_power_limit"] = "NotSupported"
+    for _ in range(5):
+        with pytest.raises(CommandFailed):
+            await rig.charger.set_power_limit("C7", 80_000)
+    assert len(rig.events("device.command_failed")) == 1

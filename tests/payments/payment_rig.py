@@ -18,7 +18,7 @@ from drivers.zvt import PaymentResult, TerminalRefused, TerminalTimeout, Termina
 from drivers.zvt.client import OpenPreauthorization
 from units import FakeClock
 from edge.core.config import parse_config
-from edge.parts.payments.part import Closing
+from edge.parts.payments.ledger import Closing
 from edge.parts.payments.pricing import Tariff
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -23,11 +23,10 @@ from units import FakeClock
 from edge.core.config import ConfigError, parse_config
 from edge.cloud.envelope import validate_event
 from edge.core.hub import Refused
-from edge.parts.payments.part import (
+from edge.parts.payments.ledger import Closing, LedgerError
+from edge.parts.payments.receipts import (
     END_OF_DAY_ATTEMPTS,
     END_OF_DAY_RETRY,
-    Closing,
-    LedgerError,
     closing_slot,
     closing_time,
     end_of_day_due,

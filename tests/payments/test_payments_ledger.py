@@ -11,20 +11,21 @@ from decimal import Decimal
 import pytest
 
 from units import FakeClock
-from edge.parts.payments.part import (
-    BACKSTOP,
+from edge.parts.payments.flow import (
     CapWatch,
-    LedgerError,
-    PaymentLedger,
-    backstop_decision,
     choose_tariff,
     cost_cap_reached,
     hold_amount,
+    same_card,
+    settlement_for,
+)
+from edge.parts.payments.ledger import LedgerError, PaymentLedger
+from edge.parts.payments.reconciliation import (
+    BACKSTOP,
+    backstop_decision,
     not_open_outcome,
     reconcile_plan,
     retry_delay_s,
-    same_card,
-    settlement_for,
 )
 from edge.parts.payments.pricing import Tariff, energy_cap_wh, session_cost
 from edge.core.store import Store

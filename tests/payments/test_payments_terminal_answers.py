@@ -19,7 +19,7 @@ from units import FakeClock
 from edge.cloud.envelope import validate_event
 from edge.core.hub import Refused
 from edge.hubctl import Style
-from edge.parts.payments.part import BACKSTOP
+from edge.parts.payments.reconciliation import BACKSTOP
 from edge.parts.payments.hubctl import _render_list
 
 TECHNICIAN = SimpleNamespace(user="tech")

@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 
 from edge.core.hub import Refused
-from edge.hubctl import Style
+from edge.hubctl_render import Style
 from edge.parts.power.hubctl import render_power
 from edge.cloud.schemas import validator
 from tests.power.part_rig import POWER, T0, PowerRig
@@ -241,17 +241,17 @@ async def test_r_e6_status_and_view_carry_the_shares(rig):
     assert [c["connector"] for c in v["connectors"]] == ["C1", "C2", "C3"]
 
 
-def test_amps_only_station_is_sent_whole_amps_never_above_its_share(tmp_path):
+def test_an_amps_only_station_is_sent_its_amp_steps_never_above_its_share(rig):
+    from types import SimpleNamespace
+
     from edge.parts.power.control import LimitCommand
 
-    power = POWER + '[power.chargers.CH2]\nlimit_unit = "A"\nvoltage_v = 230\nphases = 3\n'
-    rig = PowerRig(tmp_path, power=power)
-    try:
-        watts = rig.part.watts_for(LimitCommand("C3", 100.0, False, "raise"))
-        assert watts == 144 * 690  # 144 A at 3 x 230 V, rounded down from 144.9 A
-        assert rig.part.watts_for(LimitCommand("C1", 100.0, False, "raise")) == 100_000
-    finally:
-        rig.close()
+    # As an OCPP station with the leniency limits_in_amps is configured.
+    rig.part._sections["CH2"] = SimpleNamespace(leniencies=["limits_in_amps"], voltage_v=230.0, phases=3)
+    watts = rig.part.watts_for(LimitCommand("C3", 100.0, False, "raise"))
+    assert watts == 99_981  # 144.9 A at 3 x 230 V (100 kW is 144.93 A), rounded down
+    assert round(watts / 690, 1) == 144.9  # what the station is sent
+    assert rig.part.watts_for(LimitCommand("C1", 100.0, False, "raise")) == 100_000
 
 
 async def test_r_e6_hubctl_power_shows_each_share_and_its_json_follows_the_schema(rig):
@@ -266,3 +266,45 @@ async def test_r_e6_hubctl_power_shows_each_share_and_its_json_follows_the_schem
     assert "ad-hoc" in c1 and " ok" in c1
     assert "counted at rated power" in c3
     assert next(line for line in text.splitlines() if line.startswith("C2 ")).rstrip().endswith("idle")
+
+
+async def test_r_e6_the_status_table_shows_each_connectors_share_and_the_site(rig):
+    from edge.hubctl_render import render_status
+
+    rig.plug("C1", session="S1")
+    for _ in range(3):
+        rig.draw(C1=1200)
+        rig.site_meter(100)
+        await rig.step(1)
+    status = json.loads(json.dumps(rig.hub.status()))
+    text = render_status(status, Style(False))
+    header = next(line for line in text.splitlines() if line.startswith("CONNECTOR"))
+    assert "SHARE" in header and header.index("SHARE") > header.index("POWER")
+    c1 = next(line for line in text.splitlines() if line.startswith("C1 "))
+    assert f"{status['power']['allocations']['C1']:.0f} kW" in c1
+    assert "site power: limit 1000 kW, site load" in text and "charging" in text
+
+
+async def test_r_e4_a_refused_limit_counts_at_rated_even_when_the_charger_reports_it(rig):
+    # Some stations report the limit the hub asked for, taken or not (an OCPP
+    # charger whose profile was rejected): the refusal is what counts.
+    ch = rig.chargers["CH2"]
+    ch.refusing = True
+    original = ch.set_power_limit
+
+    async def refuse_but_report(cid, watts):
+        ch.limit_w[cid] = watts
+        await original(cid, watts)
+
+    ch.set_power_limit = refuse_but_report
+    rig.plug("C3", session="S3")
+    for _ in range(4):  # past confirm_within_s
+        rig.meter(100)
+        result = await rig.step(1)
+    assert rig.part.confirmed_limits()["C3"] is None
+    assert result.allocation.counted_kw["C3"] == pytest.approx(400)
+    ch.refusing = False
+    for _ in range(4):
+        rig.meter(100)
+        result = await rig.step(1)
+    assert rig.part.confirmed_limits()["C3"] is not None and result.allocation.counted_kw["C3"] < 400

@@ -9,7 +9,8 @@ from drivers.anpr import PlateRead as CameraRead
 from edge.parts.site.bay_assignment import BayCondition
 from edge.parts.site.bookings import Bay, BookingBook
 from edge.parts.site.gate_policy import Direction
-from edge.parts.site.part import (TrucksOnWay, bay_conditions, booking_for_session, missing_holds, policy_read,
+from edge.parts.site.gates import TrucksOnWay, policy_read
+from edge.parts.site.part import (bay_conditions, booking_for_session, missing_holds,
                               stale_holds)
 
 SECRET = b"unit-site-secret"

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from units import FakeClock, rfc3339
+from edge.parts.payments.tariffs import apply_tariffs
 from edge.cloud.downlink import Downlink, Rejected
 from edge.cloud.schemas import event_data_validator, validator
 from edge.cloud.signing import sign
@@ -40,6 +41,7 @@ class Rig:
         d = Downlink(HUB, self.store, clock=self.clock, reply=self.replies.append, keys=(KEY,),
                      on_event=lambda t, e: self.events.append((t, e)))
         d.register("cmd:open_gate", self.open_gate)
+        d.register("tariffs", lambda m: apply_tariffs(self.store, m))  # as the payments part does
         return d
 
     def open_gate(self, message: dict) -> dict:

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from units import FakeClock, rfc3339
 from edge.core.config import ConfigError, parse_config
 from edge.cloud.downlink import Downlink
+from edge.parts.payments.tariffs import apply_tariffs
 from edge.cloud.schemas import event_data_validator, validator
 from edge.cloud.signing import KeyFileError, load_keys, sign, verify
 from edge.core.store import Store
@@ -59,6 +60,7 @@ class Rig:
                                  on_event=lambda t, d: self.events.append((t, d)), keys=keys)
         self.downlink.register("cmd:resync", lambda m: self.commands.append(m) or {})
         self.downlink.register("tokens", lambda m: self.tokens.append(m) or {})
+        self.downlink.register("tariffs", lambda m: apply_tariffs(self.store, m))  # as the payments part does
 
     def tariffs(self) -> list[dict]:
         return [dict(t) for t in self.store.documents("tariffs").all()]

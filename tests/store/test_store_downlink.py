@@ -9,7 +9,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from units import FakeClock, rfc3339
-from edge.cloud.downlink import Downlink, Rejected, kind_of_topic, maintenance_in_force, tariff_in_force
+from edge.cloud.downlink import Downlink, Rejected, kind_of_topic, maintenance_in_force
+from edge.parts.payments.tariffs import apply_tariffs, tariff_in_force
 from edge.cloud.schemas import validator
 from edge.core.store import Store
 
@@ -24,6 +25,7 @@ def hub(tmp_path):
     events: list[tuple[str, dict]] = []
     downlink = Downlink(HUB, store, clock=clock, reply=replies.append, on_event=lambda t, d: events.append((t, d)),
                         allow_unsigned=True)
+    downlink.register("tariffs", lambda m: apply_tariffs(store, m))  # as the payments part does
     yield downlink, store, clock, replies, events
     store.close()
 
@@ -108,6 +110,7 @@ async def test_store_downlink_command_once_and_expiry_R_M3(hub):
     # handled ids survive a restart, and are pruned by age
     store2 = Store(store.state_dir, clock=clock)
     d2 = Downlink(HUB, store2, clock=clock, reply=replies.append, allow_unsigned=True)
+    d2.register("tariffs", lambda m: apply_tariffs(store2, m))
     d2.register("cmd:stop_session", stop_session)
     cmd_late = dict(cmd, expires=rfc3339(clock.now() + timedelta(days=30)))
     assert (await d2.handle(f"hub/{HUB}/cmd/stop_session", body(cmd_late)))["code"] == "duplicate"
@@ -195,7 +198,8 @@ async def test_store_tariff_in_a_currency_the_site_cannot_price_is_refused_R_P8(
     clock = FakeClock()
     store = Store(tmp_path, clock=clock)
     replies: list[dict] = []
-    downlink = Downlink(HUB, store, clock=clock, reply=replies.append, currency="EUR", allow_unsigned=True)
+    downlink = Downlink(HUB, store, clock=clock, reply=replies.append, allow_unsigned=True)
+    downlink.register("tariffs", lambda m: apply_tariffs(store, m, currency="EUR"))
     try:
         for n, code in enumerate(("XYZ", "GBP")):
             await downlink.handle(f"hub/{HUB}/sync/tariffs",

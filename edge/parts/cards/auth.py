@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Callable, Literal, Protocol
 
+from edge.core.sessions import TokenVerdict
 from edge.parts.cards.tokens import CLOUD_STATUSES, CachedAuthorisation, TokenInfo, mask, normalise_uid
 
 CONNECTOR_STATES = (
@@ -133,27 +134,6 @@ class TokenBlockedInSession:
     token_uid: str
     status: str
     stopping: bool
-
-
-@dataclass(frozen=True)
-class TokenVerdict:
-    """A decision about a card alone, with no connector in view: a charger's
-    own card reader asking (OCPP Authorize, a start the station made from its
-    own list). Same rules as a tap at the hub's readers (R-O2)."""
-
-    uid: str
-    status: str  # Accepted | Blocked | Expired | Invalid | Unknown (the cloud's words, R-A1)
-    code: str  # accepted, or the AuthRejected code (blocked, expired, unknown_offline, cloud_timeout ...)
-    reason: str
-    method: Method | None = None
-    group: str | None = None
-    source: str = "local_list"
-    offline: bool = False
-    token_type: str | None = None
-
-    @property
-    def accepted(self) -> bool:
-        return self.status == "Accepted"
 
 
 _STATUS_OF_CODE = {"blocked": "Blocked", "expired": "Expired", "unknown": "Unknown", "unknown_offline": "Unknown",

@@ -15,13 +15,8 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from edge.demo import DemoHub, DemoPart, Step
+from edge.demo import BLOCKED, OWN, OWN_OTHER, ROAMING, STRANGER, DemoHub, DemoPart, Step
 
-OWN = "04A1B2C3"  # own card, fleet Demo Haulage, truck plate on the list
-OWN_OTHER = "04D4E5F6"  # own card of another fleet
-BLOCKED = "0BADBAD0"  # own card reported stolen: Blocked
-ROAMING = "04C0FFEE"  # a roaming (eMSP) card the cloud accepts
-STRANGER = "04DEAD01"  # a roaming card nobody answers for
 
 TOKENS = [
     {"uid": OWN, "status": "Active", "type": "own", "group": "demo-haulage", "reference": "truck 12"},

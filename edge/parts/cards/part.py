@@ -31,6 +31,7 @@ from edge.parts.cards.auth import (
 )
 from units import parse_rfc3339, rfc3339
 from edge.core.hub import Capability, Refused
+from edge.parts.cards.store import TokenLists
 from edge.parts.cards.tokens import CachedAuthorisation, TokenInfo, mask, normalise_uid
 
 log = logging.getLogger("hubedge.cards")
@@ -100,8 +101,12 @@ class CardAuthorisation(Capability):
     def __init__(self, hub):
         super().__init__(hub)
         self.policy = policy_from_config(hub.cfg)
+        self.lists = TokenLists(hub)
+        for alarm in hub.tokens.alarms:
+            hub.emit("device.alarm", {"alarm": "store_recovered", "message": alarm})
         self.tokens = LoopTokens(hub.tokens, hub.spawn)
         self.auth = Authorisation(self.tokens, self.policy)
+        hub.token_decider = self.decide_token
         self.readers: dict[str, ReaderPlace] = {}
         self._reservations: dict[str, str | None] = {}  # connector -> booking id told to the logic
         self._token_list: tuple[int, int] = (hub.tokens.version, hub.tokens.count)
@@ -373,6 +378,15 @@ class CardAuthorisation(Capability):
 
     def control_handlers(self) -> dict:
         return {"tokens": self._tokens_command}
+
+    def sync_handlers(self) -> dict:
+        return {"tokens": self.lists.sync}
+
+    def resync_held(self) -> dict:
+        return {"tokens": {"version": self.hub.tokens.version}}
+
+    def backups(self) -> list:
+        return [("tokens.sqlite3", self.hub.tokens.backup)]
 
     async def _tokens_command(self, args: dict, caller, progress) -> dict:
         from edge.core.control import ControlError

@@ -37,7 +37,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from units import Clock, parse_rfc3339
-from edge.core.store import online_backup, open_database
+from edge.core.sessions import mask  # noqa: F401  (the cards part's users take it from here)
+from edge.core.recovery import online_backup, open_database
 
 log = logging.getLogger("hubedge.tokens")
 
@@ -56,11 +57,6 @@ _CACHE_LIMIT = 20_000  # roaming answers kept; the oldest go first
 def normalise_uid(uid: str) -> str:
     """Token ids compare case-insensitively (readers give hex in either case)."""
     return uid.strip().upper()
-
-
-def mask(uid: str) -> str:
-    """What a log line may show of a token id."""
-    return "*" + uid[-4:]
 
 
 @dataclass(frozen=True)

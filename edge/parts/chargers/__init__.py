@@ -1,2 +1,2 @@
-"""Charger protocol parts: each registers its ``protocol`` names in
-``edge.core.charger.PROTOCOLS`` when imported."""
+"""The chargers part (part.py) and its protocols: each registers its
+``protocol`` names in ``edge.core.charger.PROTOCOLS`` when imported."""

@@ -15,10 +15,11 @@ interface (``edge.core.charger.PowerLimits``), never through a protocol.
 - A limit counts as confirmed when the charger reports it back (a Modbus
   register) or, for a charger that reports no limit, when the command was
   taken. A charger that does not confirm, or that cannot take limits at all,
-  is counted at its rated power (R-E4).
+  is counted at its rated power (R-E4); so is one whose charger refused its
+  last limit, whatever the charger reports, until it takes one.
 - Commands of one step go out lowerings first, all at once; raises only once
-  every lowering has been answered (R-E2). A charger that takes only amps is
-  sent whole amps, rounded down.
+  every lowering has been answered (R-E2). A station that takes only amps
+  is sent what its 0.1 A steps allow, rounded down.
 - At start, and until each charger has taken it, every charger is given its
   fail-safe limit (R-E4).
 - Faces: the retained ``hub/{id}/state/power`` (on change, at most once a
@@ -84,6 +85,7 @@ class SitePower(Capability):
             unbooked_stay_s=p.unbooked_stay_min * 60 if p.unbooked_stay_min else None,
             policy=SharePolicy(buffer_kw=p.buffer_kw))
         self.controller = PowerController(self.settings)
+        self._sections = {ch.id: ch for ch in hub.cfg.chargers}
         self.rated: dict[str, float] = {}
         self.minimum: dict[str, float] = {}
         for cid, place in hub.places.items():
@@ -94,6 +96,7 @@ class SitePower(Capability):
         self.reading = None  # the last good MeterReading
         self.meter_error: str | None = None
         self.acked: dict[str, float] = {}  # kW the charger last took without a limit to report back
+        self.refused: set[str] = set()  # connectors whose charger refused their last limit
         self.last: StepResult | None = None
         self.inputs: list[ConnectorInput] = []
         self.confirmed: dict[str, float | None] = {}
@@ -204,6 +207,9 @@ class SitePower(Capability):
             if not isinstance(self.hub.chargers.get(place.charger_id), PowerLimits):
                 out[cid] = None
                 continue
+            if cid in self.refused:  # whatever it reports, it said no to the last one
+                out[cid] = None
+                continue
             r = self.hub.readings.get(cid)
             reported = getattr(r, "power_limit_w", None)
             out[cid] = reported / 1000 if reported is not None else self.acked.get(cid)
@@ -251,13 +257,15 @@ class SitePower(Capability):
             await asyncio.gather(*(self._send_one(c) for c in raising))
 
     def watts_for(self, cmd: LimitCommand) -> int:
-        """The limit in whole watts, or whole amps' worth of watts for a
-        station that takes only amps (rounded down: never above the share)."""
+        """The limit in whole watts; for a station that takes limits only in
+        amps (its [[chargers]] entry: leniency limits_in_amps, voltage_v,
+        phases), cut to the 0.1 A steps it is sent in, never rounded up."""
         watts = max(0, math.floor(cmd.kw * 1000 + 1e-6))
-        setting = self.cfg.chargers.get(self.hub.places[cmd.connector_id].charger_id)
-        if setting is not None and setting.limit_unit == "A":
-            per_amp = setting.voltage_v * setting.phases
-            watts = math.floor(math.floor(watts / per_amp + 1e-9) * per_amp)
+        section = self._sections.get(self.hub.places[cmd.connector_id].charger_id)
+        if section is not None and "limits_in_amps" in (getattr(section, "leniencies", None) or ()) \
+                and getattr(section, "voltage_v", None) and getattr(section, "phases", None):
+            step = section.voltage_v * section.phases / 10  # watts per 0.1 A
+            watts = math.floor(math.floor(watts / step + 1e-9) * step)
         return watts
 
     async def _send_one(self, cmd: LimitCommand) -> None:
@@ -275,11 +283,13 @@ class SitePower(Capability):
             raise
         except Exception as exc:
             self.acked.pop(cmd.connector_id, None)
+            self.refused.add(cmd.connector_id)
             self._warn(cmd.connector_id, f"connector {cmd.connector_id} did not take its limit of {watts} W "
                                          f"({exc or type(exc).__name__}); it is counted at its rated power and sent "
                                          "its limit again; check the charger")
             return
         self.acked[cmd.connector_id] = cmd.kw
+        self.refused.discard(cmd.connector_id)
         log.info("power.limit_sent connector=%s watts=%d reason=%s", cmd.connector_id, watts, cmd.reason)
 
     def _warn(self, key: str, text: str) -> None:

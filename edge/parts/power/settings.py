@@ -3,9 +3,10 @@
 Absent: the hub never limits a charger. Present: it names the grid
 connection's limit, what is kept free below it, the safe total for a silent
 meter, the grid meter, and per charger what the sharing needs to know that
-the charger does not say itself (its rated power per connector, a minimum,
-and, for stations that take limits only in amps, the voltage and phases the
-watts are turned into amps with).
+the charger does not say itself (its rated power per connector and a
+minimum). A station that takes limits only in amps says so in its own
+``[[chargers]]`` entry (the OCPP leniency ``limits_in_amps`` with
+``voltage_v`` and ``phases``); the part cuts its shares to those amps.
 
 Every number is checked here; what depends on the rest of the file (charger
 ids, register maps, the fail-safe against the safe total) in
@@ -15,9 +16,11 @@ names its key and says what to write instead.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from edge.core.config import register_section
 
 if TYPE_CHECKING:
     from edge.core.config import HubConfig
@@ -51,11 +54,6 @@ class PowerCharger(_Section):
 
     rated_kw: float | None = Field(default=None, gt=0, le=5000, description="per connector; default: the register map's rated power")
     min_kw: float | None = Field(default=None, ge=0, le=5000, description="per charging truck; default: [power] min_kw")
-    # "A": the station takes limits only in amps; shares are cut to whole
-    # amps at voltage_v and phases (never rounded up) before they are sent.
-    limit_unit: Literal["W", "A"] = "W"
-    voltage_v: float = Field(default=230.0, gt=0, le=1500, description="phase voltage (AC) or DC voltage for amps")
-    phases: Literal[1, 3] = 3
 
 
 class PowerSection(_Section):
@@ -157,14 +155,11 @@ def power_problems(cfg: "HubConfig") -> list[str]:
         if low > rated:
             problems.append(f"power.chargers.{ch.id}.min_kw: minimum {low:g} kW is above the charger's rated "
                             f"{rated:g} kW per connector; lower it")
-        setting = p.chargers.get(ch.id)
-        if setting is not None and setting.limit_unit == "A":
-            step_kw = setting.voltage_v * setting.phases / 1000
-            if low and low < step_kw:
-                problems.append(f"power.chargers.{ch.id}.min_kw: {low:g} kW is less than one amp at "
-                                f"{setting.voltage_v:g} V x {setting.phases} ({step_kw:g} kW); raise it or set 0")
     if connectors and p.fail_safe_kw is not None and p.fail_safe_kw * connectors > p.fallback_kw + 1e-9:
         problems.append(f"power.fail_safe_kw: {p.fail_safe_kw:g} kW on each of {connectors} connectors is "
                         f"{p.fail_safe_kw * connectors:g} kW, above fallback_kw {p.fallback_kw:g}: a hub that dies "
                         f"would leave the site over its safe total; give at most {p.fallback_kw / connectors:g}")
     return problems
+
+
+register_section("power", PowerSection, power_problems)  # [power]: absent, chargers are never limited

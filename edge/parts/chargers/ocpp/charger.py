@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -42,9 +43,9 @@ from drivers.ocpp.events import (
 from drivers.ocpp.station import StationConfig
 from units import rfc3339
 from edge.core.charger import Charger, CommandFailed, Reading
+from edge.core.sessions import mask
 from edge.parts.chargers.ocpp import ledger
 from edge.parts.chargers.ocpp.store import TxRecord
-from edge.parts.cards.tokens import mask
 
 log = logging.getLogger("hubedge.ocpp.charger")
 
@@ -62,6 +63,7 @@ HW_OF_STATUS = {
 OUTCOME_OF_KIND = {"Rejected": "rejected", "NotSupported": "not_supported", "Timeout": "unreachable",
                    "Error": "error"}
 ID_TAG_MAX = 20  # 1.6 idTag; 2.0.1 allows 36
+EVENT_EVERY_S = 300.0  # the same failed command of one charger is evented at most this often (always logged)
 
 
 @dataclass
@@ -100,6 +102,7 @@ class OcppCharger(Charger):
         self.lost_reason: str | None = None
         self.booted: dict | None = None
         self.last_outcome: dict | None = None
+        self._failed_at: dict[tuple[str, str], float] = {}
         self.health_ = DeviceHealth(cfg.id, "charger")
         self.health_.detail.update(protocol=cfg.protocol)
         for tx in site.ocpp_store.open_transactions(cfg.id):
@@ -449,7 +452,12 @@ class OcppCharger(Charger):
         if not outcome.ok:
             log.warning("ocpp_command_failed charger=%s command=%s outcome=%s %s", self.id, command, outcome.kind,
                         outcome.message)
-            if outcome.kind != "Error" or self.connected:
+            mono = time.monotonic()
+            repeated = mono - self._failed_at.get((command, outcome.kind), -EVENT_EVERY_S) < EVENT_EVERY_S
+            if not repeated:
+                self._failed_at[(command, outcome.kind)] = mono
+            # A limit site power sends again and again is evented once per EVENT_EVERY_S, not at every step.
+            if not repeated and (outcome.kind != "Error" or self.connected):
                 self.hub.emit("device.command_failed", {
                     "charger": self.id, "command": command, "outcome": outcome.kind, "status": outcome.status,
                     "message": f"{outcome.message}; the hub carries on"

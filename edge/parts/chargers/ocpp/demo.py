@@ -1,9 +1,11 @@
 """The OCPP part of `hubedge demo`: station CS-OCPP1 (the OCPP 1.6J station
 simulator over a real websocket, two MCS connectors C7 and C8) beside the
-Modbus chargers, and a second arch terminal T2 serving its connectors. Its
+Modbus chargers, in the yard outside the bookable bays, and a second arch
+terminal T2 serving its connectors. Its
 day crosses OCPP both ways (issue 17 §7):
 
-  0.00  the station connects to the hub's listener (HTTP Basic, ocpp1.6):
+  0.00  the station connects to the hub's listener (HTTP Basic, ocpp1.6), and again
+        whenever the link goes (as real stations do):
         boot accepted, vendor, model and firmware kept (`hubctl chargers`)
   0.52  a truck plugs in at C7; its driver taps own card *B2C3 at the
         station's own reader: the station asks the hub (Authorize), the hub
@@ -24,8 +26,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from edge.demo import DemoHub, DemoPart, Step
-from edge.parts.cards.demo import OWN
+from edge.demo import OWN, DemoHub, DemoPart, Step
 
 HOUR = 3600.0
 STATION = "CS-OCPP1"
@@ -37,6 +38,7 @@ class OcppDemo(DemoPart):
         self.station = None
         self.terminal = None
         self.notes: list[str] = []
+        self._keeper: asyncio.Task | None = None
 
     async def start(self) -> str:
         from simulators.broker import free_port
@@ -55,6 +57,7 @@ class OcppDemo(DemoPart):
         await self.terminal.start(tcp_port=0, pty=False)
         self.demo.devices.setdefault("terminals", {})["T2"] = self.terminal
         self.demo.devices["ocpp_stations"] = {STATION: self.station}
+        self._keeper = asyncio.get_running_loop().create_task(self._keep_connected())
         return f"""
 # OCPP (edge/parts/chargers/ocpp/demo.py): station {STATION} connects to the
 # hub's listener as a real station does.
@@ -78,20 +81,27 @@ password = "000000"
 """
 
     async def stop(self) -> None:
+        if self._keeper is not None:
+            self._keeper.cancel()
+            await asyncio.gather(self._keeper, return_exceptions=True)
         if self.station is not None:
             await self.station.close()
         if self.terminal is not None:
             await self.terminal.stop()
 
     # -- the script --------------------------------------------------------------------
-    async def _connect(self) -> None:
-        for _ in range(50):  # the daemon's listener comes up with it
-            try:
-                await self.station.connect()
-                return
-            except Exception:
-                await asyncio.sleep(0.2)
-        raise RuntimeError(f"{STATION} could not connect to the hub's OCPP listener")
+    async def _keep_connected(self) -> None:
+        """As a real station does: connect, and again whenever the link is
+        gone (the daemon starting, restarting, killed); boot the first time."""
+        booted = False
+        while True:
+            if not self.station.connected:
+                try:
+                    await self.station.connect(boot=not booted)
+                    booted = True
+                except Exception:
+                    pass
+            await asyncio.sleep(0.2)
 
     async def _booted(self) -> bool:
         rows = await self.demo.ask("chargers")
@@ -138,8 +148,8 @@ password = "000000"
         d = self.demo
         steps = [
             Step(0.0, f"OCPP station {STATION} connects to the hub (OCPP 1.6J, HTTP Basic): boot accepted, its vendor, "
-                      "model and firmware kept (hubctl chargers)", self._connect, until=self._booted),
-            Step(0.52 * HOUR, f"a truck plugs in at C7 of OCPP station {STATION}", self._plug(0, 40, 150),
+                      "model and firmware kept (hubctl chargers)", until=self._booted),
+            Step(0.52 * HOUR, f"a truck plugs in at C7 of OCPP station {STATION}", self._plug(0, 50, 100),
                  until=d.connector_is("C7", "Preparing")),
         ]
         if d.cloud is None:
@@ -160,7 +170,7 @@ password = "000000"
                 self._leaves(0, "C7", 1.5, "C7's truck leaves"),
             ]
         steps += [
-            Step(1.55 * HOUR, f"a truck plugs in at C8 of {STATION}", self._plug(1, 40, 120),
+            Step(1.55 * HOUR, f"a truck plugs in at C8 of {STATION}", self._plug(1, 50, 80),
                  until=d.connector_is("C8", "Preparing")),
             Step(1.58 * HOUR, "its driver pays at arch terminal T2: the hub sends the station a remote start and "
                               "the station's transaction joins the paid session (R-O2)",

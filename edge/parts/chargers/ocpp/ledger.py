@@ -4,8 +4,9 @@ Over Modbus a session begins when the hub starts it and ends when the
 connector machine sees the charge end. Over OCPP the station names both
 ends: a transaction message. These two functions make the session step a
 transaction message calls for, inside the caller's ``store.transaction()``,
-with the same rows and events as the hub's own steps (``session.started``,
-``session.stopped``), so payments, bookings and the cloud see one kind of
+with the same rows, events and hooks as the hub's own steps
+(``session.started``, ``session.stopped``, the parts' records in the same
+commit and their hooks after it), so payments, bookings and the cloud see one kind of
 session whatever the charger speaks.
 """
 
@@ -14,8 +15,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from edge.core.hub import _changing
-from edge.core.sessions import Session
-from edge.parts.cards.tokens import mask
+from edge.core.sessions import Session, mask
 
 # OCPP stop reasons (1.6 Reason, 2.0.1 stoppedReason) in the ledger's words.
 STOP_REASONS = {
@@ -64,6 +64,7 @@ def open_session(hub, connector_id: str, *, session_id: str | None, method: str,
             hub.sessions.update(s, now)
             if was_starting:
                 hub.emit("session.started", hub._session_event(s))
+                hub._record_hooks(hub.session_started_records, s)
                 hub.store.after_commit(lambda: hub._run_hooks(hub.session_started_hooks, s))
             return s
         place = hub.places[connector_id]
@@ -77,6 +78,7 @@ def open_session(hub, connector_id: str, *, session_id: str | None, method: str,
             c.session_id = s.id
             hub._persist(c)
         hub.emit("session.started", hub._session_event(s))
+        hub._record_hooks(hub.session_started_records, s)
         hub.store.after_commit(lambda: hub._run_hooks(hub.session_started_hooks, s))
     return s
 
@@ -114,5 +116,6 @@ def close_session(hub, s: Session, *, meter_stop_wh: float | None, stopped_at: d
             c.last_session_id = s.id
             hub._persist(c)
         hub.emit("session.stopped", hub._stopped_event(s))
+        hub._record_hooks(hub.session_ended_records, s)
         hub.store.after_commit(lambda: hub._session_ended(c, s))
     return s

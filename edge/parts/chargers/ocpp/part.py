@@ -17,7 +17,6 @@ from datetime import timedelta
 
 from drivers.ocpp.events import HandshakeRefused
 from drivers.ocpp.listener import ListenerSettings, OcppListener, password_check
-from edge.parts.cards.auth import TokenVerdict
 from units import rfc3339
 from edge.core.config import ocpp_password
 from edge.core.charger import CommandFailed, register
@@ -100,11 +99,8 @@ class OcppSite:
         return self.listener.port if self.listener else None
 
     # ------------------------------------------------------------ the decision for a charger's own reader
-    async def decide_token(self, uid: str, asked_at: str) -> TokenVerdict:
-        cards = next((p for p in self.hub.capabilities if p.name == "cards"), None)
-        if cards is None:
-            return TokenVerdict(uid, "Invalid", "invalid", "this hub has no card authorisation part", source="connector")
-        return await cards.decide_token(uid, asked_at=asked_at, timeout_s=AUTHORIZE_LIMIT_S)
+    async def decide_token(self, uid: str, asked_at: str):
+        return await self.hub.authorise(uid, asked_at=asked_at, timeout_s=AUTHORIZE_LIMIT_S)
 
     # ------------------------------------------------------------ StationHandler
     async def station_connected(self, event):
@@ -224,25 +220,6 @@ class OcppPart(Capability):
                          "stations": len(self.site.chargers),
                          "connected": sum(1 for c in self.site.chargers.values() if c.connected),
                          "handshakes_refused": self.site.refused}}
-
-    def control_handlers(self) -> dict:
-        return {"chargers": self._chargers}
-
-    async def _chargers(self, args: dict, caller, progress) -> list:
-        """`hubctl chargers`: every charger, OCPP ones with what they said at boot."""
-        out = []
-        for cid, charger in self.hub.chargers.items():
-            if hasattr(charger, "view"):
-                out.append(charger.view())
-                continue
-            health = self.hub.devices.get(cid)
-            ch = next(c for c in self.hub.cfg.chargers if c.id == cid)
-            out.append({"charger": cid, "protocol": ch.protocol, "address": ch.address,
-                        "connected": bool(health and health.state == "ok"),
-                        "state": health.state if health else "unknown", "vendor": None, "model": None,
-                        "serial": None, "firmware": None, "last_frame": None,
-                        "connectors": {c.id: {"index": c.index} for c in ch.connectors}})
-        return out
 
 
 def make_charger(hub, cfg) -> OcppCharger:
