@@ -19,10 +19,10 @@ processes that never outlive the demo). Each part's scene is its own
 from edge.demo.run import broker_problem, hubctl_command, run_demo
 from edge.demo.site import (BLOCKED, CONNECTOR_SIMS, DEMO_PARTS, MAPS, MCS_BAYS, OWN, OWN_OTHER, ROAMING, ROOT,
                              STRANGER, DemoHub, DemoPart)
-from edge.demo.story import DayClock, Step, first_answer
+from edge.demo.story import DayClock, Step, all_of, first_answer
 
 __all__ = [
     "BLOCKED", "CONNECTOR_SIMS", "DEMO_PARTS", "MAPS", "MCS_BAYS", "OWN", "OWN_OTHER", "ROAMING", "ROOT", "STRANGER",
     "DayClock", "DemoHub", "DemoPart", "Step",
-    "broker_problem", "first_answer", "hubctl_command", "run_demo",
+    "all_of", "broker_problem", "first_answer", "hubctl_command", "run_demo",
 ]

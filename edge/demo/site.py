@@ -85,6 +85,18 @@ class DemoHub:
     def __post_init__(self):
         self.clock = DayClock(self.speed)
 
+    def slot(self, start_in_h: float, length_h: float) -> tuple[str, str]:
+        """A booking slot starting ``start_in_h`` demo hours from now and
+        lasting ``length_h`` of them, as real UTC times. Slots last at least
+        six real minutes, as the hub refuses shorter ones."""
+        from datetime import datetime, timedelta, timezone
+
+        from units import rfc3339
+
+        start = datetime.now(timezone.utc) + timedelta(seconds=start_in_h * 3600 / self.speed)
+        length = max(timedelta(seconds=length_h * 3600 / self.speed), timedelta(minutes=6))
+        return rfc3339(start), rfc3339(start + length)
+
     def connector_sim(self, connector_id: str):
         """(charger simulator, 0-based index) of a demo connector."""
         return CONNECTOR_SIMS[connector_id][0](self), CONNECTOR_SIMS[connector_id][1]
@@ -148,6 +160,12 @@ class DemoHub:
             self.tell(f"{step.what} — the script step failed: {exc}")
             return
         self.tell(step.what if seen else f"{step.what} — not seen in time, so this part of the story did not happen")
+
+    async def expect(self, check: Callable[[], Awaitable[bool]], what: str, within_s: float = 1800.0) -> None:
+        """In a scene that keeps the clock itself: tell ``what`` once
+        ``check`` holds, the day running; say so when it never does."""
+        seen = await self.until_seen(check, within_s)
+        self.tell(what if seen else f"{what} — not seen in time, so this part of the story did not happen")
 
     async def until_seen(self, check: Callable[[], Awaitable[bool]], within_s: float) -> bool:
         """Wait, the day running, up to ``within_s`` of its time (and at

@@ -69,12 +69,17 @@ def test_the_same_day_at_two_speeds_and_synced_to_a_broker(tmp_path):
         # after CH2 is back, and the bookings scene is over after its last line.
         assert day.index("charger CH2 answers again: its connectors recover by themselves and both sessions go on") \
             < day.index("B5's truck is full: its session ends and the connector unlocks")
-        assert day[-1] == "the bookings scene is over"
+        # DM-7, booked over OCPP for the night, leaves after the bookings scene.
+        assert day.index("the bookings scene is over") < day.index(
+            "the morning: DM-7's driver taps the card at the station's reader: the session ends and fulfils the booking")
+        assert day[-1] == "DM-7's truck leaves through the exit"
         # T1's two sessions (164.15 EUR) and the one paid at T2 on OCPP station CS-OCPP1 (40 kWh).
         assert re.search(r"revenue 183\.46 EUR", out), out
-        assert "ocpp: station CS-OCPP1 connected; 2 sessions over OCPP, 90.0 kWh" in out
+        # Over OCPP: a card at the station's reader (50 kWh), a bank-card start from the arch (40 kWh) and
+        # booked truck DM-7 on the station's reservation (140 kWh).
+        assert "ocpp: station CS-OCPP1 connected; 3 sessions over OCPP, 230.0 kWh" in out
         assert "1 transaction, 67.59 EUR booked" in out
-        assert "bookings: 5 assigned, 1 reassigned, 3 no-show, 2 arrived, 2 fulfilled" in out
+        assert "bookings: 6 assigned, 1 reassigned, 3 no-show, 3 arrived, 3 fulfilled" in out
         assert "device.fault" in out and "device.recovered" in out
         assert "waiting for the cloud: 0" in out
         # With --broker: where the command key is, and that it goes with the temporary state.

@@ -91,8 +91,8 @@ async def test_r_t2_hubctl_status_shows_the_whole_hub_at_a_glance(tmp_path):
         jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text())).validate(data)
         assert {"connectors", "devices", "cloud", "outbox", "bookings", "gates", "terminals", "readers"} <= data.keys()
         assert isinstance(data["outbox"]["depth"], int) and data["cloud"]["connected"] is True
-        # C7 and C8 (OCPP station CS-OCPP1) stand in the yard, outside the bookable bays.
+        # On OCPP station CS-OCPP1, C7 is the long bay B7 and C8 stands in the yard, outside the bays.
         assert {c["connector"]: c["bay"] for c in data["connectors"]} == {
-            "C1": "B1", "C2": "B2", "C3": "B3", "C4": "B4", "C5": "B5", "C6": "B6", "C7": None, "C8": None}
+            "C1": "B1", "C2": "B2", "C3": "B3", "C4": "B4", "C5": "B5", "C6": "B6", "C7": "B7", "C8": None}
     finally:
         await hub.stop()

@@ -1,8 +1,8 @@
 """The OCPP part of `hubedge demo`: station CS-OCPP1 (the OCPP 1.6J station
 simulator over a real websocket, two MCS connectors C7 and C8) beside the
-Modbus chargers, in the yard outside the bookable bays, and a second arch
-terminal T2 serving its connectors. Its
-day crosses OCPP both ways (issue 17 §7):
+Modbus chargers, and a second arch terminal T2 serving its connectors. C8
+stands in the yard; C7 is bay B7, the site's long bay (30 m, for a road
+train). Its day crosses OCPP every way a truck starts (issue 17 §7):
 
   0.00  the station connects to the hub's listener (HTTP Basic, ocpp1.6), and again
         whenever the link goes (as real stations do):
@@ -15,10 +15,21 @@ day crosses OCPP both ways (issue 17 §7):
         sends a remote start, the station's transaction joins the session
   2.40  the driver stops at T2 with the same card: a remote stop, the
         station's StopTransaction ends the session, the amount is booked
+  4.32  once the other parts' trucks have gone, the cloud books the long bay
+        for DM-7, a 25.25 m road train staying the night with fleet card
+        *E5F6: the hub holds B7 (the other bays are 25 m) and sends the
+        station ReserveNow for that card (R-B2, R-B3); DM-7 at the entry
+        gate, early: in at once (R-G2); it plugs in at C7, its driver taps
+        the card at the station's reader, the station starts the reserved
+        transaction and the booking is charging
+  5.50  the next morning, after the bookings scene (which holds every
+        other bay): the card stops the session, which fulfils the booking,
+        and the truck leaves through the exit
 
 Every truck is full before its driver stops, so each session's energy is
 the same at any demo speed. Without a broker there is no token list, so
-the card at C7 is refused (unknown, offline), which the day tells.
+the card at C7 is refused (unknown, offline), which the day tells, and no
+booking comes.
 """
 
 from __future__ import annotations
@@ -26,10 +37,12 @@ from __future__ import annotations
 import asyncio
 import os
 
-from edge.demo import OWN, DemoHub, DemoPart, Step
+from edge.demo import OWN, OWN_OTHER, DemoHub, DemoPart, Step, all_of
 
 HOUR = 3600.0
 STATION = "CS-OCPP1"
+BOOKED = "DM-7"  # the booked truck staying the night in the long bay B7
+BOOKED_PLATE = "NL-VT-207-X"
 
 
 class OcppDemo(DemoPart):
@@ -72,6 +85,13 @@ id = "{STATION}"
 protocol = "ocpp1.6"
 password_file = "{key}"
 connectors = [ {{ id = "C7", evse = 1 }}, {{ id = "C8", evse = 2 }} ]
+
+[[bays]]
+id = "B7"
+connector = "C7"
+connector_type = "MCS"
+side = "left"
+length_m = 30
 
 [[terminals]]
 id = "T2"
@@ -142,7 +162,68 @@ password = "000000"
     def _leaves(self, i: int, cid: str, at_h: float, what: str) -> Step:
         def run():
             self.station.unplug(i)
-        return Step(at_h * HOUR, what, run, until=self.demo.connector_is(cid, "Available"))
+        return Step(at_h * HOUR, what, run, until=self.demo.connector_is(cid, "Available", "Reserved"))
+
+    # -- DM-7, booked for the night in the long bay B7 ---------------------------------
+    def _book(self) -> None:
+        start, end = self.demo.slot(0.15, 3.5)
+        self.demo.cloud.send("bookings", {"cancel": [], "upsert": [{
+            "id": BOOKED, "slot_start": start, "slot_end": end, "connector_type": "MCS", "side": "left",
+            "plates": [BOOKED_PLATE], "customer": "other-fleet", "token_uid": OWN_OTHER, "vehicle_length_m": 25.25}]})
+
+    async def _reserved_at_station(self) -> bool:
+        return any(action == "ReserveNow" and p.get("idTag") == OWN_OTHER for action, p in self.station.received)
+
+    def _booking_is(self, *states: str):
+        async def check() -> bool:
+            rows = await self.demo.ask("bookings", {})
+            return any(b["booking"] == BOOKED and b.get("state") in states and b.get("connector") == "C7"
+                       for b in rows)
+        return check
+
+    def _at_gate(self, gate: str, direction: str):
+        async def run() -> None:
+            reply = await self.demo.devices["cameras"][gate].send_plate(BOOKED_PLATE, 0.95, "truck", direction)
+            if reply.status != 200:
+                raise RuntimeError(f"the {gate} listener answered {reply.status}")
+        return run
+
+    async def _booked_scene(self) -> None:
+        """DM-7 arrives for the night. Its timings are the hub's booking
+        rules on the daemon's clock, so the day's clock runs through it and
+        each line is told once what it tells of has happened."""
+        d = self.demo
+        self._book()
+        await d.expect(all_of(d.connector_is("C7", "Reserved"), self._reserved_at_station),
+                       f"the cloud books the long bay B7 for {BOOKED}, a 25.25 m road train staying the night with fleet "
+                       f"card *E5F6: the hub holds it and sends station {STATION} ReserveNow for that card (R-B2, R-B3)")
+        await d.sim_sleep(0.05 * HOUR)
+        await self._at_gate("G-IN", "approach")()
+        await d.expect(self._booking_is("arrived"), f"{BOOKED}'s truck at the entry, early within its grace: in at once (R-G2)")
+        self.station.plug(0, soc=30, battery_kwh=200, max_power_w=300_000)
+        await d.expect(d.connector_is("C7", "Preparing"), f"{BOOKED}'s truck plugs in at C7, in its booked bay")
+        await self._tap(0, OWN_OTHER)()
+        await d.expect(all_of(d.connector_is("C7", "Charging", session=True), self._booking_is("charging")),
+                       "its driver taps card *E5F6 at the station's reader: the reservation is for that card, the hub "
+                       "accepts it, the station starts the transaction and the booking is charging (R-O2)")
+
+    def _booked_truck(self) -> list[Step]:
+        """DM-7's night: booked, in at the gate and charging over OCPP on the
+        station's reservation just before the bookings scene; out the next
+        morning, after it."""
+        d = self.demo
+        return [
+            Step(4.32 * HOUR, f"{BOOKED} is in for the night", self._booked_scene, hold=False),
+            Step(5.45 * HOUR, f"overnight, {BOOKED}'s truck has filled its battery", until=self._full(0),
+                 natural=True, within_s=3 * HOUR),
+            Step(5.50 * HOUR, f"the morning: {BOOKED}'s driver taps the card at the station's reader: the session "
+                              "ends and fulfils the booking", self._tap(0, OWN_OTHER),
+                 until=all_of(d.connector_is("C7", "Finishing", "Available", session=False),
+                              d.event("booking.fulfilled"))),
+            self._leaves(0, "C7", 5.55, f"{BOOKED}'s truck pulls the cable"),
+            Step(5.60 * HOUR, f"{BOOKED}'s truck leaves through the exit", self._at_gate("G-OUT", "leave"),
+                 until=d.event("gate.opened")),
+        ]
 
     def steps(self) -> list[Step]:
         d = self.demo
@@ -181,6 +262,8 @@ password = "000000"
                  lambda: self._stop_at_arch("C8"), until=self._paid("C8")),
             self._leaves(1, "C8", 2.5, "C8's truck leaves"),
         ]
+        if d.cloud is not None and "cameras" in d.devices:
+            steps += self._booked_truck()
         return steps
 
     def summary(self, status: dict, sessions: list[dict]) -> list[str]:
