@@ -11,7 +11,8 @@ from hil_tests.rig import RigError, load_rig
 # error; the drivers report the same thing once as a device fault.
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
-DEVICE_MARKERS = {"charger": "charger", "terminal": "terminal", "reader": "reader", "gate": "barrier"}
+DEVICE_MARKERS = {"charger": "charger", "terminal": "terminal", "reader": "reader", "gate": "barrier",
+                  "station": "station"}
 
 
 def pytest_addoption(parser):
@@ -31,14 +32,15 @@ def pytest_report_header(config):
 
 
 # The device class each folder's tests talk to, and whether they drive the
-# simulator's side (a truck to plug, a card to tap, a fault to inject).
+# simulator's side (a truck to plug, a card to tap, a fault to inject); a
+# test marked on_real_device does not, and runs against a rig's real device.
 FOLDERS = {
     "charger": ("charger", True), "hub": ("charger", True), "demo": ("charger", True),
     "zvt": ("terminal", True), "payments": ("terminal", True),
     "auth": ("reader", True), "cards": ("reader", True),
     "gate_devices": ("gate", True), "site": ("gate", True),
     "sync": ("cloud", False), "fleet": ("cloud", False),
-    "scenarios": ("charger", True),
+    "scenarios": ("charger", True), "ocpp": ("station", True),
 }
 
 
@@ -50,7 +52,8 @@ def pytest_collection_modifyitems(config, items):
         if folder in FOLDERS:
             device_class, drives_simulator = FOLDERS[folder]
             item.add_marker(getattr(pytest.mark, device_class))
-            if drives_simulator and item.get_closest_marker("sim_only") is None:
+            if drives_simulator and item.get_closest_marker("sim_only") is None \
+                    and item.get_closest_marker("on_real_device") is None:
                 item.add_marker(pytest.mark.sim_only(reason="drives the simulator's side of the device", devices=[device_class]))
     if not rig.devices:
         return

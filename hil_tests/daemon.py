@@ -30,6 +30,31 @@ class RunningDaemon:
         self.proc: subprocess.Popen | None = None
         self.env_extra: dict[str, str] = {}
 
+    def preamble(self, hub_id: str) -> str:
+        """The configuration every test hub starts with: who it is, where
+        it keeps its state and its control socket."""
+        return f"""
+[hub]
+id = "{hub_id}"
+country = "NL"
+vat_rate = "0.21"
+[storage]
+state_dir = "{self.tmp / 'state'}"
+[control]
+socket = "{self.socket}"
+"""
+
+    def outbox_events(self, type_: str | None = None) -> list[dict]:
+        """Every event the hub has put in its outbox (of ``type_``), read
+        from its database as the uplink would."""
+        import json
+        import sqlite3
+
+        path = self.tmp / "state" / "hub.sqlite3"
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            rows = [json.loads(b) for (b,) in db.execute("SELECT body FROM outbox WHERE stream != 'reply' ORDER BY pos")]
+        return [e for e in rows if type_ is None or e["type"] == type_]
+
     # -- the process -------------------------------------------------------
     def start(self, *, kill: tuple[str, str] | None = None, **env: str) -> None:
         """Start the daemon. ``kill`` = (before|after, commit point): it runs

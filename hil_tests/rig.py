@@ -26,11 +26,21 @@ ptys and free ports. A rig file (TOML, `pytest --rig FILE` or
     vendor = "hikvision"
     secret = "..."
 
+    [station]                    # an OCPP charging station pointed at the rig's hub
+    id = "CS-RIG1"               # its charge point identity, the last part of its CSMS URL
+    protocol = "ocpp1.6"         # or "ocpp2.0.1"
+    listen = "0.0.0.0:9000"      # the station's CSMS URL is ws://RIG:9000/ocpp/CS-RIG1
+    password_file = "station.key"  # its HTTP Basic password, mode 0600
+    connectors = 2               # its EVSEs (default 1)
+    connect_within_s = 300       # how long to wait for it to (re)connect
+
 Tests that need a simulator's fault injection (silence, garbage, declines on
 demand, a truck to plug) are marked `sim_only`; on a rig whose device of that
 class is real they are skipped with the reason shown. Markers per device
-class (`charger`, `terminal`, `reader`, `gate`, `cloud`) select a subset:
-`pytest hil_tests -m terminal --rig rig.toml`.
+class (`charger`, `terminal`, `reader`, `gate`, `cloud`, `station`) select a subset:
+`pytest hil_tests -m terminal --rig rig.toml`. Tests marked `on_real_device`
+need no simulator's side and run against the real device, e.g.
+`pytest hil_tests -m station --rig rig.toml` for a real OCPP station.
 """
 
 from __future__ import annotations
@@ -40,7 +50,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-CLASSES = ("charger", "terminal", "reader", "barrier", "camera")
+CLASSES = ("charger", "terminal", "reader", "barrier", "camera", "station")
 
 
 class RigError(Exception):
@@ -75,6 +85,7 @@ REQUIRED = {
     "reader": ("path",),
     "barrier": ("address",),
     "camera": ("listen", "vendor"),
+    "station": ("id", "protocol", "listen", "password_file"),
 }
 
 

@@ -155,12 +155,12 @@ class OcppStation:
             await self.send_status(i, force=True)
         await self.replay()
 
-    async def boot(self) -> dict:
+    async def boot(self, reason: str = "PowerUp") -> dict:
         if self.version == "ocpp1.6":
             payload = {"chargePointVendor": self.vendor, "chargePointModel": self.model,
                        "chargePointSerialNumber": f"SN-{self.id}"[:25], "firmwareVersion": "1.0.0-sim"}
         else:
-            payload = {"reason": "PowerUp", "chargingStation": {"vendorName": self.vendor, "model": self.model,
+            payload = {"reason": reason, "chargingStation": {"vendorName": self.vendor, "model": self.model,
                                                                 "serialNumber": f"SN-{self.id}"[:25],
                                                                 "firmwareVersion": "1.0.0-sim"}}
         answer = await self.call("BootNotification", payload)
@@ -691,6 +691,8 @@ class OcppStation:
                 self._soon(self.send_meter_values(i, "Trigger"))
         elif what == "Heartbeat":
             self._soon(self.call("Heartbeat", {}))
+        elif what == "BootNotification":
+            self._soon(self.boot("Triggered"))
         else:
             return {"status": "NotImplemented" if self.version == "ocpp1.6" else "Rejected"}
         return {"status": "Accepted"}

@@ -411,6 +411,11 @@ class Station:
     async def trigger_meter_values(self, evse: int | None = None) -> CallOutcome:
         return await self._submit("trigger", lambda: self.adapter.trigger("MeterValues", evse))
 
+    async def trigger_boot(self) -> CallOutcome:
+        """Ask a station that connected without booting for its
+        BootNotification (vendor, model, firmware)."""
+        return await self._submit("trigger", lambda: self.adapter.trigger("BootNotification"))
+
     async def set_heartbeat_interval(self, seconds: int) -> CallOutcome:
         return await self._submit("config", lambda: self.adapter.configure("heartbeat", seconds))
 

@@ -40,15 +40,7 @@ class OcppDaemon(RunningDaemon):
             key = tmp / f"{sid}.key"
             key.write_text(PASSWORD + "\n")
             os.chmod(key, 0o600)
-        self.config.write_text(f"""
-[hub]
-id = "HIL-OCPP"
-country = "NL"
-vat_rate = "0.21"
-[storage]
-state_dir = "{tmp / 'state'}"
-[control]
-socket = "{self.socket}"
+        self.config.write_text(self.preamble("HIL-OCPP") + f"""
 [ocpp]
 listen = "127.0.0.1:{self.port}"
 heartbeat_interval_s = 1
@@ -88,9 +80,7 @@ connectors = [ {{ id = "C3", evse = 1, connector = 1 }} ]
         return sqlite3.connect(f"file:{self.tmp / 'state' / 'hub.sqlite3'}?mode=ro", uri=True)
 
     def events(self, type_: str | None = None) -> list[dict]:
-        with self.db() as db:
-            rows = [json.loads(b) for (b,) in db.execute("SELECT body FROM outbox WHERE stream != 'reply' ORDER BY pos")]
-        return [e for e in rows if type_ is None or e["type"] == type_]
+        return self.outbox_events(type_)
 
     async def sessions(self, **filters) -> list[dict]:
         resp = await self.ask("sessions", {"limit": 50, **filters})

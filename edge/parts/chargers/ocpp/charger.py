@@ -63,6 +63,7 @@ HW_OF_STATUS = {
 OUTCOME_OF_KIND = {"Rejected": "rejected", "NotSupported": "not_supported", "Timeout": "unreachable",
                    "Error": "error"}
 ID_TAG_MAX = 20  # 1.6 idTag; 2.0.1 allows 36
+BOOT_GRACE_S = 5.0  # a station that boots on connecting sends its BootNotification within this
 EVENT_EVERY_S = 300.0  # the same failed command of one charger is evented at most this often (always logged)
 
 
@@ -174,6 +175,16 @@ class OcppCharger(Charger):
         if self.sink is not None:
             self.sink.charger_ready(self.id)
         self.hub.spawn(self._after_connect())
+        if self.booted is None:
+            self.hub.spawn(self._ask_identity())
+
+    async def _ask_identity(self) -> None:
+        """A station the hub never saw boot (a new hub, a restored state
+        directory) that connects without booting is asked who it is, and
+        is configured when it answers. One that boots does so at once."""
+        await asyncio.sleep(BOOT_GRACE_S)
+        if self.booted is None and self.connected:
+            await self._call("trigger_boot", self.station.trigger_boot(), quiet=True)
 
     async def _after_connect(self) -> None:
         """R-O5: ask for the current state instead of trusting the old one;
