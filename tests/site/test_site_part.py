@@ -357,6 +357,53 @@ async def test_r_g5_r_t3_a_technicians_hold_open_is_kept_across_a_restart_and_it
     assert held == set() and wanted == {"G-IN": False, "G-OUT": False}
 
 
+async def test_r_g7_r_t3_a_technicians_opening_is_recorded_and_durable_before_the_barrier_moves(rig):
+    """`hubctl gate open` lets a vehicle through as surely as a plate read:
+    gate.opened and the audit entry are on disk before the OPEN coil is
+    written. A barrier that does not take it follows as gate.open_failed
+    and a second audit entry saying it failed."""
+    from types import SimpleNamespace
+
+    from edge.core.control import ControlError
+
+    async def progress(_):
+        pass
+
+    store = rig.hub.store
+    seen: dict = {}
+    bar = rig.barriers["G-IN"]
+    pulse = bar.pulse_open
+
+    async def pulse_open(on_sent=None):
+        seen["types"] = [json.loads(b)["type"] for (b,) in store.db.execute("SELECT body FROM outbox ORDER BY pos")]
+        seen["durable"] = store.durable_commits >= store.commits
+        await pulse(on_sent)
+
+    bar.pulse_open = pulse_open
+    gate = rig.site.control_handlers()["gate"]
+    tech = SimpleNamespace(user="tech1")
+    reply = await gate({"action": "open", "id": "G-IN", "reason": "driver at the intercom"}, tech, progress)
+    assert bar.commands == ["open"] and "opened once" in reply["message"]
+    assert "gate.opened" in seen["types"] and "audit.action" in seen["types"]
+    assert seen["durable"], "the barrier opened before the technician's opening was on disk"
+
+    rig.barriers["G-OUT"].silent = True
+    try:
+        await gate({"action": "open", "id": "G-OUT", "reason": "driver at the intercom"}, tech, progress)
+    except ControlError as exc:
+        assert exc.code == "device_failed" and "did not answer" in str(exc)
+    else:
+        raise AssertionError("an opening the barrier did not take was reported as done")
+    await rig.settle()
+    opened = [e for e in rig.of("gate.opened") if e["gate"] == "G-OUT"]
+    [failed] = rig.of("gate.open_failed")
+    assert opened[0]["reason"] == "technician" and opened[0]["user"] == "tech1"
+    assert failed["trigger"] == "open" and failed["user"] == "tech1" and "by hand" in failed["message"]
+    results = [(e["target"], e["result"]) for e in rig.of("audit.action") if e["action"] == "gate.open"]
+    assert [r for t, r in results if t == "G-OUT"][-1] == "failed"
+    assert rig.site.gates["G-OUT"].last_open_mono is None  # the next presence at the exit is not taken as this vehicle
+
+
 async def test_r_b2_r_c9_a_bay_assignment_its_event_and_its_journal_entry_are_one_commit(rig, tmp_path, monkeypatch):
     """Killed between the booking.assigned event and the booking's journal
     entry, the restarted hub found the booking unassigned and assigned and

@@ -489,33 +489,45 @@ class SiteAccess(Gates, Capability):
                 raise ControlError("reason_required", "say why with --reason (it goes into the audit log), "
                                                       "e.g. --reason 'convoy arriving, barrier control by technician'")
             audit_action = "gate." + action.replace("-", "_")
-            if action != "open":
-                # The hold as wanted, on disk before the barrier hears of it:
-                # a restart re-applies it (or keeps it dropped).
-                self._store_hold(gid, action == "hold-open", caller.user, reason)
-                await self.hub.store.durable()
+            message = {"open": f"gate {gid} opened once; it closes by itself when the lane is clear",
+                       "hold-open": f"gate {gid} held open until `hubctl gate release {gid}`, also across a restart "
+                                    "of the hub",
+                       "release": f"gate {gid} released: the barrier closes by itself once its loop and photocells "
+                                  "are clear"}[action]
+            opens = action != "release"
+            # What the technician ordered is on disk before the barrier hears
+            # of it, as for the hub's own decisions: a vehicle let through is
+            # never unrecorded after a crash, and a restart re-applies a hold
+            # (or keeps it dropped).
+            with self.hub.store.transaction():
+                if action != "open":
+                    self._store_hold(gid, action == "hold-open", caller.user, reason)
+                if opens:
+                    rt.last_open_mono = rt.last_mono = self.hub.clock.monotonic()
+                    rt.last_action, rt.last_reason = "open", "technician"
+                    self.hub.emit("gate.opened", {"gate": gid, "role": rt.role.value, "reason": "technician",
+                                                  "message": message, "trigger": action, "user": caller.user})
+                self.hub.audit(caller.user, audit_action, gid, reason, message)
+            await self.hub.store.durable()
             try:
                 if action == "open":
                     await rt.barrier.pulse_open()
-                    message = f"gate {gid} opened once; it closes by itself when the lane is clear"
                 elif action == "hold-open":
                     await rt.barrier.hold_open()
-                    message = f"gate {gid} held open until `hubctl gate release {gid}`, also across a restart of the hub"
                 else:
                     await rt.barrier.release()
-                    message = f"gate {gid} released: the barrier closes by itself once its loop and photocells are clear"
             except BarrierUnavailable as exc:
                 with self.hub.store.transaction():
                     if not rt.barrier.hold_wanted:
                         self._store_hold(gid, False)  # a hold the barrier never took is not kept
+                    if opens:
+                        rt.last_open_mono = None
+                        self.hub.emit("gate.open_failed", {
+                            "gate": gid, "role": rt.role.value, "reason": "barrier_unavailable", "trigger": action,
+                            "user": caller.user, "message": f"{exc.reason}: the barrier did not open; let the vehicle "
+                                                            "through by hand, or try again once the I/O module answers"})
                     self.hub.audit(caller.user, audit_action, gid, reason, "failed")
                 raise ControlError("device_failed", f"gate {gid} did not take the command: {exc.reason}")
-            if action != "release":
-                rt.last_open_mono = rt.last_mono = self.hub.clock.monotonic()
-                rt.last_action, rt.last_reason = "open", "technician"
-                self.hub.emit("gate.opened", {"gate": gid, "role": rt.role.value, "reason": "technician",
-                                              "message": message, "trigger": action, "user": caller.user})
-            self.hub.audit(caller.user, audit_action, gid, reason, message)
             return {"gate": gid, "action": action, "message": message}
 
         return {"bookings": bookings, "gate": gate}
