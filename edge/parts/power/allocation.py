@@ -24,8 +24,9 @@ The rules, in the order they apply:
    quarter of an hour) are equal. A departure passed less than
    ``overdue_grace_s`` (a quarter of an hour) ago still counts: that truck is
    about to leave and comes first, rather than dropping to its minimum in its
-   last minutes; past the grace it is an overstay, its departure unknown. A later tier gets more than its minimums
-   only when every truck of the earlier tiers is at its cap.
+   last minutes; past the grace it is an overstay, its departure unknown.
+   A later tier gets more than its minimums only when every truck of the
+   earlier tiers is at its cap.
 4. Inside a tier the power is split evenly (water-filling, max-min fair), each
    truck capped at its measured power plus a buffer and never above rated:
    power a truck does not take goes to the others. A truck that is taking its
@@ -158,7 +159,7 @@ def leaves_at(c: ConnectorDemand, now: datetime, policy: SharePolicy) -> float:
 def tier_of(c: ConnectorDemand, now: datetime, policy: SharePolicy) -> tuple[int, int]:
     """(priority class, departure slot): lower is served first. A departure
     nobody told us, or an overstay, comes last in its class; a truck just past
-    its departure is due now, in the current slot."""
+    its departure keeps that departure's slot, before every later one."""
     leaves = leaves_at(c, now, policy)
     if leaves == math.inf:
         return (int(c.priority), UNKNOWN_DEPARTURE)
