@@ -66,10 +66,21 @@ def test_r_e2_a_starting_session_is_held_at_its_minimum_and_idle_connectors_get_
     assert a.shares_kw == {"new": 100, "B": 1000, "idle": 0}
 
 
-def test_an_overstay_counts_as_unknown_departure():
-    past = NOW - timedelta(minutes=5)
-    got = shares(1200, truck("late", departure=past), truck("break", departure=BREAK))
+def test_r_e3_a_truck_just_past_its_departure_is_due_and_goes_before_a_later_one():
+    """A truck a few minutes past its departure is about to leave: it is the
+    truck leaving soonest, not one to drop to its minimum in its last minutes."""
+    due = NOW - timedelta(minutes=5)
+    got = shares(1200, truck("due", departure=due), truck("break", departure=BREAK))
+    assert got == {"due": 1000, "break": 200}
+
+
+def test_r_e3_an_overstay_past_the_grace_counts_as_unknown_departure():
+    late = NOW - timedelta(minutes=15)  # the grace (15 minutes) is over
+    got = shares(1200, truck("late", departure=late), truck("break", departure=BREAK))
     assert got == {"late": 200, "break": 1000}
+    strict = allocate(1200, 0, 0, [truck("due", departure=NOW - timedelta(seconds=1)), truck("break", departure=BREAK)],
+                      now=NOW, policy=SharePolicy(buffer_kw=50, buffer_fraction=0.1, overdue_grace_s=0)).shares_kw
+    assert strict == {"due": 200, "break": 1000}  # no grace: past its departure is an overstay at once
 
 
 def test_shortage_stops_at_the_first_truck_that_does_not_fit():

@@ -11,11 +11,11 @@ from hypothesis import given, settings, strategies as st
 from edge.parts.power.allocation import ConnectorDemand, Priority, SharePolicy, State, allocate, available_kw
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
-POLICY = SharePolicy(buffer_kw=50.0, buffer_fraction=0.1, departure_slot_s=900)
+POLICY = SharePolicy(buffer_kw=50.0, buffer_fraction=0.1, departure_slot_s=900, overdue_grace_s=900)
 W = 0.001  # one watt, in kW: shares are whole watts
 
 kw = st.floats(0, 1500, allow_nan=False, allow_infinity=False)
-departures = st.sampled_from([None, -3600, 600, 700, 2700, 2800, 5400, 7200, 7201, 36000])
+departures = st.sampled_from([None, -3600, -900, -300, 600, 700, 2700, 2800, 5400, 7200, 7201, 36000])
 
 
 @st.composite
@@ -49,11 +49,19 @@ def cap(c: ConnectorDemand) -> float:
     return min(c.rated_kw, max(c.min_kw, c.measured_kw + max(POLICY.buffer_kw, POLICY.buffer_fraction * c.measured_kw)))
 
 
+def leaves(c: ConnectorDemand) -> float:
+    """The departure, also one passed less than the grace ago (due now); unknown
+    (and an overstay past the grace) is infinitely late."""
+    if c.departure is None or NOW - c.departure >= timedelta(seconds=POLICY.overdue_grace_s):
+        return float("inf")
+    return c.departure.timestamp()
+
+
 def tier(c: ConnectorDemand) -> tuple:
     """Booked before ad hoc; within each, the earlier departure slot first; unknown last."""
-    if c.departure is None or c.departure <= NOW:
+    if leaves(c) == float("inf"):
         return (int(c.priority), float("inf"))
-    return (int(c.priority), c.departure.timestamp() // POLICY.departure_slot_s)
+    return (int(c.priority), leaves(c) // POLICY.departure_slot_s)
 
 
 def run(limit, margin, other, connectors):
@@ -175,7 +183,7 @@ def test_when_minimums_do_not_fit_the_lowest_priority_trucks_wait(s):
         return
     assert a.reason and "minimum" in a.reason
     confirmed = [c for c in connectors if c.state is not State.IDLE and c.confirmed]
-    order = sorted(confirmed, key=lambda c: (tier(c), c.departure.timestamp() if c.departure and c.departure > NOW else float("inf"), c.connector_id))
+    order = sorted(confirmed, key=lambda c: (tier(c), leaves(c), c.connector_id))
     ids = [c.connector_id for c in order]
     assert list(a.waiting) == ids[len(ids) - len(a.waiting):]
     for c in order:

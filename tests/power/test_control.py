@@ -99,14 +99,18 @@ def test_r_e3_shares_follow_what_trucks_take_and_priorities():
 def test_r_e3_an_unbooked_truck_is_taken_to_be_on_a_break_from_when_its_session_began():
     """Without a booking nobody knows when a truck leaves: it is taken to leave
     45 minutes after its session began, so the one that came first (and goes
-    first) is served first; past that it counts as unknown and comes last."""
+    first) is served first, also in the minutes just past its 45 (it is about
+    to leave); once the grace is over it counts as unknown and comes last."""
     site = Site(A=mcs("A"))
     site.settle(5)
     site.step(20 * 60)  # B arrives 20 minutes after A
     site.connectors["B"] = mcs("B")
     site.settle(40)
     assert site.confirmed["A"] == pytest.approx(1200) and site.confirmed["B"] == pytest.approx(2500 - 50 - 100 - 1200)
-    site.step(26 * 60)  # A's 45 minutes are over: an overstay, served after B
+    site.step(26 * 60)  # A's 45 minutes are just over: due to leave, still before B
+    site.settle(40)
+    assert site.confirmed["A"] == pytest.approx(1200) and site.confirmed["B"] == pytest.approx(2500 - 50 - 100 - 1200)
+    site.step(15 * 60)  # the 15 minutes' grace is over too: an overstay, served after B
     site.settle(40)
     assert site.confirmed["B"] == pytest.approx(1200) and site.confirmed["A"] == pytest.approx(1150)
     plain = Site(replace(SETTINGS, unbooked_stay_s=None), A=mcs("A"), B=mcs("B"))

@@ -21,8 +21,12 @@ The rules, in the order they apply:
    later one (earliest departure first: a 45-minute break before an overnight
    stay, and a break ending at 12:15 before one ending at 12:40), a departure
    nobody told us last. Departures in the same ``departure_slot_s`` (a
-   quarter of an hour) are equal. A later tier gets more than its minimums
-   only when every truck of the earlier tiers is at its cap.
+   quarter of an hour) are equal. A departure passed less than
+   ``overdue_grace_s`` (a quarter of an hour) ago still counts: that truck is
+   about to leave and comes first, rather than dropping to its minimum in its
+   last minutes; past the grace it is an overstay, its departure unknown.
+   A later tier gets more than its minimums only when every truck of the
+   earlier tiers is at its cap.
 4. Inside a tier the power is split evenly (water-filling, max-min fair), each
    truck capped at its measured power plus a buffer and never above rated:
    power a truck does not take goes to the others. A truck that is taking its
@@ -66,9 +70,12 @@ class SharePolicy:
     buffer_kw: float = 25.0
     buffer_fraction: float = 0.05
     departure_slot_s: float = 900.0  # departures in the same slot of this length are equal
+    # A departure passed less than this long ago still counts (the truck is due
+    # and about to leave); after that the truck is an overstay, its departure unknown.
+    overdue_grace_s: float = 900.0
 
     def __post_init__(self):
-        for name in ("buffer_kw", "buffer_fraction", "departure_slot_s"):
+        for name in ("buffer_kw", "buffer_fraction", "departure_slot_s", "overdue_grace_s"):
             value = getattr(self, name)
             if not _finite(value) or value < 0:
                 raise ValueError(f"share policy {name} must be a number 0 or more, got {value!r}")
@@ -139,19 +146,30 @@ def available_kw(limit_kw: float, margin_kw: float, other_load_kw: float) -> flo
 UNKNOWN_DEPARTURE = 2**62  # after every departure slot
 
 
+def leaves_at(c: ConnectorDemand, now: datetime, policy: SharePolicy) -> float:
+    """When the truck is taken to leave, in seconds since the epoch: its
+    departure, also one passed less than ``overdue_grace_s`` ago (the truck is
+    due and about to leave: it comes before every later one); infinite for a
+    departure nobody told us and for an overstay past the grace."""
+    if c.departure is None or (now - c.departure).total_seconds() >= policy.overdue_grace_s:
+        return math.inf
+    return c.departure.timestamp()
+
+
 def tier_of(c: ConnectorDemand, now: datetime, policy: SharePolicy) -> tuple[int, int]:
     """(priority class, departure slot): lower is served first. A departure
-    nobody told us, or one already past (an overstay), comes last in its class."""
-    if c.departure is None or c.departure <= now:
+    nobody told us, or an overstay, comes last in its class; a truck just past
+    its departure keeps that departure's slot, before every later one."""
+    leaves = leaves_at(c, now, policy)
+    if leaves == math.inf:
         return (int(c.priority), UNKNOWN_DEPARTURE)
-    return (int(c.priority), math.floor(c.departure.timestamp() / policy.departure_slot_s))
+    return (int(c.priority), math.floor(leaves / policy.departure_slot_s))
 
 
 def priority_key(c: ConnectorDemand, now: datetime, policy: SharePolicy) -> tuple:
     """The order in which trucks are served: tier, then sooner departure, then
     connector id so that equal trucks are ordered the same way every time."""
-    leaves = c.departure.timestamp() if c.departure is not None and c.departure > now else math.inf
-    return (tier_of(c, now, policy), leaves, c.connector_id)
+    return (tier_of(c, now, policy), leaves_at(c, now, policy), c.connector_id)
 
 
 def allocate(

@@ -32,8 +32,10 @@ How a step decides:
 - Departures (R-E3). A truck without a booking has no known departure; it is
   taken to be on a driver's 45-minute break (``unbooked_stay_s`` after its
   session began), so the earliest-departure-first rule also serves unbooked
-  trucks in the order they will leave; past that time it counts as unknown
-  (served last in its class), as an overnight stay without a booking should.
+  trucks in the order they will leave. Just past that time it is due to leave
+  and still served first; once the policy's ``overdue_grace_s`` is over too it
+  counts as unknown (served last in its class), as an overnight stay without
+  a booking should.
 - Curtailment (R-E5): ``set_limit(kw, until)`` lowers the site limit, and the
   configured limit comes back by itself at ``until``. Every change of limit
   or mode is an event.
