@@ -22,7 +22,6 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime
 
 from drivers.device import DeviceHealth
 from drivers.ocpp.events import (
