@@ -285,8 +285,9 @@ async def _authorize_p99(st: Station, uids: list[str], n: int) -> list[float]:
 
 async def _load_phase(url: str, pid: int, password: str | None, uids: list[str], seconds: float,
                       n_auth: int) -> tuple[float, float, list[float]]:
-    """40 stations connect and talk for ``seconds``; returns CPU % of a core,
-    RSS added per station (MB) and Authorize latencies measured meanwhile."""
+    """40 stations connect and talk for ``seconds``; returns CPU % of a core
+    and RSS added per station (MB) over that time, then Authorize latencies
+    measured while 39 of them go on talking."""
     async with aiohttp.ClientSession() as session:
         rss0 = rss_mb(pid)
         stations = [Station(f"S{i:02d}", url, password) for i in range(STATIONS)]
@@ -295,13 +296,21 @@ async def _load_phase(url: str, pid: int, password: str | None, uids: list[str],
             await st.boot()
             await st.status("Available")
         await asyncio.sleep(2.0)  # the hub's after-connection calls settle
-        authorizer = stations[0]  # Authorize from one station while the others send meter values
+        # The CPU share of the steady load alone: every station sending
+        # MeterValues each second and its heartbeats, nothing else.
         cpu0, t0 = cpu_seconds(pid), time.perf_counter()
-        talking = asyncio.create_task(_talk(stations[1:], t0 + seconds))
-        latencies = await _authorize_p99(authorizer, uids, n_auth)
-        await talking
+        await _talk(stations, t0 + seconds)
         cpu = (cpu_seconds(pid) - cpu0) / (time.perf_counter() - t0) * 100
         rss = (rss_mb(pid) - rss0) / STATIONS
+        # Then Authorize round trips back to back from one station while the
+        # others keep sending meter values.
+        authorizer = stations[0]
+        talking = asyncio.create_task(_talk(stations[1:], time.perf_counter() + 3600))
+        try:
+            latencies = await _authorize_p99(authorizer, uids, n_auth)
+        finally:
+            talking.cancel()
+            await asyncio.gather(talking, return_exceptions=True)
         for st in stations:
             await st.close()
     return cpu, rss, latencies
