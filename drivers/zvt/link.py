@@ -10,8 +10,12 @@ Both links also acknowledge (80 00) every readable message of the terminal's
 that is not itself an acknowledgement or refusal, the moment it has arrived
 and before the client sees it: the terminal waits only T3 for that 80 00 and
 reverses an approval whose result went unacknowledged, so it must never wait
-for the client's coroutine to be scheduled behind other work on a busy event
-loop. The client then sends no 80 00 of its own (``Link.acks_messages``). Which link is used follows from the URL alone: ``tcp://host:port`` or
+for the client's coroutine to be scheduled behind other work. The serial
+reader thread queues it on the writer thread, clear of the event loop; the
+TCP reader task writes it in the same step that read the message. The client
+then sends no 80 00 of its own (``Link.acks_messages``).
+
+Which link is used follows from the URL alone: ``tcp://host:port`` or
 anything pyserial opens (a device path, a pty, ``rfc2217://``, ``loop://``).
 """
 
