@@ -88,6 +88,16 @@ class _Channel:
     def close(self) -> None:
         raise NotImplementedError
 
+    def next_waiting(self) -> bytes | None:
+        """The next APDU that has arrived and not been read yet, if any."""
+        inbox: asyncio.Queue = getattr(self, "_inbox")
+        if inbox.empty():
+            return None
+        item = inbox.get_nowait()
+        if item is None:  # the line closed: keep that for the next read
+            inbox.put_nowait(None)
+        return item
+
     def waiting(self) -> list[bytes]:
         """Take the APDUs that have arrived and not been read yet."""
         inbox: asyncio.Queue = getattr(self, "_inbox")
@@ -266,6 +276,12 @@ class ZvtTerminalSimulator:
         self.read_card_supported = True  # False: answer 06 C0 with 84 83 like terminals without it
         self.book_delay = 0.0  # seconds a booking (06 23 / 06 24) takes before its result
         self.end_of_day_refusals = 0  # refuse the next N end-of-days with 77 (not possible now)
+        # Take the controller's 80 00 to the next N pre-authorisation results as too late: the
+        # approval is reversed and the transaction aborted, as a real terminal does after T3.
+        self.result_acks_late = 0
+        # Answer the next N bookings (06 23 / 06 24) with B8 (not found) while the reservation
+        # stays open: an answer the controller must not take for the reservation being gone.
+        self.false_not_found = 0
         self.t2_ack = 1.0
         self.t3_ack = 5.0  # how long to wait for the controller's 80 00
         # what happened
@@ -431,7 +447,21 @@ class ZvtTerminalSimulator:
 
     async def _expect_ack(self, channel: _Channel) -> bool:
         reply = await channel.receive(self.t3_ack)
+        if reply is None:
+            reply = await self._arrived_meanwhile(channel)
         return reply is not None and Apdu(reply[0], reply[1]).control == m.ACK
+
+    async def _arrived_meanwhile(self, channel: _Channel) -> bytes | None:
+        """After T3 ran out: an 80 00 that reached this end in time but was not
+        read yet, because this simulator's own event loop was held up (a
+        loaded test machine), is on time. A few turns of the loop move what
+        is already in the socket into the channel; no wall time is added."""
+        for _turn in range(5):
+            await asyncio.sleep(0)
+            reply = channel.next_waiting()
+            if reply is not None:
+                return reply
+        return None
 
     async def _exchange_end(self, channel: _Channel, message: m.Message) -> bool:
         await self._send(channel, message)
@@ -561,10 +591,18 @@ class ZvtTerminalSimulator:
             return
         tx = SimTransaction(self._next_receipt(), self._next_trace(), amount, self.currency.alpha, "open")
         self.transactions.append(tx)
-        if not await self._exchange_end(channel, m.status_information(self._result_bmps(tx, amount_minor))):
-            # The controller never took the result: a real terminal reverses it itself.
+        acked = await self._exchange_end(channel, m.status_information(self._result_bmps(tx, amount_minor)))
+        if acked and self.result_acks_late > 0:
+            self.result_acks_late -= 1
+            acked = False
+        if not acked:
+            # The controller did not take the result within T3: a real terminal
+            # reverses the approval itself and ends the transaction with an abort.
             tx.state = "reversed"
             self.events.append(f"auto_reversal receipt={tx.receipt_no}")
+            log.warning("sim.auto_reversal receipt=%s: the controller's 80 00 to the result did not come within "
+                        "%.1f s", tx.receipt_no, self.t3_ack)
+            await self._exchange_end(channel, m.abort_from_terminal(0x9A, [(0x87, tx.receipt_no)]))
             return
         await self._exchange_end(channel, m.completion())
 
@@ -584,7 +622,7 @@ class ZvtTerminalSimulator:
             await self._exchange_end(channel, m.abort_from_terminal(0xB8, bmps))
             return
         tx = self._open(receipt)
-        if tx is None:
+        if tx is None or self._falsely_not_found():
             await self._refuse(channel, 0xB8)
             return
         release = from_minor_units(int(message.get(0x04) or 0), self.currency.alpha)
@@ -596,7 +634,7 @@ class ZvtTerminalSimulator:
     async def _book_total(self, channel: _Channel, message: m.Message) -> None:
         await self._send(channel, m.ack())
         tx = self._open(message.get(0x87))
-        if tx is None:
+        if tx is None or self._falsely_not_found():
             await self._refuse(channel, 0xB8)
             return
         amount = from_minor_units(int(message.get(0x04) or 0), self.currency.alpha)
@@ -633,6 +671,13 @@ class ZvtTerminalSimulator:
         info = [(0x27, 0), (0x04, 0), (0x49, self.currency.numeric), (0x87, tx.receipt_no), (0x0B, self._next_trace())]
         if await self._exchange_end(channel, m.status_information(info)):
             await self._exchange_end(channel, m.completion())
+
+    def _falsely_not_found(self) -> bool:
+        if self.false_not_found <= 0:
+            return False
+        self.false_not_found -= 1
+        self.events.append("false_not_found")
+        return True
 
     def _open(self, receipt: object) -> SimTransaction | None:
         for t in self.transactions:

@@ -394,6 +394,8 @@ class ZvtClient:
             ) from None
 
     async def _ack(self) -> None:
+        if self._link.acks_messages:
+            return  # the link sent it the moment the message arrived (drivers/zvt/link.py)
         await self._link.send(m.encode_message(m.ack()))
 
     async def _notify(self, text: str, ex: _Exchange) -> None:
@@ -646,6 +648,11 @@ class ZvtClient:
             ok = ex.completion is not None and code == 0
         if ok:
             reason = "approved" if ex.command == m.COMMAND_NAMES[m.PRE_AUTHORISATION] else "done"
+        elif ex.abort is not None and info.get(0x27) == 0 and isinstance(info.get(0x87), int):
+            # Approved in a status information, then aborted: the terminal reversed
+            # its own approval (a real one does when our 80 00 came too late).
+            reason = (f"the terminal approved, then cancelled the payment itself ({reason_for(code)}): "
+                      "nothing is charged; try again")
         else:
             reason = reason_for(code)
         cur_alpha = currency_alpha

@@ -4,7 +4,18 @@ Both links offer the same three verbs to the client: ``send(apdu)``,
 ``receive(timeout)`` and ``close()``. The serial link does its blocking I/O in
 two dedicated threads (a reader that answers ACK/NAK at once, and a writer that
 waits for the terminal's ACK) and hands APDUs to the event loop, which it never
-blocks. Which link is used follows from the URL alone: ``tcp://host:port`` or
+blocks.
+
+Both links also acknowledge (80 00) every readable message of the terminal's
+that is not itself an acknowledgement or refusal, the moment it has arrived
+and before the client sees it: the terminal waits only T3 for that 80 00 and
+reverses an approval whose result went unacknowledged, so it must never wait
+for the client's coroutine to be scheduled behind other work. The serial
+reader thread queues it on the writer thread, clear of the event loop; the
+TCP reader task writes it in the same step that read the message. The client
+then sends no 80 00 of its own (``Link.acks_messages``).
+
+Which link is used follows from the URL alone: ``tcp://host:port`` or
 anything pyserial opens (a device path, a pty, ``rfc2217://``, ``loop://``).
 """
 
@@ -19,8 +30,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from drivers.zvt import messages as m
 from drivers.zvt.apdu import header_size_and_length
-from drivers.zvt.errors import TerminalTimeout, TerminalUnavailable
+from drivers.zvt.errors import TerminalTimeout, TerminalUnavailable, ZvtDecodeError
 from drivers.zvt.framing import ACK_BYTE, NAK_BYTE, Frame, FrameReader, LineByte, encode_frame
 
 log = logging.getLogger("hubedge.zvt")
@@ -40,10 +52,28 @@ class Timers:
     resync_quiet: float = 0.5  # after an abandoned exchange: silence that means the terminal has finished it
 
 
+ACK_APDU = m.encode_message(m.ack())
+
+
+def needs_ack(apdu: bytes) -> bool:
+    """A message of the terminal's that the controller answers with 80 00:
+    every readable one except an acknowledgement (80 00) or a refusal (84 xx)."""
+    if len(apdu) < 2 or apdu[0] in (m.ACK[0], m.NAK_CLASS):
+        return False
+    try:
+        m.decode_message(apdu)
+    except ZvtDecodeError:
+        return False  # unreadable: the client reports it; no 80 00 for what we could not read
+    return True
+
+
 class Link:
     """What the client needs from a transport."""
 
     description = "terminal"
+    # True: the link itself sends 80 00 for every message that needs one (``needs_ack``),
+    # as soon as it has arrived; the client must not send another.
+    acks_messages = False
 
     def __init__(self, timers: Timers) -> None:
         self.timers = timers
@@ -102,12 +132,15 @@ def open_link(url: str, timers: Timers, *, baudrate: int = 9600) -> Link:
 
 
 class TcpLink(Link):
+    acks_messages = True
+
     def __init__(self, host: str, port: int, timers: Timers) -> None:
         super().__init__(timers)
         self.host, self.port = host, port
         self.description = f"terminal tcp://{host}:{port}"
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task | None = None
+        self.acked = 0  # messages acknowledged by the link
 
     async def open(self) -> None:
         try:
@@ -133,7 +166,12 @@ class TcpLink(Link):
                 sizes = header_size_and_length(head)
                 assert sizes is not None
                 data = await reader.readexactly(sizes[1])
-                self._inbox.put_nowait(head + data)
+                apdu = head + data
+                if needs_ack(apdu):
+                    # At once, from the reader: not behind the client's coroutine.
+                    self._writer.write(ACK_APDU)
+                    self.acked += 1
+                self._inbox.put_nowait(apdu)
         except asyncio.CancelledError:
             raise
         except (asyncio.IncompleteReadError, OSError) as exc:
@@ -179,6 +217,8 @@ class TcpLink(Link):
 class SerialLink(Link):
     """ZVT over a serial line (9600 8N2 by default): framing, ACK/NAK, retries."""
 
+    acks_messages = True
+
     def __init__(self, url: str, timers: Timers, *, baudrate: int = 9600) -> None:
         super().__init__(timers)
         self.url = url
@@ -192,6 +232,7 @@ class SerialLink(Link):
         self._writer_pool: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._broken: Exception | None = None
+        self.acked = 0  # messages acknowledged by the link
 
     async def open(self) -> None:
         import serial  # pyserial; imported here so TCP-only sites never need it loaded
@@ -259,6 +300,8 @@ class SerialLink(Link):
                     elif isinstance(event, Frame):
                         if event.crc_ok:
                             self._write_byte(ACK_BYTE)
+                            if needs_ack(event.apdu):
+                                self._ack_from_reader()
                             self._deliver(event.apdu)
                         else:
                             log.warning("zvt.frame_crc_error port=%s action=nak", self.url)
@@ -271,6 +314,24 @@ class SerialLink(Link):
                 "check the cable and the terminal's power; reconnect before the next command"
             )
             self._deliver(self._broken)
+
+    def _ack_from_reader(self) -> None:
+        """Queue the 80 00 for the message just read on the writer thread
+        (it waits for the terminal's line ACK, which this thread must read),
+        ahead of anything the client sends in reply to that message."""
+        pool = self._writer_pool
+        if pool is None:
+            return
+        self.acked += 1
+        future = pool.submit(self._send_blocking, ACK_APDU)
+        future.add_done_callback(self._ack_sent)
+
+    def _ack_sent(self, future) -> None:
+        exc = future.exception()
+        if exc is not None:
+            # The terminal never took our 80 00: it reverses what it reported and
+            # the exchange ends without its answer; the client sees that (T4, link lost).
+            log.warning("zvt.ack_not_taken port=%s error=%s", self.url, exc.__class__.__name__)
 
     # -- writer thread ---------------------------------------------------------------
 

@@ -88,6 +88,15 @@ password = "123456"
     async def select(self, connector: str, terminal: str = "T1") -> dict:
         return await self.ask("arch_select", {"terminal": terminal, "connector": connector}, timeout=30)
 
+    async def paid_start(self, connector: str = "C1", index: int = 0) -> str:
+        """A truck plugged in at ``connector`` (the charger's ``index``) and
+        paid at the arch; returns its session once it charges."""
+        self.charger.plug(index, soc=20, battery_kwh=900, max_power_w=350_000)
+        await self.wait_connector(connector, "Preparing")
+        answer = await self.select(connector)
+        assert answer["ok"] and answer["data"]["started"], answer
+        return (await self.wait_connector(connector, "Charging"))["session"]
+
     async def stop_at_arch(self, connector: str, terminal: str = "T1") -> dict:
         return await self.ask("arch_stop", {"terminal": terminal, "connector": connector}, timeout=30)
 

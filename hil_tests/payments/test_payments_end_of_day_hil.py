@@ -68,11 +68,7 @@ async def end_of_day_events(listener: CloudClient, n: int = 1, timeout: float = 
 
 async def paid_session(hub, charger) -> dict:
     """A bank-card session at C1, stopped at the arch and settled."""
-    charger.plug(0, soc=20, battery_kwh=900, max_power_w=350_000)
-    await hub.wait_connector("C1", "Preparing")
-    answer = await hub.select("C1")
-    assert answer["ok"] and answer["data"]["started"], answer
-    await hub.wait_connector("C1", "Charging")
+    await hub.paid_start("C1")
     await asyncio.sleep(1.0)
     stop = await hub.stop_at_arch("C1")
     assert stop["ok"] and stop["data"]["stopped"], stop

@@ -74,7 +74,8 @@ class ScriptedTerminal:
     releases, in order: "nak" (refused on the line, never done), "silent"
     (taken, never done, no answer), "lost" (done, the answer lost),
     "stale" (answered with the approval of another receipt, as a late
-    answer would be). ``booked`` and ``reversed`` are its own ledger."""
+    answer would be), "not_found" (answered B8, not found, while the
+    reservation stays open). ``booked`` and ``reversed`` are its own ledger."""
 
     def __init__(self, health):
         self.health = health
@@ -127,6 +128,8 @@ class ScriptedTerminal:
             err = TerminalTimeout(f"terminal: no message within 5 s; the {what} may have been done")
             err.maybe_done = True
             raise err
+        if fault == "not_found":
+            return PaymentResult(what, False, 0xB8, "pre-authorisation error (unknown or already closed)")
         if fault == "stale":
             other = max(self.open, default=0) + 1
             return PaymentResult(what, True, 0, "done", receipt_no=other)

@@ -338,3 +338,15 @@ async def test_r_p4_back_in_step_waits_out_a_busy_terminal_and_ignores_stray_ack
     result = await client.book_preauth(17, Decimal("49.77"), preauthorized=Decimal("236.81"))
     assert result.ok and result.receipt_no == 17 and client.in_step
     assert [s.control for s in link.sent].count(m.STATUS_ENQUIRY) == 2
+
+
+async def test_r_p4_an_approval_the_terminal_reverses_itself_is_no_hold():
+    """A terminal that took our 80 00 to its approval as too late reverses it
+    and ends with an abort: not approved, the receipt kept (so the hub can
+    check the terminal holds nothing under it), and the driver told why."""
+    approved = m.status_information([(0x27, 0), (0x04, 23681), (0x49, 978), (0x87, 42), (0x0B, 7)])
+    client, _ = await client_for([m.ack(), m.intermediate_status(0x0A), approved,
+                                  m.abort_from_terminal(0x9A, [(0x87, 42)])])
+    result = await client.preauthorize(Decimal("236.81"))
+    assert not result.ok and result.result_code == 0x9A and result.receipt_no == 42
+    assert "approved, then cancelled the payment itself" in result.reason and "nothing is charged" in result.reason

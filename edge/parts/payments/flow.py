@@ -198,9 +198,17 @@ class ArchFlow:
                 return {"approved": False, "payment": rec.id, "reason": reason}
             lane.last_result = result.reason
             if not result.ok:
+                if result.receipt_no is not None:
+                    # Approved, then cancelled by the terminal: reconciliation checks that it
+                    # really holds nothing under that receipt (and releases it if it does).
+                    lane.reconcile_due = True
+                    lane.wake()
+                    log.warning("payment.approval_withdrawn payment=%s receipt=%s code=%s", rec.id,
+                                result.receipt_no, result.result_code)
                 with self.hub.store.transaction():
                     self.ledger.end_step(rec.id, step, "refused", result.reason, now)
-                    self.ledger.change(rec, now, "decline", reason=result.reason, result_code=result.result_code)
+                    self.ledger.change(rec, now, "decline", reason=result.reason, result_code=result.result_code,
+                                       receipt_no=result.receipt_no)  # an approval the terminal withdrew
                     self._emit("payment.declined", rec)
                 log.info("payment.declined payment=%s connector=%s code=%s", rec.id, connector, result.result_code)
                 return {"approved": False, "payment": rec.id, "reason": result.reason}
@@ -499,7 +507,7 @@ class ArchFlow:
             elif outcome == "released":
                 self._finish(rec, step, action, "done", detail)
             elif outcome == "lapsed":
-                self._lapse(rec, step, result.reason)
+                await self._lapse_unless_listed(lane, rec, step, result.reason)
             else:
                 self._doubt(rec, step, detail + ", but a booking may have reached it before")
         else:

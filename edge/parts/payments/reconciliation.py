@@ -169,6 +169,52 @@ class Reconciliation:
         self._terminal_changed(rec.terminal)
         log.warning("payment.lapsed payment=%s session=%s", rec.id, rec.session_id)
 
+    def _lapse_reason(self, rec: PaymentRecord, why: str) -> str:
+        """For payment.lapsed: what happened to the hold and what to do."""
+        amount = money(rec.settle_amount, rec.currency)
+        owed = f"{amount['amount']} {amount['currency']}" if amount else "the session's amount"
+        session = f"session {rec.session_id[:8]}" if rec.session_id else "the session"
+        return (f"terminal {rec.terminal} no longer held reservation {rec.receipt_no} when the hub came to book {owed} "
+                f"for {session} ({why}): nothing was booked on the card. The terminal closed the reservation by "
+                f"itself (an automatic reversal after a result it took as unacknowledged, or a reset). Bill {session} "
+                f"another way, and check receipt {rec.receipt_no} in terminal {rec.terminal}'s journal if the driver "
+                f"asks about it")
+
+    async def _lapse_unless_listed(self, lane: TerminalLane, rec: PaymentRecord, step: int, answer: str) -> None:
+        """R-P4: a booking answered "not open" (B8/B4) on a hold the ledger
+        holds open, no booking of ours having reached the terminal before.
+        The terminal closed the reservation by itself, or the answer was not
+        about it: before the hold is taken for gone (payment.lapsed), the
+        terminal's list of open reservations is asked. One that names it
+        contradicts the answer, and one that names others may hold it behind
+        them (a terminal may name only its first): the hold stays settling
+        and is asked about again with backoff. Only "nothing open", or a
+        terminal that cannot list its reservations at all, confirms it."""
+        from drivers.zvt import TerminalError, TerminalRefused
+
+        detail = f"terminal: reservation {rec.receipt_no} no longer open ({answer})"
+        try:
+            listing = await lane.client.open_preauthorizations()
+        except TerminalRefused as exc:
+            self._open_query_refused(lane, exc)
+            why = f"{answer}; the terminal cannot list its open reservations to confirm it"
+            self._lapse(rec, step, detail, reason=self._lapse_reason(rec, why))
+            return
+        except TerminalError as exc:
+            lane.failed(exc)
+            self._retry_later(rec, step, "refused", f"{detail}, not confirmed: the open query failed ({exc})")
+            return
+        if rec.receipt_no in listing.named or not listing.complete:
+            seen = "lists it open" if rec.receipt_no in listing.named else (
+                f"names only {', '.join(map(str, sorted(listing.named)))} as open, and may hold it behind them")
+            log.warning("payment.not_open_unconfirmed payment=%s receipt=%s listed=%s", rec.id, rec.receipt_no,
+                        sorted(listing.named))
+            lane.listing_partial = lane.listing_partial or not listing.complete
+            self._retry_later(rec, step, "refused", f"{detail}, but the terminal {seen}: the booking is tried again")
+            return
+        self._lapse(rec, step, detail, reason=self._lapse_reason(
+            rec, f"{answer}, and the terminal holds no reservation open"))
+
     def _doubt(self, rec: PaymentRecord, step: int | None, detail: str) -> None:
         """A booking may have reached the terminal and its answer never came:
         the hold goes to review (once, with its event) and the terminal is
@@ -279,7 +325,8 @@ class Reconciliation:
         elif action.kind == "confirm_released":
             self._finish(rec, None, "release", "done", "confirmed: the terminal holds nothing open")
         elif action.kind == "lapse":
-            self._lapse(rec, None, "reservation closed at the terminal before any booking")
+            self._lapse(rec, None, "reservation closed at the terminal before any booking",
+                        reason=self._lapse_reason(rec, "the terminal holds no reservation open"))
         elif action.kind == "doubt":
             self._doubt(rec, None, "the terminal holds nothing open, but a booking may have reached it before")
         elif action.kind == "terminal_lost_hold":
