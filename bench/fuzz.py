@@ -398,6 +398,7 @@ class _ScriptedLink:
     without a wire. An empty script is a silent terminal (T3/T4 timeout)."""
 
     description = "terminal (scripted)"
+    acks_messages = False  # the client sends its own 80 00, as over a link that does not
 
     def __init__(self, answers: list[bytes]):
         from drivers.zvt.link import Timers
