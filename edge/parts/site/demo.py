@@ -170,8 +170,11 @@ camera = {{ listen = "127.0.0.1:{listen['G-OUT']}", vendor = "axis", secret = "{
             raise RuntimeError(f"the {gate} listener answered {reply.status}")
 
     async def _exit_loop_only(self) -> None:
+        """A vehicle waits on the exit loop, as a real one does, until the
+        barrier opens (however long the hub takes to see it), then drives off."""
         sim = self.barriers["G-OUT"]
         sim.vehicle_arrives()
+        await first_answer(self.demo.event("gate.opened"), 20.0)
         await self.demo.sim_sleep(0.05 * HOUR)
         sim.vehicle_leaves()
 
