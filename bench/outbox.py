@@ -3,7 +3,8 @@
 Baselines measured in the same run, on the same disk:
 - a raw fsync loop: write + fsync of the same envelope bytes to a plain file,
   the floor for "durable when it returns" one event at a time;
-- a naive TinyDB outbox: one insert per event (what reference.md warns about).
+- a naive TinyDB outbox: one insert per event (TinyDB rewrites its whole
+  file on every write).
 Goals: p99 of one put (the commit on the loop; the store's writer makes it
 durable) <= 5 ms with a 100k backlog; >= 5,000 durable appends/s with group
 commit (many puts each awaiting Store.durable()).

@@ -1,6 +1,7 @@
 """The hub's durable state on an SD card that may lose power at any moment (R-D2).
 
-Two kinds of storage, each where it fits (reference.md, "Storage: tinydb"):
+Two kinds of storage, each where it fits (tinydb rewrites its whole file on
+every write, so it keeps only small document sets):
 
 * ``Store.db`` - one sqlite3 database (WAL) for everything that grows: the
   outbox, sessions, audit, the payment ledger.

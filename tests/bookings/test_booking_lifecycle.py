@@ -44,7 +44,8 @@ def test_final_states_accept_no_trigger():
 
 def test_every_trigger_is_bound_to_the_model():
     """transitions skips binding a trigger that shadows a model method
-    (reference.md): every trigger must exist on the model after set-up."""
+    (a known habit of the library): every trigger must exist on the model
+    after set-up."""
     m = BookingLifecycle()
     booking_machine(m)
     for trigger in lifecycle.TRIGGERS:

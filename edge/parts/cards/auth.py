@@ -8,7 +8,7 @@ accepted/rejected verdicts that become ``auth.accepted`` / ``auth.rejected``
 events. The token list and the authorisation cache come in through a small
 interface (``TokenSource``), so tests drive every race without sockets.
 
-Rules (requirements.md): R-C3 (tap on a plugged connector starts; a tap before
+Rules: R-C3 (tap on a plugged connector starts; a tap before
 plugging authorises the connector for a connection timeout), R-C4 (the same
 card stops its session; a master card or a card of the same group may), R-A1
 (Blocked and Expired refused, offline too), R-A2 (roaming cards checked with

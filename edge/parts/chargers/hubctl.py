@@ -1,6 +1,6 @@
 """`hubctl chargers`: every charger, whatever it speaks, with its protocol,
 whether it is connected, vendor, model, firmware and its last frame
-(interfaces.md, v1.1). Kept apart from the part so hubctl starts without
+(docs/hubctl.md). Kept apart from the part so hubctl starts without
 loading the protocols."""
 
 from __future__ import annotations
