@@ -13,6 +13,7 @@ directly from the loop.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Literal
@@ -20,6 +21,21 @@ from typing import Callable, Literal
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+async def cancel_and_wait(tasks, nudge_s: float = 0.5) -> None:
+    """Cancel ``tasks`` and wait until every one has ended. On Python 3.11,
+    ``asyncio.wait_for`` drops a cancellation that arrives just as the call
+    it waits on completes, so a polling loop may go on after one cancel: a
+    task still running after ``nudge_s`` is cancelled again."""
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=nudge_s)
+    for t in tasks:
+        if t.done() and not t.cancelled():
+            t.exception()  # retrieved: an ending task's error is not reported as never retrieved
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from drivers.ocpp.handler import StationHandler
 from drivers.ocpp.leniency import check_names, repairs_for
 from drivers.ocpp.v16 import Adapter16
 from drivers.ocpp.v201 import Adapter201
+from drivers.device import cancel_and_wait
 
 log = logging.getLogger("hubedge.ocpp")
 # The library logs every frame with its payload at INFO (card ids, meter
@@ -135,7 +136,7 @@ class Connection:
         finally:
             worker.cancel()
             self.queue.close("the connection closed")
-            await asyncio.gather(worker, return_exceptions=True)
+            await cancel_and_wait([worker])
             self._summary()
 
     async def _frame(self, raw: str) -> None:

@@ -34,6 +34,7 @@ from drivers.zvt import messages as m
 from drivers.zvt.apdu import header_size_and_length
 from drivers.zvt.errors import TerminalTimeout, TerminalUnavailable, ZvtDecodeError
 from drivers.zvt.framing import ACK_BYTE, NAK_BYTE, Frame, FrameReader, LineByte, encode_frame
+from drivers.device import cancel_and_wait
 
 log = logging.getLogger("hubedge.zvt")
 
@@ -199,11 +200,7 @@ class TcpLink(Link):
 
     async def close(self) -> None:
         if self._reader_task is not None:
-            self._reader_task.cancel()
-            try:
-                await self._reader_task
-            except (asyncio.CancelledError, Exception):
-                pass
+            await cancel_and_wait([self._reader_task])
             self._reader_task = None
         if self._writer is not None:
             self._writer.close()

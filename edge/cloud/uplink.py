@@ -53,6 +53,7 @@ from units import Clock, rfc3339
 from edge.cloud.envelope import TELEMETRY_STREAM, topic_for
 from edge.core.outbox import Outbox
 from edge.cloud.signing import SIGNATURE_PROPERTY
+from drivers.device import cancel_and_wait
 
 log = logging.getLogger("hubedge.uplink")
 
@@ -162,11 +163,7 @@ class Uplink:
                 log.warning("uplink.stop_status_unconfirmed error=%s", type(e).__name__)
             conn.client.disconnect()
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait([self._task])
             self._task = None
         if conn is not None:
             await self._teardown(conn)

@@ -22,7 +22,7 @@ import time
 from datetime import datetime
 from typing import Any, Awaitable, Callable
 
-from drivers.device import DeviceHealth
+from drivers.device import DeviceHealth, cancel_and_wait
 from edge.core import VERSION, supervision  # noqa: F401  (VERSION: edge.core.hub.VERSION as before)
 from units import Clock, parse_rfc3339, rfc3339
 from edge.core.cloud_link import CloudSide
@@ -717,9 +717,7 @@ class Hub(ConnectorSide, CloudSide, StatusViews):
                 await part.stop()
             except Exception:
                 log.exception("capability.failed part=%s hook=stop", part.name)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(list(self._tasks))
         for driver in self.chargers.values():
             try:
                 await driver.close()

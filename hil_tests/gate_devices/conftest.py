@@ -10,6 +10,7 @@ import pytest
 
 from drivers.anpr import AnprListener
 from drivers.barrier import BarrierDriver
+from drivers.device import cancel_and_wait
 from simulators.barrier import BarrierSimulator
 from simulators.camera import CameraSimulator
 
@@ -73,11 +74,7 @@ async def barrier_rig():
     try:
         yield rig
     finally:
-        poll.cancel()
-        try:
-            await poll
-        except asyncio.CancelledError:
-            pass
+        await cancel_and_wait([poll])
         await driver.close()
         await sim.stop()
     # R-G5, checked after every barrier test: software never wrote a close.
