@@ -24,6 +24,7 @@ from pathlib import Path
 
 from edge.core.control import request
 from edge.demo import DEMO_PARTS, ROOT, DemoHub
+from drivers.device import cancel_and_wait
 
 SPEED = 60.0  # simulated seconds per real second: about 5 kWh a real second at 300 kW
 DEMO_ID = "DEMO-01"
@@ -217,11 +218,7 @@ class CrashSite:
 
     async def _end_daemon(self) -> None:
         if self._watch is not None:
-            self._watch.cancel()
-            try:
-                await self._watch
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait([self._watch])
             self._watch = None
         if self.hub is not None:
             self.hub.kill_daemon()

@@ -10,7 +10,7 @@ import asyncio
 import pytest
 
 from drivers.barrier import BarrierPosition, BarrierUnavailable, VehiclePresent
-from drivers.device import DeviceFault, DeviceRecovered
+from drivers.device import DeviceFault, DeviceRecovered, cancel_and_wait
 
 pytestmark = pytest.mark.hil
 
@@ -188,8 +188,7 @@ async def test_r_g5_an_open_impulse_left_on_by_a_dead_daemon_is_ended_and_the_ba
         assert await _until(lambda: sim.position == "closed")
         assert sim.close_commands == []
     finally:
-        poll.cancel()
-        await asyncio.gather(poll, return_exceptions=True)
+        await cancel_and_wait([poll])
         await driver.close()
         await sim.stop()
 
@@ -213,7 +212,6 @@ async def test_r_g5_a_hold_the_hub_keeps_is_applied_on_connection_and_an_impulse
         await driver.release()
         assert await _until(lambda: sim.position == "closed")
     finally:
-        poll.cancel()
-        await asyncio.gather(poll, return_exceptions=True)
+        await cancel_and_wait([poll])
         await driver.close()
         await sim.stop()

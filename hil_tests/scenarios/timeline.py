@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from drivers.device import cancel_and_wait
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMELINES = ROOT / "artifacts" / "timelines"
@@ -152,11 +153,7 @@ class DeviceWatch:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait([self._task])
         self.look()  # whatever happened since the last look
 
     async def _run(self) -> None:
